@@ -1,0 +1,20 @@
+"""knexa node: everything an organization's node runs, and what a node and the CPM share.
+
+Rooms, each with one job (layers point down; nothing here imports ``knexa_cpm``):
+
+- ``profile``   the 32-dim abstract node profile (shared with the CPM)
+- ``crypto``    Ed25519 signing and peer IDs (the only module touching raw keys)
+- ``identity``  the node's home directory and persistent key
+- ``config``    ``config.toml`` schema, validation and template
+- ``wire``      typed, versioned, signed msgpack messages and stream framing
+- ``net``       the py-libp2p host: listeners, bootstrap, DHT, GossipSub, streams
+- ``exchange``  the knowledge-exchange protocol as pure state machines
+- ``privacy``   guardrail filter and differential-privacy noise with its accountant
+- ``audit``     the signed hash-chained exchange log and its verifier
+- ``learn``     models, LoRA, local training, distillation, evaluation, data
+- ``daemon``    the trio main loop tying the rooms together, control endpoint
+
+Keep this file light: importing ``knexa_node`` must not import libp2p or torch.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,261 @@
+"""Every protocol message of one round (DESIGN.md, "Protocol"), as frozen dataclasses.
+
+A message's body is a msgpack map of its fields. :func:`decode_body` checks
+each field's type and bounds, then the class's own ``check()``; anything
+wrong raises :class:`WireError`. Adding a field is a new ``VERSION``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, get_args, get_origin, get_type_hints
+
+from knexa_node.crypto import is_valid_peer_id
+from knexa_node.profile import PROFILE_DIM
+from knexa_node.wire.codec import pack
+from knexa_node.wire.errors import WireError
+
+MAX_TEXT = 4096
+MAX_LIST = 4096
+PROTOCOLS = ("text", "logits")
+
+
+@dataclass(frozen=True)
+class Message:
+    TYPE: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
+    # Fields that must hold a peer ID / a 16-byte ID / 32 bytes (a hash or an X25519 key).
+    PEER_FIELDS: ClassVar[tuple[str, ...]] = ()
+    ID_FIELDS: ClassVar[tuple[str, ...]] = ()
+    FIXED32_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def check(self) -> None:
+        """Semantic checks beyond field types; raise :class:`WireError`."""
+
+    def to_body(self) -> bytes:
+        return pack({f.name: _to_wire(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+
+def _to_wire(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+@dataclass(frozen=True)
+class RoundOpen(Message):
+    """CPM -> gossip: round ``round`` accepts profiles until ``deadline`` (unix seconds)."""
+
+    TYPE = "round-open"
+    round: int
+    deadline: float
+    policy: str
+
+
+@dataclass(frozen=True)
+class Profile(Message):
+    """Node -> CPM: the node's abstract profile for a round (never data or weights)."""
+
+    TYPE = "profile"
+    round: int
+    vector: tuple[float, ...]
+    model_type: str
+    tokenizer_id: str  # hash of the tokenizer; equal ids make the logits protocol admissible
+    addrs: tuple[str, ...]
+
+    def check(self) -> None:
+        if len(self.vector) != PROFILE_DIM:
+            raise WireError("bad-field", f"profile vector must have {PROFILE_DIM} entries")
+
+
+@dataclass(frozen=True)
+class PairingProposal(Message):
+    """CPM -> gossip: ``teacher`` teaches ``student`` in ``round`` until ``expires``."""
+
+    TYPE = "proposal"
+    ID_FIELDS = ("proposal_id",)
+    PEER_FIELDS = ("teacher", "student")
+    proposal_id: bytes
+    round: int
+    teacher: str
+    student: str
+    protocol: str
+    context: tuple[float, ...]
+    score: float
+    expires: float
+
+    def check(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise WireError("bad-field", f"protocol must be one of {PROTOCOLS}")
+        if self.teacher == self.student:
+            raise WireError("bad-field", "teacher and student are the same peer")
+
+
+@dataclass(frozen=True)
+class ExchangeRequest(Message):
+    """Student -> teacher on /knexa/exchange: serve me the package of this proposal.
+
+    ``proposal`` is the CPM's signed proposal envelope, verbatim. ``ephemeral_key``
+    is the student's one-time X25519 public key for this exchange.
+    """
+
+    TYPE = "exchange-request"
+    FIXED32_FIELDS = ("ephemeral_key",)
+    proposal: bytes
+    ephemeral_key: bytes
+
+
+@dataclass(frozen=True)
+class ExchangeRefused(Message):
+    """Teacher -> student: the exchange will not happen, and why (``code`` is stable)."""
+
+    TYPE = "exchange-refused"
+    ID_FIELDS = ("proposal_id",)
+    proposal_id: bytes
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PackageHeader(Message):
+    """Teacher -> student: what the sealed payload that follows is, bound to its proposal."""
+
+    TYPE = "package-header"
+    ID_FIELDS = ("proposal_id",)
+    PEER_FIELDS = ("teacher", "student")
+    FIXED32_FIELDS = ("payload_hash", "ephemeral_key")
+    proposal_id: bytes
+    round: int
+    teacher: str
+    student: str
+    protocol: str
+    payload_hash: bytes  # sha256 of the plaintext payload
+    payload_size: int  # bytes of the sealed payload that follows
+    chunks: int
+    ephemeral_key: bytes  # the teacher's one-time X25519 public key
+    dp_epsilon: float  # epsilon this package spent (0 without DP)
+    redactions: int  # guardrail redactions applied
+
+    def check(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise WireError("bad-field", f"protocol must be one of {PROTOCOLS}")
+
+
+@dataclass(frozen=True)
+class Receipt(Message):
+    """Student -> teacher: I received and opened the package with this hash."""
+
+    TYPE = "receipt"
+    ID_FIELDS = ("proposal_id",)
+    PEER_FIELDS = ("teacher", "student")
+    FIXED32_FIELDS = ("payload_hash",)
+    proposal_id: bytes
+    round: int
+    teacher: str
+    student: str
+    payload_hash: bytes
+    payload_size: int
+
+
+@dataclass(frozen=True)
+class Feedback(Message):
+    """Student -> CPM: the reward (Eq. 3) of an exchange, tied to the teacher's receipt."""
+
+    TYPE = "feedback"
+    ID_FIELDS = ("proposal_id",)
+    FIXED32_FIELDS = ("receipt_hash",)
+    proposal_id: bytes
+    round: int
+    reward: float
+    loss_before: float
+    loss_after: float
+    package_bytes: int
+    receipt_hash: bytes
+
+
+@dataclass(frozen=True)
+class Checkpoint(Message):
+    """Node -> gossip: the head of its audit chain, so that history cannot be rewritten later."""
+
+    TYPE = "checkpoint"
+    FIXED32_FIELDS = ("head_hash",)
+    seq: int
+    head_hash: bytes
+    round: int
+
+
+@dataclass(frozen=True)
+class Ack(Message):
+    """Reply on a request/response stream: accepted, or refused with a stable ``code``."""
+
+    TYPE = "ack"
+    FIXED32_FIELDS = ("ref",)
+    ref: bytes  # digest of the envelope being answered
+    ok: bool
+    code: str
+    reason: str
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (RoundOpen, Profile, PairingProposal, ExchangeRequest, ExchangeRefused, PackageHeader, Receipt, Feedback, Checkpoint, Ack)
+}
+
+
+def _check_value(name: str, expected: Any, value: Any) -> Any:
+    origin = get_origin(expected)
+    if origin is tuple:
+        item_type = get_args(expected)[0]
+        if not isinstance(value, list) or len(value) > MAX_LIST:
+            raise WireError("bad-field", f"{name} must be a list of at most {MAX_LIST}")
+        return tuple(_check_value(f"{name}[]", item_type, item) for item in value)
+    if expected is bool:
+        if not isinstance(value, bool):
+            raise WireError("bad-field", f"{name} must be a bool")
+        return value
+    if expected is int:
+        if isinstance(value, bool) or not isinstance(value, int) or not -(2**62) <= value <= 2**62:
+            raise WireError("bad-field", f"{name} must be an integer")
+        return value
+    if expected is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise WireError("bad-field", f"{name} must be a finite number")
+        return float(value)
+    if expected is str:
+        if not isinstance(value, str) or len(value) > MAX_TEXT:
+            raise WireError("bad-field", f"{name} must be a string of at most {MAX_TEXT}")
+        return value
+    if expected is bytes:
+        if not isinstance(value, bytes):
+            raise WireError("bad-field", f"{name} must be bytes")
+        return value
+    raise AssertionError(f"unsupported wire type {expected!r}")
+
+
+_HINTS: dict[type[Message], dict[str, Any]] = {cls: get_type_hints(cls) for cls in MESSAGE_TYPES.values()}
+
+
+def decode_body(cls: type[Message], body: Any) -> Message:
+    """Build ``cls`` from a decoded msgpack body; raise :class:`WireError` on any mismatch."""
+    if not isinstance(body, dict):
+        raise WireError("bad-body", "body must be a map")
+    hints = _HINTS[cls]
+    names = [f.name for f in dataclasses.fields(cls)]
+    if set(body) != set(names):
+        missing, extra = sorted(set(names) - set(body)), sorted(set(body) - set(names), key=str)
+        raise WireError("bad-body", f"{cls.TYPE}: missing {missing}, unexpected {extra[:5]}")
+    values = {name: _check_value(name, hints[name], body[name]) for name in names}
+    for name in cls.PEER_FIELDS:
+        if not is_valid_peer_id(values[name]):
+            raise WireError("bad-field", f"{name} is not an Ed25519 peer ID")
+    for name in cls.ID_FIELDS:
+        if len(values[name]) != 16:
+            raise WireError("bad-field", f"{name} must be 16 bytes")
+    for name in cls.FIXED32_FIELDS:
+        if len(values[name]) != 32:
+            raise WireError("bad-field", f"{name} must be 32 bytes")
+    message = cls(**values)
+    message.check()
+    return message
