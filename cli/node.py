@@ -1,0 +1,49 @@
+"""`knexa-node`: the node's command line (a thin client of the node daemon and its files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from knexa_cli.common import HomeOption, JsonOption
+from knexa_cli.identity_commands import initialize, show_id
+from knexa_node.config import render_reference
+
+app = typer.Typer(
+    help="knexa node: fine-tune your language model with other organizations, peer to peer, without pooling data or weights.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.command()
+def init(
+    home: Path = HomeOption,
+    name: str = typer.Option(None, "--name", help="Human-readable node name."),
+    listen: list[str] = typer.Option([], "--listen", help="Listen multiaddr (repeatable). Default /ip4/0.0.0.0/tcp/4001."),
+    bootstrap: list[str] = typer.Option([], "--bootstrap", help="Bootstrap peer multiaddr with /p2p/<peer ID> (repeatable)."),
+    cpm: str = typer.Option(None, "--cpm", help="Peer ID of the consortium's trusted CPM."),
+    consortium: str = typer.Option(None, "--consortium", help="Consortium name."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing identity and config."),
+) -> None:
+    """Create a node home: Ed25519 identity (mode 0600) and a commented config.toml. Prints the peer ID."""
+    initialize(home, name=name, listen=listen, bootstrap=bootstrap, cpm=cpm, consortium=consortium, force=force,
+               default_listen="/ip4/0.0.0.0/tcp/4001", role="node")
+
+
+@app.command("id")
+def id_(home: Path = HomeOption, as_json: bool = JsonOption) -> None:
+    """Print this node's peer ID (the same every time for the same home)."""
+    show_id(home, as_json)
+
+
+@app.command("config-reference")
+def config_reference() -> None:
+    """Print the configuration reference (Markdown), generated from the schema."""
+    typer.echo(render_reference())
+
+
+def main() -> None:
+    app()
