@@ -1,0 +1,112 @@
+"""Context features for a directed (teacher -> student) pairing, built from two profiles.
+
+Pure numpy, vectorized: every function takes the stacked profile matrix
+``P`` (n_agents x 32, layout of :mod:`knexa_node.profile`) and index arrays
+``t`` (teachers) and ``s`` (students) of equal length, and returns one row
+per candidate pairing.
+
+- :func:`concat_features` is the paper's context ``[p_teacher, p_student]``
+  (64 dims). A linear score on it is additive, ``f(teacher) + g(student)``:
+  it can learn who teaches well and who learns well, never who suits whom.
+- :func:`knexa_features` (``KNEXA_DIM`` = 32 dims) is ours: interaction
+  features that express compatibility — how much of the student's missing
+  data the teacher covers, JS divergence of the histograms, the performance
+  gap and its direction, capacity mismatch, same family, the protocol, the
+  teacher's trust, and products of these, so that a *linear* bandit on them
+  can represent pairwise synergy. Optionally the raw profiles are appended
+  (``raw=True``), which keeps the additive part the paper's model can learn.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from knexa_node.profile import FAMILY_SLICE, HISTOGRAM_SLICE, METRIC_SLICE, METRICS, PROFILE_DIM
+
+_EPS = 1e-12
+
+CONCAT_DIM = 2 * PROFILE_DIM
+
+KNEXA_FEATURES: tuple[str, ...] = (
+    "bias", "coverage", "js", "weak_cover", "pass_t", "pass_s", "gap", "gap_pos",
+    "dev_t", "dev_s", "cap_t", "cap_s", "cap_mismatch", "same_family", "logits", "cov_x_gap",
+    "cov_x_same", "cov_x_pass_t", "js_x_gap", "dpass_s", "dpass_t", "trust_t", "cov_x_capmis", "pass_t_x_need",
+) + tuple(f"cross_family_t_{k}" for k in range(FAMILY_SLICE.stop - FAMILY_SLICE.start))
+KNEXA_DIM = len(KNEXA_FEATURES)
+
+
+def _col(name: str, *, delta: bool = False) -> int:
+    return METRIC_SLICE.start + 2 * METRICS.index(name) + (1 if delta else 0)
+
+
+PASS1, PASS1_DELTA = _col("pass1"), _col("pass1", delta=True)
+DEV_LOSS, CAPACITY = _col("dev_loss"), _col("capacity")
+
+
+def js_divergence(H1: np.ndarray, H2: np.ndarray) -> np.ndarray:
+    """Jensen-Shannon divergence (natural log, in [0, ln 2]) between matching rows."""
+    H1 = np.asarray(H1, dtype=np.float64)
+    H2 = np.asarray(H2, dtype=np.float64)
+    M = 0.5 * (H1 + H2)
+
+    def kl(P: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(P > 0, P * np.log((P + _EPS) / (M + _EPS)), 0.0)
+        return terms.sum(axis=-1)
+
+    return np.maximum(0.5 * kl(H1) + 0.5 * kl(H2), 0.0)
+
+
+def pair_js(P: np.ndarray, t: np.ndarray, s: np.ndarray) -> np.ndarray:
+    return js_divergence(P[t, HISTOGRAM_SLICE], P[s, HISTOGRAM_SLICE])
+
+
+def concat_features(P: np.ndarray, t: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """The paper's context ``x = [p_teacher, p_student]``."""
+    return np.concatenate([P[t], P[s]], axis=1)
+
+
+def knexa_features(
+    P: np.ndarray,
+    t: np.ndarray,
+    s: np.ndarray,
+    *,
+    logits: np.ndarray | None = None,
+    trust: np.ndarray | None = None,
+    raw: bool = False,
+) -> np.ndarray:
+    """Interaction features of each directed pair ``t[k] -> s[k]``.
+
+    ``logits`` flags pairings that use the logits protocol; ``trust`` is the
+    teacher's trust score per agent (indexed like ``P``), 1.0 when absent.
+    """
+    n = len(t)
+    Ht, Hs = P[t, HISTOGRAM_SLICE], P[s, HISTOGRAM_SLICE]
+    Ft, Fs = P[t, FAMILY_SLICE], P[s, FAMILY_SLICE]
+    coverage = np.maximum(Ht - Hs, 0.0).sum(axis=1)
+    js = js_divergence(Ht, Hs)
+    # Teacher data mass on categories the student has almost no data for.
+    weak_cover = (Ht * (Hs < 0.5 / Hs.shape[1])).sum(axis=1)
+    pass_t, pass_s = P[t, PASS1], P[s, PASS1]
+    gap = pass_t - pass_s
+    gap_pos = np.maximum(gap, 0.0)
+    cap_t, cap_s = P[t, CAPACITY], P[s, CAPACITY]
+    # Capacity is log10(params)/12; x12 puts the mismatch in decades of parameters.
+    cap_mismatch = 12.0 * np.abs(cap_t - cap_s)
+    same = (Ft * Fs).sum(axis=1)
+    logit_flag = np.zeros(n) if logits is None else np.asarray(logits, dtype=np.float64)
+    trust_t = np.ones(n) if trust is None else np.asarray(trust, dtype=np.float64)[t]
+    columns = [
+        np.ones(n), coverage, js, weak_cover, pass_t, pass_s, gap, gap_pos,
+        P[t, DEV_LOSS], P[s, DEV_LOSS], cap_t, cap_s, cap_mismatch, same, logit_flag, coverage * gap_pos,
+        coverage * same, coverage * pass_t, js * gap_pos, P[s, PASS1_DELTA], P[t, PASS1_DELTA], trust_t,
+        coverage * cap_mismatch, pass_t * (1.0 - pass_s),
+    ]
+    X = np.concatenate([np.stack(columns, axis=1), Ft * (1.0 - same)[:, None]], axis=1)
+    if raw:
+        X = np.concatenate([X, P[t], P[s]], axis=1)
+    return X
+
+
+def knexa_dim(raw: bool) -> int:
+    return KNEXA_DIM + (CONCAT_DIM if raw else 0)
