@@ -1,0 +1,184 @@
+"""The teacher's side of an exchange as a sans-I/O state machine.
+
+States (``state`` attribute), in order::
+
+    await-request --receive_request--> build --package_frames--> await-receipt --receive_receipt--> done
+
+Any method raising :class:`ExchangeError` moves to ``failed``. Checks that
+need no model work (membership, proposal, replay, budget) all happen before
+``build``, so a non-member or a bad proposal costs the teacher no compute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Iterator
+
+from knexa_node.crypto import Signer
+from knexa_node.exchange.errors import (
+    BAD_RECEIPT,
+    BUDGET_EXCEEDED,
+    BUILD_FAILED,
+    REPLAYED_PROPOSAL,
+    WRONG_RECIPIENT,
+    ExchangeError,
+)
+from knexa_node.exchange.frames import MAX_CONTROL_FRAME, malformed, peer_refusal
+from knexa_node.exchange.policy import ExchangePolicy
+from knexa_node.exchange.proposals import check_proposal
+from knexa_node.exchange.replay import ReplayCache
+from knexa_node.exchange.sealing import CHUNK_SIZE, EphemeralKey, SealingError, chunk_count, sealed_size, teacher_package_key
+from knexa_node.privacy.budget import BudgetExceeded, PrivacyBudget
+from knexa_node.wire import (
+    ExchangeRefused,
+    ExchangeRequest,
+    PackageHeader,
+    PairingProposal,
+    Receipt,
+    WireError,
+    open_envelope,
+    seal_envelope,
+)
+
+REPLAY_KIND = "proposal"
+
+
+class TeacherSession:
+    def __init__(
+        self,
+        signer: Signer,
+        policy: ExchangePolicy,
+        *,
+        remote: str,
+        current_round: int | None,
+        now: float,
+        replay: ReplayCache,
+        budget: PrivacyBudget | None = None,
+    ) -> None:
+        self.signer = signer
+        self.policy = policy
+        self.remote = remote
+        self.current_round = current_round
+        self.now = now
+        self.replay = replay
+        self.budget = budget
+        self.state = "await-request"
+        self.proposal: PairingProposal | None = None
+        self.header: PackageHeader | None = None
+        self.header_envelope: bytes = b""
+        self.receipt_envelope: bytes = b""
+        self._student_ephemeral = b""
+
+    @property
+    def proposal_id(self) -> bytes:
+        return self.proposal.proposal_id if self.proposal else b""
+
+    def _fail(self, error: ExchangeError) -> ExchangeError:
+        self.state = "failed"
+        return error
+
+    def check_remote(self) -> None:
+        """Membership of the stream's authenticated peer: call before reading anything."""
+        try:
+            self.policy.membership.check(self.remote)
+        except ExchangeError as exc:
+            raise self._fail(exc) from None
+
+    def receive_request(self, frame: bytes) -> PairingProposal:
+        """Verify the request and its proposal, record it as served, check the DP budget."""
+        assert self.state == "await-request", self.state
+        try:
+            self.check_remote()
+            try:
+                envelope, request = open_envelope(frame, max_size=MAX_CONTROL_FRAME, expect=(ExchangeRequest,))
+            except WireError as exc:
+                raise malformed(exc, "exchange request") from None
+            assert isinstance(request, ExchangeRequest)
+            if envelope.sender != self.remote:
+                raise ExchangeError(WRONG_RECIPIENT, f"request signed by {envelope.sender}, stream is from {self.remote}")
+            proposal = check_proposal(
+                request.proposal, cpm=self.policy.cpm, me=self.signer.peer_id, remote=self.remote,
+                my_role="teacher", current_round=self.current_round, now=self.now, clock_skew_s=self.policy.clock_skew_s,
+            )
+            self.proposal = proposal
+            if self.budget is not None and self.policy.dp_enabled:
+                try:
+                    self.budget.check(self.remote, self.policy.dp_epsilon)
+                except BudgetExceeded as exc:
+                    raise ExchangeError(BUDGET_EXCEEDED, str(exc)) from None
+            # Recorded last, once everything else passed, and persisted before any work.
+            if not self.replay.add(REPLAY_KIND, proposal.round, proposal.proposal_id):
+                raise ExchangeError(REPLAYED_PROPOSAL, "this proposal was already served (or is older than the replay horizon)")
+        except ExchangeError as exc:
+            raise self._fail(exc) from None
+        self._student_ephemeral = request.ephemeral_key
+        self.state = "build"
+        return proposal
+
+    def package_frames(self, payload: bytes, *, dp_epsilon: float = 0.0, redactions: int = 0) -> Iterator[bytes]:
+        """Spend the DP budget, then yield the signed header, the stream header and each sealed chunk.
+
+        A generator, so that a 64 MiB payload is sealed one chunk at a time as the driver sends.
+        """
+        assert self.state == "build" and self.proposal is not None, self.state
+        proposal = self.proposal
+        try:
+            if self.policy.dp_enabled and dp_epsilon <= 0:
+                raise ExchangeError(BUILD_FAILED, "DP is enabled but the package was built without noise")
+            if self.budget is not None and dp_epsilon > 0:
+                try:
+                    self.budget.spend(self.remote, dp_epsilon, self.policy.dp_delta)
+                except BudgetExceeded as exc:
+                    raise ExchangeError(BUDGET_EXCEEDED, str(exc)) from None
+            ephemeral = EphemeralKey()
+            key = teacher_package_key(
+                ephemeral, student_ephemeral=self._student_ephemeral, proposal_id=proposal.proposal_id,
+                round=proposal.round, teacher=proposal.teacher, student=proposal.student, protocol=proposal.protocol,
+            )
+        except SealingError as exc:
+            raise self._fail(ExchangeError(WRONG_RECIPIENT, f"cannot seal for the student: {exc}")) from None
+        except ExchangeError as exc:
+            raise self._fail(exc) from None
+        teacher_ephemeral = ephemeral.public
+        del ephemeral  # forward secrecy: the one-time secret lives only inside `key` from here
+        n_chunks = chunk_count(len(payload))
+        self.header = PackageHeader(
+            proposal_id=proposal.proposal_id, round=proposal.round, teacher=proposal.teacher, student=proposal.student,
+            protocol=proposal.protocol, payload_hash=hashlib.sha256(payload).digest(), payload_size=sealed_size(len(payload)),
+            chunks=n_chunks, ephemeral_key=teacher_ephemeral, dp_epsilon=float(dp_epsilon), redactions=int(redactions),
+        )
+        envelope = seal_envelope(self.signer, self.header)
+        self.header_envelope = envelope.to_bytes()
+        sealer = key.sealer(envelope.digest)
+        self.state = "sending"
+        yield self.header_envelope
+        yield sealer.stream_header
+        view = memoryview(payload)
+        for index in range(n_chunks):
+            yield sealer.seal(bytes(view[index * CHUNK_SIZE : (index + 1) * CHUNK_SIZE]), final=index == n_chunks - 1)
+        self.state = "await-receipt"
+
+    def receive_receipt(self, frame: bytes) -> Receipt:
+        """Check the student's signed receipt names exactly this package."""
+        assert self.state == "await-receipt" and self.header is not None, self.state
+        header = self.header
+        try:
+            try:
+                envelope, message = open_envelope(frame, max_size=MAX_CONTROL_FRAME, expect=(Receipt, ExchangeRefused))
+            except WireError as exc:
+                raise malformed(exc, "receipt") from None
+            if envelope.sender != self.remote:
+                raise ExchangeError(BAD_RECEIPT, f"receipt signed by {envelope.sender}, not the student")
+            if isinstance(message, ExchangeRefused):
+                raise peer_refusal(message)
+            assert isinstance(message, Receipt)
+            expected = (header.proposal_id, header.round, header.teacher, header.student, header.payload_hash, header.payload_size)
+            got = (message.proposal_id, message.round, message.teacher, message.student, message.payload_hash, message.payload_size)
+            if got != expected:
+                raise ExchangeError(BAD_RECEIPT, "receipt does not name the package that was sent")
+        except ExchangeError as exc:
+            raise self._fail(exc) from None
+        self.receipt_envelope = frame
+        self.state = "done"
+        return message
+
