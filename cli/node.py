@@ -8,6 +8,7 @@ import typer
 
 from knexa_cli.common import HomeOption, JsonOption
 from knexa_cli.identity_commands import initialize, show_id
+from knexa_cli.node_audit import audit_app
 from knexa_node.config import render_reference
 
 app = typer.Typer(
@@ -16,6 +17,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.add_typer(audit_app, name="audit")
 
 
 @app.command()

@@ -1,0 +1,47 @@
+"""Counterpart proofs: the other party's signed word that an entry's package exchange happened.
+
+On a ``package-sent`` entry the proof is the student's signed
+:class:`~knexa_node.wire.Receipt`; on ``package-received`` it is the teacher's
+signed :class:`~knexa_node.wire.PackageHeader`. Either must be signed by the
+entry's counterpart, name the log owner and the counterpart in their roles,
+and match the entry's proposal, round, package hash and size.
+"""
+
+from __future__ import annotations
+
+from knexa_node.audit.entry import MAX_RECEIPT, PACKAGE_RECEIVED, PACKAGE_SENT, Event
+from knexa_node.wire import Envelope, PackageHeader, Receipt, WireError, open_envelope
+
+
+class ProofError(Exception):
+    """A counterpart receipt does not verify or does not match its entry."""
+
+
+def check_proof(owner: str, ev: Event) -> Envelope | None:
+    """Verify ``ev.receipt`` (if any) for a log owned by ``owner``; raise :class:`ProofError`."""
+    if not ev.receipt:
+        return None
+    if ev.kind not in (PACKAGE_SENT, PACKAGE_RECEIVED):
+        raise ProofError(f"a {ev.kind} entry carries no receipt")
+    expect: type[Receipt] | type[PackageHeader] = Receipt if ev.kind == PACKAGE_SENT else PackageHeader
+    try:
+        envelope, message = open_envelope(ev.receipt, max_size=MAX_RECEIPT, expect=(expect,))
+    except WireError as exc:
+        raise ProofError(f"counterpart receipt does not verify: {exc}") from None
+    if envelope.sender != ev.peer:
+        raise ProofError(f"receipt is signed by {envelope.sender}, not by the counterpart {ev.peer}")
+    assert isinstance(message, (Receipt, PackageHeader))
+    teacher, student = (owner, ev.peer) if ev.kind == PACKAGE_SENT else (ev.peer, owner)
+    if (message.teacher, message.student) != (teacher, student):
+        raise ProofError("receipt names other parties than the entry (teacher, student)")
+    if message.proposal_id != ev.proposal_id:
+        raise ProofError("receipt is for another proposal")
+    if message.round != ev.round:
+        raise ProofError(f"receipt is for round {message.round}, entry says {ev.round}")
+    if message.payload_hash != ev.package_hash:
+        raise ProofError("receipt acknowledges another package hash")
+    if message.payload_size != ev.package_size:
+        raise ProofError(f"receipt acknowledges {message.payload_size} bytes, entry says {ev.package_size}")
+    if isinstance(message, PackageHeader) and message.protocol != ev.protocol:
+        raise ProofError(f"package header says protocol {message.protocol}, entry says {ev.protocol}")
+    return envelope
