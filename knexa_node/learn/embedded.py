@@ -1,0 +1,161 @@
+"""Embedded models: small causal LMs and byte-level BPE tokenizers built offline, cached as HF directories.
+
+Nothing is downloaded. A tokenizer is trained with ``tokenizers`` on the
+embedded task's text (a corpus seed disjoint from the task's own seeds), and
+a model of the given family is built from a config with seeded random
+weights. Each is saved as an ordinary Hugging Face directory (config,
+tokenizer, safetensors) under the cache dir (``$KNEXA_MODEL_CACHE`` or
+``~/.cache/knexa/models``), so every node of a demo loads the very same
+files by path. ``embedded:<name>`` resolves through :func:`resolve_model_path`.
+
+Two tokenizers (1,024 and 768 tokens) and four families give real
+heterogeneity: llama-tiny and qwen2-tiny share a tokenizer (the logit path
+works between them), neox-tiny and gpt2-tiny share the other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (AutoModelForCausalLM, BloomConfig, GPT2Config, GPTNeoXConfig, LlamaConfig,
+                          PretrainedConfig, PreTrainedTokenizerFast, Qwen2Config)
+
+from knexa_node.learn.problems import generate_problems
+from knexa_node.profile import CATEGORIES
+
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+EMBEDDED_PREFIX = "embedded:"
+_MARKER = "knexa-embedded.txt"
+
+
+class ModelPathError(ValueError):
+    """A model path or ``embedded:`` name cannot be resolved to a usable HF directory."""
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    vocab_size: int
+    corpus_seed: int = 90_001  # disjoint from task seeds (small integers)
+    corpus_per_category: int = 150
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    model_type: str  # llama, qwen2, gpt_neox, gpt2, bloom
+    tokenizer: TokenizerSpec
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    max_positions: int = 512
+    seed: int = 0
+
+
+TOKENIZER_1K = TokenizerSpec(vocab_size=1024)
+TOKENIZER_768 = TokenizerSpec(vocab_size=768)
+
+EMBEDDED: dict[str, ModelSpec] = {
+    "llama-tiny": ModelSpec("llama", TOKENIZER_1K, hidden=192, layers=4, heads=4, intermediate=512),
+    "qwen2-tiny": ModelSpec("qwen2", TOKENIZER_1K, hidden=192, layers=4, heads=4, intermediate=512, seed=1),
+    "neox-tiny": ModelSpec("gpt_neox", TOKENIZER_768, hidden=192, layers=4, heads=4, intermediate=512, seed=2),
+    "gpt2-tiny": ModelSpec("gpt2", TOKENIZER_768, hidden=192, layers=4, heads=4, intermediate=512, seed=3),
+}
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("KNEXA_MODEL_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "knexa" / "models"
+
+
+def train_tokenizer(spec: TokenizerSpec) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer over the embedded task's text (about a second)."""
+    problems = generate_problems(spec.corpus_seed, {c: spec.corpus_per_category for c in CATEGORIES})
+    corpus = [p.prompt + p.solution + p.tests for p in problems]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=spec.vocab_size, special_tokens=[EOS, PAD],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOS, eos_token=EOS, pad_token=PAD,
+                                   padding_side="left", clean_up_tokenization_spaces=False)
+
+
+def make_config(spec: ModelSpec, tokenizer: PreTrainedTokenizerFast) -> PretrainedConfig:
+    ids = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+           "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    if spec.model_type == "llama":
+        return LlamaConfig(hidden_size=spec.hidden, intermediate_size=spec.intermediate, num_hidden_layers=spec.layers,
+                           num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
+                           max_position_embeddings=spec.max_positions, tie_word_embeddings=True, **ids)
+    if spec.model_type == "qwen2":
+        return Qwen2Config(hidden_size=spec.hidden, intermediate_size=spec.intermediate, num_hidden_layers=spec.layers,
+                           num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
+                           max_position_embeddings=spec.max_positions, tie_word_embeddings=True, **ids)
+    if spec.model_type == "gpt_neox":
+        return GPTNeoXConfig(hidden_size=spec.hidden, intermediate_size=spec.intermediate, num_hidden_layers=spec.layers,
+                             num_attention_heads=spec.heads, max_position_embeddings=spec.max_positions,
+                             tie_word_embeddings=False, **ids)
+    if spec.model_type == "gpt2":
+        return GPT2Config(n_embd=spec.hidden, n_inner=spec.intermediate, n_layer=spec.layers, n_head=spec.heads,
+                          n_positions=spec.max_positions, **ids)
+    if spec.model_type == "bloom":
+        return BloomConfig(hidden_size=spec.hidden, n_layer=spec.layers, n_head=spec.heads, **ids)
+    raise ModelPathError(f"no embedded builder for model type {spec.model_type!r}")
+
+
+def build_model_dir(spec: ModelSpec, out_dir: Path, tokenizer: PreTrainedTokenizerFast | None = None) -> Path:
+    """Build ``spec`` from scratch into ``out_dir`` (config, tokenizer, safetensors)."""
+    tokenizer = tokenizer if tokenizer is not None else train_tokenizer(spec.tokenizer)
+    config = make_config(spec, tokenizer)
+    torch.manual_seed(spec.seed)
+    model = AutoModelForCausalLM.from_config(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / _MARKER).write_text(repr(spec) + "\n", encoding="utf-8")
+    return out_dir
+
+
+def _spec_key(name: str, spec: ModelSpec) -> str:
+    digest = hashlib.sha256(repr((spec, torch.__version__.split("+")[0])).encode()).hexdigest()[:10]
+    return f"{name}-{digest}"
+
+
+def ensure_embedded(name: str, cache_dir: Path | None = None) -> Path:
+    """The directory of embedded model ``name``, built on first use (safe if several nodes race)."""
+    if name not in EMBEDDED:
+        raise ModelPathError(f"unknown embedded model {name!r} (known: {', '.join(EMBEDDED)})")
+    spec = EMBEDDED[name]
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    final = cache / _spec_key(name, spec)
+    if (final / _MARKER).exists():
+        return final
+    cache.mkdir(parents=True, exist_ok=True)
+    staging = cache / f".build-{final.name}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    build_model_dir(spec, staging)
+    try:
+        os.rename(staging, final)  # atomic: another node that won the race keeps its copy
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (final / _MARKER).exists():
+            raise
+    return final
+
+
+def resolve_model_path(path: str, cache_dir: Path | None = None) -> Path:
+    """``embedded:<name>`` or a local HF directory holding ``config.json``."""
+    if path.startswith(EMBEDDED_PREFIX):
+        return ensure_embedded(path[len(EMBEDDED_PREFIX):], cache_dir)
+    directory = Path(path).expanduser()
+    if not (directory / "config.json").is_file():
+        raise ModelPathError(f"{directory}: not a Hugging Face model directory (no config.json)")
+    return directory
