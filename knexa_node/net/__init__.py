@@ -1,1 +1,18 @@
-"""(in progress)"""
+"""The network layer: a py-libp2p 0.8.1 host with knexa's protocols (trio only).
+
+Map (each module has one job; read :mod:`.network` first):
+
+- :mod:`.network`    :class:`Network`, the API other rooms use: ``serve``, ``set_handler``,
+                     ``open_request``, ``request``, ``subscribe``, ``publish``, ``connected_peers``, ``status``
+- :mod:`.protocols`  every stream protocol ID and gossip topic, with versions
+- :mod:`.params`     :class:`NetParams` / :class:`GossipParams`, the tunables and why
+- :mod:`.host`       building the host from the identity: Noise only, Yamux, one connection per peer
+- :mod:`.inbound`    the fix for py-libp2p's inbound-connection leak
+- :mod:`.streams`    :class:`FramedStream`: length-prefixed frames with deadlines and size caps
+- :mod:`.gossip`     GossipSub with explicit parameters; signed envelopes validated, drops counted
+- :mod:`.discovery`  bootstrap dialing with backoff, Kademlia DHT discovery, reconnection
+- :mod:`.stats`      counters (drops by reason, messages, bytes, dials)
+- :mod:`.errors`     :class:`NetError` and its subclasses
+
+This ``__init__`` imports nothing, so that reaching a protocol constant does not load libp2p.
+"""

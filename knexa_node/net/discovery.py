@@ -1,0 +1,158 @@
+"""Finding and keeping peers: bootstrap dialing with backoff, Kademlia DHT discovery, reconnection.
+
+- One task per bootstrap address dials it, retrying with exponential backoff
+  (``backoff_min_s`` doubling to ``backoff_max_s``) while it is down, adds it to
+  the DHT routing table once connected, and redials when the connection drops
+  (a restarted bootstrap is found again).
+- One task looks up our own key in the DHT (which returns the peers closest to
+  us; in a consortium of tens of nodes that is everyone) and dials every peer
+  of the routing table we are not connected to, up to ``max_peers``: a node
+  that knows only the bootstrap finds the others, and peers that restart are
+  redialed. It runs every ``discovery_fast_interval_s`` while we know no peer
+  beyond the bootstraps, then every ``discovery_interval_s``, and at once when
+  a bootstrap connects.
+
+The DHT must exist before any dial (py-libp2p refuses ``add_peer`` otherwise).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import multiaddr
+import trio
+from libp2p.abc import IHost
+from libp2p.kad_dht.kad_dht import KadDHT
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.peer.peerstore import PeerStoreError
+
+from knexa_node.net.errors import PeerUnreachable
+from knexa_node.net.params import NetParams
+from knexa_node.net.stats import NetStats
+
+logger = logging.getLogger(__name__)
+
+EventFn = Callable[..., None]
+# Peerstore TTL of addresses learned from config: long, they are the operator's word.
+_BOOTSTRAP_ADDR_TTL = 10**9
+
+
+def parse_bootstrap(addr: str) -> PeerInfo:
+    try:
+        return info_from_p2p_addr(multiaddr.Multiaddr(addr))
+    except Exception as exc:  # multiaddr and peer ID parsing raise several types
+        raise ValueError(f"bad bootstrap address {addr!r}: {exc}") from None
+
+
+class Discovery:
+    def __init__(self, host: IHost, dht: KadDHT, params: NetParams, stats: NetStats, on_event: EventFn) -> None:
+        self.host, self.dht, self.params, self.stats, self.on_event = host, dht, params, stats, on_event
+        self.bootstraps = [parse_bootstrap(a) for a in params.bootstrap]
+        self._wake = trio.Event()
+        self.lookups = 0
+
+    def bootstrap_ids(self) -> set[ID]:
+        return {info.peer_id for info in self.bootstraps}
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for info in self.bootstraps:
+                if info.peer_id != self.host.get_id():
+                    nursery.start_soon(self._keep_bootstrap, info)
+            nursery.start_soon(self._discover_loop)
+            task_status.started()
+
+    def wake(self) -> None:
+        """Run a discovery round now (e.g. after a new connection)."""
+        self._wake.set()
+
+    async def dial(self, info: PeerInfo) -> None:
+        """Connect to ``info`` within ``dial_timeout_s``; raise :class:`PeerUnreachable`."""
+        try:
+            with trio.fail_after(self.params.dial_timeout_s):
+                await self.host.connect(info)
+        except trio.TooSlowError:
+            self.stats.dials_failed += 1
+            raise PeerUnreachable(f"dial {info.peer_id} timed out after {self.params.dial_timeout_s:g} s") from None
+        except Exception as exc:  # py-libp2p raises many unrelated types on a failed dial
+            self.stats.dials_failed += 1
+            raise PeerUnreachable(f"dial {info.peer_id} failed: {type(exc).__name__}: {exc}"[:300]) from None
+        self.stats.dials_ok += 1
+
+    def known_addrs(self, peer_id: ID) -> list[multiaddr.Multiaddr]:
+        """Addresses of ``peer_id`` in the peerstore ([] if unknown: py-libp2p raises there)."""
+        try:
+            return list(self.host.get_peerstore().addrs(peer_id))
+        except PeerStoreError:
+            return []
+
+    def is_connected(self, peer_id: ID) -> bool:
+        conns = self.host.get_network().connections.get(peer_id)
+        return bool(conns) and any(not c.is_closed for c in conns)  # type: ignore[union-attr]
+
+    async def _keep_bootstrap(self, info: PeerInfo) -> None:
+        delay = self.params.backoff_min_s
+        attempts = 0
+        while True:
+            if self.is_connected(info.peer_id):
+                await trio.sleep(self.params.backoff_min_s)
+                continue
+            self.host.get_peerstore().add_addrs(info.peer_id, info.addrs, _BOOTSTRAP_ADDR_TTL)
+            try:
+                await self.dial(info)
+            except PeerUnreachable as exc:
+                attempts += 1
+                # Log the first failure and then only when the backoff saturates, not every retry.
+                if attempts == 1 or delay >= self.params.backoff_max_s:
+                    self.on_event("bootstrap-unreachable", peer_id=info.peer_id.to_base58(), retry_in_s=delay, error=str(exc))
+                await trio.sleep(delay)
+                delay = min(delay * 2, self.params.backoff_max_s)
+                continue
+            delay, attempts = self.params.backoff_min_s, 0
+            await self.dht.add_peer(info.peer_id, skip_server_mode_check=True)
+            self.on_event("bootstrap-connected", peer_id=info.peer_id.to_base58())
+            self.wake()
+
+    async def _discover_loop(self) -> None:
+        while True:
+            await self.discover_once()
+            known = set(self.dht.routing_table.get_peer_ids()) - self.bootstrap_ids()
+            interval = self.params.discovery_interval_s if known else self.params.discovery_fast_interval_s
+            with trio.move_on_after(interval):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    async def discover_once(self) -> int:
+        """One DHT lookup and dial round; returns how many new connections it made."""
+        if not self.host.get_connected_peers():
+            return 0
+        self.lookups += 1
+        with trio.move_on_after(self.params.dial_timeout_s):
+            try:
+                await self.dht.refresh_routing_table()
+            except Exception as exc:  # a lookup over flaky peers fails in many ways; retried next round
+                logger.debug("DHT refresh failed: %s", exc)
+        me = self.host.get_id()
+        candidates = [p for p in self.dht.routing_table.get_peer_ids() if p != me and not self.is_connected(p)]
+        room = self.params.max_peers - len(self.host.get_connected_peers())
+        made = 0
+
+        async def dial_one(peer_id: ID) -> None:
+            nonlocal made
+            addrs = self.known_addrs(peer_id)
+            if not addrs:
+                return
+            try:
+                await self.dial(PeerInfo(peer_id, addrs))
+            except PeerUnreachable as exc:
+                logger.debug("discovered peer unreachable: %s", exc)
+                return
+            made += 1
+            self.on_event("peer-discovered", peer_id=peer_id.to_base58(), via="dht")
+
+        async with trio.open_nursery() as nursery:
+            for peer_id in candidates[: max(room, 0)]:
+                nursery.start_soon(dial_one, peer_id)
+        return made

@@ -1,0 +1,163 @@
+"""GossipSub with explicit parameters, where every message is a signed knexa envelope.
+
+Each subscribed topic gets a validator that opens the envelope
+(:func:`knexa_node.wire.open_envelope`) and refuses oversized, malformed,
+badly signed, stale, future-dated and replayed messages, counting each by
+reason in :class:`~knexa_node.net.stats.NetStats`. Refused messages are not
+forwarded to other peers. Delivery is best effort: a handler must tolerate
+missed and repeated messages (round numbers, catch-up over a stream).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+
+import trio
+from libp2p.abc import IHost
+from libp2p.peer.id import ID
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.tools.anyio_service import background_trio_service
+
+from knexa_node.net.params import GossipParams
+from knexa_node.net.protocols import GOSSIPSUB_PROTOCOLS
+from knexa_node.net.stats import NetStats
+from knexa_node.wire import Envelope, Message, WireError, open_envelope
+
+logger = logging.getLogger(__name__)
+
+GossipHandler = Callable[[Envelope, Message, str], Awaitable[None]]
+"""``async def handler(envelope, message, from_peer_id)``; ``from_peer_id`` is the gossip origin."""
+
+
+class _SeenDigests:
+    """Envelope digests seen recently (bounded, oldest first out)."""
+
+    def __init__(self, size: int, ttl_s: float) -> None:
+        self.size, self.ttl_s = size, ttl_s
+        self._seen: OrderedDict[bytes, float] = OrderedDict()
+
+    def check_and_add(self, digest: bytes, now: float) -> bool:
+        """True if new."""
+        while self._seen and (len(self._seen) >= self.size or next(iter(self._seen.values())) < now - self.ttl_s):
+            self._seen.popitem(last=False)
+        if digest in self._seen:
+            return False
+        self._seen[digest] = now
+        return True
+
+
+class Gossip:
+    """The pubsub side of a :class:`~knexa_node.net.network.Network`."""
+
+    def __init__(self, host: IHost, params: GossipParams, stats: NetStats, *, clock: Callable[[], float] = time.time) -> None:
+        self.host, self.params, self.stats, self.clock = host, params, stats, clock
+        self.my_id = host.get_id()
+        self.router = GossipSub(
+            list(GOSSIPSUB_PROTOCOLS),  # type: ignore[arg-type]
+            degree=params.degree,
+            degree_low=params.degree_low,
+            degree_high=params.degree_high,
+            heartbeat_interval=params.heartbeat_s,  # type: ignore[arg-type]
+            heartbeat_initial_delay=0.1,
+            max_messages_per_topic_per_second=params.max_messages_per_topic_per_second,
+            # Needs peer scoring to act and would graft for IP diversity that a loopback
+            # consortium, or several organizations behind one NAT, cannot have.
+            eclipse_protection_enabled=False,
+        )
+        self.pubsub = Pubsub(host, self.router, strict_signing=True, max_inbound_rpc_size=params.max_message_size + 4096)
+        self._handlers: dict[str, list[GossipHandler]] = {}
+        self._seen = _SeenDigests(params.seen_cache_size, params.max_age_s)
+        self._nursery: trio.Nursery | None = None
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(background_trio_service(self.pubsub))
+            await stack.enter_async_context(background_trio_service(self.router))
+            await self.pubsub.wait_until_ready()
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for topic in list(self._handlers):
+                    await self._start_topic(topic)
+                task_status.started()
+                await trio.sleep_forever()
+
+    def subscribe(self, topic: str, handler: GossipHandler) -> None:
+        """Deliver valid envelopes of ``topic`` to ``handler`` (also before the network runs)."""
+        first = topic not in self._handlers
+        self._handlers.setdefault(topic, []).append(handler)
+        if first and self._nursery is not None:
+            self._nursery.start_soon(self._start_topic, topic)
+
+    async def publish(self, topic: str, envelope_bytes: bytes) -> None:
+        """Publish a sealed envelope (``Envelope.to_bytes()``) on ``topic``."""
+        if len(envelope_bytes) > self.params.max_message_size:
+            raise WireError("too-large", f"gossip message of {len(envelope_bytes)} bytes > {self.params.max_message_size}")
+        await self.pubsub.publish(topic, envelope_bytes)
+        self.stats.messages_out[topic] += 1
+
+    def topics(self) -> dict[str, dict[str, int]]:
+        """Subscribed topics with their mesh size and the number of peers known on them."""
+        out = {}
+        for topic in sorted(self._handlers):
+            peers = self.pubsub.peer_topics.get(topic, set())
+            out[topic] = {"mesh": len(self.router.mesh.get(topic, ())), "peers": len(peers)}
+        return out
+
+    # --- internals ----------------------------------------------------------------------------
+
+    async def _start_topic(self, topic: str) -> None:
+        self.pubsub.set_topic_validator(topic, self._validate, False)
+        subscription = await self.pubsub.subscribe(topic)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._deliver, topic, subscription)
+
+    def _validate(self, forwarder: ID, msg: rpc_pb2.Message) -> bool:
+        if ID(msg.from_id) == self.my_id:
+            return True  # our own publication, already checked by construction
+        reason = self._check(msg.data)
+        if reason is not None:
+            self.stats.drop(reason)
+            logger.debug("dropped gossip message from %s: %s", forwarder, reason)
+            return False
+        return True
+
+    def _check(self, data: bytes) -> str | None:
+        if len(data) > self.params.max_message_size:
+            return "too-large"
+        try:
+            envelope, _ = open_envelope(data, max_size=self.params.max_message_size)
+        except WireError as exc:
+            return exc.reason
+        now = self.clock()
+        if envelope.timestamp < now - self.params.max_age_s:
+            return "stale"
+        if envelope.timestamp > now + self.params.max_future_s:
+            return "future"
+        if not self._seen.check_and_add(envelope.digest, now):
+            return "duplicate"
+        return None
+
+    async def _deliver(self, topic: str, subscription: object) -> None:
+        while True:
+            msg: rpc_pb2.Message = await subscription.get()  # type: ignore[attr-defined]
+            origin = ID(msg.from_id)
+            if origin == self.my_id:
+                continue  # py-libp2p echoes our own publications to our subscription
+            try:
+                envelope, message = open_envelope(msg.data, max_size=self.params.max_message_size)
+            except WireError as exc:  # the validator passed it; only a bug gets here
+                self.stats.drop(exc.reason)
+                continue
+            self.stats.messages_in[topic] += 1
+            for handler in list(self._handlers.get(topic, ())):
+                try:
+                    await handler(envelope, message, origin.to_base58())
+                except Exception:  # a faulty handler must not stop delivery of the topic
+                    self.stats.drop("handler-error")
+                    logger.exception("gossip handler for %s failed", topic)

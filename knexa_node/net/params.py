@@ -1,0 +1,72 @@
+"""Tunables of the network layer, with the defaults we chose and why.
+
+:class:`NetParams` is built from ``config.toml`` (:meth:`NetParams.from_config`)
+or directly in tests; everything the host, gossip and discovery modules need
+is here so that no module reaches into the config file on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from knexa_node.config import Config
+
+# One frame on a request/response stream; bulk payloads go in chunks of at most this.
+DEFAULT_MAX_FRAME = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GossipParams:
+    """GossipSub parameters, set explicitly (py-libp2p 0.8.1 defaults are not the spec's)."""
+
+    # D, D_lo, D_hi of the GossipSub spec.
+    degree: int = 6
+    degree_low: int = 4
+    degree_high: int = 12
+    # The spec's 1 s (py-libp2p defaults to 120 s, which leaves meshes empty for minutes).
+    heartbeat_s: float = 1.0
+    # py-libp2p silently drops above 10 msg/s per peer and topic; our traffic is
+    # rare (rounds, proposals, checkpoints) but bursts of proposals must pass.
+    max_messages_per_topic_per_second: float = 100.0
+    # Largest gossip message we accept (an envelope with a proposal is ~1 KiB).
+    max_message_size: int = 64 * 1024
+    # Envelopes older than this (by their signed timestamp) are dropped as stale;
+    # also the lifetime of the duplicate-digest cache.
+    max_age_s: float = 900.0
+    # Allowed clock skew into the future.
+    max_future_s: float = 120.0
+    seen_cache_size: int = 65536
+
+
+@dataclass(frozen=True)
+class NetParams:
+    listen: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
+    announce: tuple[str, ...] = ()
+    bootstrap: tuple[str, ...] = ()
+    consortium: str = "default"
+    gossip: GossipParams = field(default_factory=GossipParams)
+    # Bootstrap redial backoff: first retry after ``backoff_min_s``, doubling up to ``backoff_max_s``.
+    backoff_min_s: float = 0.5
+    backoff_max_s: float = 30.0
+    # DHT discovery: look up our own key (which returns the closest peers) at this
+    # interval, shorter while we know few peers.
+    discovery_interval_s: float = 10.0
+    discovery_fast_interval_s: float = 1.0
+    # Connect to at most this many discovered peers (a consortium is small; a mesh of all is fine).
+    max_peers: int = 64
+    dial_timeout_s: float = 10.0
+    stream_open_timeout_s: float = 10.0
+    # Connection limits of the swarm (inbound cap = max_connections - min_connections in py-libp2p).
+    max_connections: int = 300
+    min_connections: int = 50
+    max_frame: int = DEFAULT_MAX_FRAME
+
+    @classmethod
+    def from_config(cls, config: Config, **overrides: object) -> "NetParams":
+        base = cls(
+            listen=tuple(config.node.listen),
+            announce=tuple(config.node.announce),
+            bootstrap=tuple(config.node.bootstrap),
+            consortium=config.consortium.name,
+        )
+        return cls(**{**base.__dict__, **overrides})  # type: ignore[arg-type]

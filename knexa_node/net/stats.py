@@ -1,0 +1,40 @@
+"""Counters of the network layer, shown by ``knexa-node status`` and exported as metrics."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class NetStats:
+    # Gossip messages refused, by stable reason (a WireError reason, "stale", "duplicate", ...).
+    dropped: Counter[str] = field(default_factory=Counter)
+    # Gossip messages delivered to handlers / published, by topic.
+    messages_in: Counter[str] = field(default_factory=Counter)
+    messages_out: Counter[str] = field(default_factory=Counter)
+    # Stream requests refused or failed, by protocol and reason ("<protocol> <reason>").
+    stream_errors: Counter[str] = field(default_factory=Counter)
+    streams_in: Counter[str] = field(default_factory=Counter)
+    streams_out: Counter[str] = field(default_factory=Counter)
+    bytes_in: int = 0
+    bytes_out: int = 0
+    dials_ok: int = 0
+    dials_failed: int = 0
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] += 1
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "dropped": dict(self.dropped),
+            "messages_in": dict(self.messages_in),
+            "messages_out": dict(self.messages_out),
+            "stream_errors": dict(self.stream_errors),
+            "streams_in": dict(self.streams_in),
+            "streams_out": dict(self.streams_out),
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "dials_ok": self.dials_ok,
+            "dials_failed": self.dials_failed,
+        }
