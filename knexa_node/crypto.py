@@ -8,6 +8,7 @@ ID alone, with no key directory. Sealing for a recipient lives in
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import base58
@@ -36,6 +37,9 @@ def peer_id_from_public_key(public_key: bytes) -> str:
     return base58.b58encode(multihash).decode("ascii")
 
 
+# Cached: verifying a log or a stream of envelopes decodes the same few peer IDs again and
+# again, and base58 decoding cost more than the Ed25519 check itself (audit verify profile).
+@functools.lru_cache(maxsize=4096)
 def public_key_from_peer_id(peer_id: str) -> bytes:
     """Extract the Ed25519 public key from a peer ID; raise :class:`CryptoError` otherwise."""
     if not isinstance(peer_id, str) or not 40 <= len(peer_id) <= 60:
