@@ -22,10 +22,15 @@ from knexa_node.audit.entry import (
     PROPOSAL_REFUSED,
     REFUSED,
     REWARD_REPORTED,
+    TIMED_OUT,
     Event,
     MetricValue,
 )
+from knexa_node.exchange.errors import ExchangeOutcome
 from knexa_node.wire import Feedback, PackageHeader, PairingProposal
+
+# ExchangeOutcome.status -> entry outcome
+_STATUS_OUTCOME = {"done": OK, "refused": REFUSED, "timed-out": TIMED_OUT}
 
 
 def _role_and_peer(proposal: PairingProposal, me: str) -> tuple[str, str]:
@@ -93,3 +98,28 @@ def guardrail_redactions(header: PackageHeader) -> Event:
     return Event(kind=GUARDRAIL_REDACTIONS, round=header.round, proposal_id=header.proposal_id, peer=header.student,
                  protocol=header.protocol, package_hash=header.payload_hash,
                  metrics={"redactions": header.redactions})
+
+
+def from_exchange_outcome(outcome: ExchangeOutcome) -> Event:
+    """The entry for how one exchange ended, on either side (the driver's :class:`ExchangeOutcome`).
+
+    Once a package header was seen this is a ``package-sent`` (teacher, with
+    the student's receipt if it came) or ``package-received`` (student, with
+    the teacher-signed header) entry; a refusal or timeout before any package
+    is a ``proposal-refused`` entry carrying the stable code.
+    """
+    result = _STATUS_OUTCOME[outcome.status]
+    metrics: dict[str, MetricValue] = {"role": outcome.role, "seconds": float(outcome.elapsed_s)}
+    if outcome.code:
+        metrics["code"] = outcome.code[:64]
+    # Round -1 means the proposal never verified; the entry still records the refusal.
+    round_ = max(outcome.round, 0)
+    if outcome.payload_hash and outcome.protocol and outcome.proposal_id:
+        teacher = outcome.role == "teacher"
+        return Event(kind=PACKAGE_SENT if teacher else PACKAGE_RECEIVED, round=round_, outcome=result,
+                     proposal_id=outcome.proposal_id, peer=outcome.peer, protocol=outcome.protocol,
+                     package_hash=outcome.payload_hash, package_size=outcome.payload_size,
+                     receipt=outcome.receipt_envelope if teacher else outcome.header_envelope,
+                     metrics={**metrics, "dp_epsilon": float(outcome.dp_epsilon), "redactions": outcome.redactions})
+    return Event(kind=PROPOSAL_REFUSED, round=round_, outcome=result, proposal_id=outcome.proposal_id,
+                 peer=outcome.peer, protocol=outcome.protocol, metrics=metrics)
