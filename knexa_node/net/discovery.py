@@ -70,6 +70,11 @@ class Discovery:
 
     async def dial(self, info: PeerInfo) -> None:
         """Connect to ``info`` within ``dial_timeout_s``; raise :class:`PeerUnreachable`."""
+        # py-libp2p refuses for 60 s to dial a peer whose addresses all failed once;
+        # we run our own backoff, and a restarted peer must be reachable at once.
+        negative_cache = getattr(self.host.get_network(), "_negative_peer_cache", None)
+        if negative_cache is not None:
+            negative_cache.evict(str(info.peer_id))
         try:
             with trio.fail_after(self.params.dial_timeout_s):
                 await self.host.connect(info)

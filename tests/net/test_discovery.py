@@ -1,0 +1,52 @@
+"""Discovery: nodes that know only the bootstrap find each other (DHT), retry and reconnect."""
+
+import pytest
+import trio
+
+from knexa_node.crypto import Signer
+from knexa_node.net.network import Network
+from knexa_node.testing import loopback_params, wait_until
+
+
+def _connected(net):
+    return {p["peer_id"] for p in net.connected_peers()}
+
+
+@pytest.mark.slow
+async def test_nodes_knowing_only_the_bootstrap_find_each_other():
+    async with trio.open_nursery() as nursery:
+        boot = await nursery.start(Network(Signer.generate(), loopback_params()).serve)
+        join = loopback_params(bootstrap=(boot.dialable_addrs()[0],))
+        nodes = [await nursery.start(Network(Signer.generate(), join).serve) for _ in range(3)]
+        everyone = {boot.peer_id} | {n.peer_id for n in nodes}
+        await wait_until(lambda: all(_connected(n) == everyone - {n.peer_id} for n in nodes), 20)
+        assert all(n.dht.get_routing_table_size() >= 2 for n in nodes)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.slow
+async def test_bootstrap_down_at_start_then_restarted_is_reconnected():
+    boot_signer = Signer.generate()
+    events = []
+    async with trio.open_nursery() as outer:
+        # Learn a free port by starting the bootstrap once, then stop it.
+        async with trio.open_nursery() as first:
+            boot = await first.start(Network(boot_signer, loopback_params()).serve)
+            addr = boot.dialable_addrs()[0]
+            first.cancel_scope.cancel()
+        node = Network(Signer.generate(), loopback_params(bootstrap=(addr,)),
+                       on_event=lambda event, **f: events.append(event))
+        await outer.start(node.serve)
+        await wait_until(lambda: "bootstrap-unreachable" in events, 10)
+        port_params = loopback_params(listen=(addr.split("/p2p/")[0],))
+        async with trio.open_nursery() as second:
+            await second.start(Network(boot_signer, port_params).serve)
+            await wait_until(lambda: _connected(node) == {boot_signer.peer_id}, 15)
+            second.cancel_scope.cancel()
+        await wait_until(lambda: not _connected(node), 10)
+        async with trio.open_nursery() as third:  # a restart with the same identity and address
+            await third.start(Network(boot_signer, port_params).serve)
+            await wait_until(lambda: _connected(node) == {boot_signer.peer_id}, 15)
+            third.cancel_scope.cancel()
+        outer.cancel_scope.cancel()
+    assert events.count("bootstrap-connected") >= 2

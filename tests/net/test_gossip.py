@@ -1,0 +1,77 @@
+"""Gossip: signed envelopes reach every subscriber; invalid ones are dropped, counted, not forwarded."""
+
+import time
+
+import trio
+
+from knexa_node.crypto import Signer
+from knexa_node.net.protocols import ROUNDS, topic
+from knexa_node.testing import swarm, wait_until
+from knexa_node.wire import RoundOpen, seal_envelope
+
+T = topic("test", ROUNDS)
+
+
+async def _subscribed(nets):
+    inbox = {net.peer_id: [] for net in nets}
+    for net in nets:
+        async def handler(envelope, message, origin, box=inbox[net.peer_id]):
+            box.append((envelope.sender, message, origin))
+
+        net.subscribe(T, handler)
+    await wait_until(lambda: all(net.gossip.topics()[T]["mesh"] > 0 for net in nets), 10)
+    return inbox
+
+
+async def test_round_announcement_reaches_every_node():
+    async with swarm(5) as nets:
+        inbox = await _subscribed(nets)
+        publisher = nets[3]  # a leaf: the message crosses the hub
+        sent = RoundOpen(round=7, deadline=time.time() + 60, policy="knexa")
+        await publisher.publish(T, seal_envelope(publisher.signer, sent).to_bytes())
+        others = [n for n in nets if n is not publisher]
+        await wait_until(lambda: all(len(inbox[n.peer_id]) == 1 for n in others), 10)
+        for net in others:
+            assert inbox[net.peer_id] == [(publisher.peer_id, sent, publisher.peer_id)]
+        assert inbox[publisher.peer_id] == []  # no echo of our own publication
+
+
+async def test_invalid_messages_are_dropped_counted_and_not_forwarded():
+    async with swarm(3) as nets:  # 1 and 2 talk only through hub 0
+        inbox = await _subscribed(nets)
+        sender, hub, far = nets[1], nets[0], nets[2]
+        good = seal_envelope(sender.signer, RoundOpen(round=1, deadline=time.time() + 60, policy="knexa"))
+        forged = good.to_bytes()[:-3] + b"\x00\x00\x00"  # breaks the signature
+        stale = seal_envelope(sender.signer, RoundOpen(round=2, deadline=0.0, policy="knexa"), now=time.time() - 10_000)
+        imposter = seal_envelope(Signer.generate(), RoundOpen(round=3, deadline=0.0, policy="x"))
+        for data in (b"not msgpack", forged, stale.to_bytes(), good.to_bytes(), good.to_bytes(), imposter.to_bytes()):
+            await sender.publish(T, data)
+        await wait_until(lambda: len(inbox[far.peer_id]) == 2, 10)
+        await wait_until(lambda: sum(hub.stats.dropped.values()) == 4, 10)
+        assert hub.stats.dropped["bad-signature"] == 1
+        assert hub.stats.dropped["stale"] == 1
+        assert hub.stats.dropped["duplicate"] == 1
+        assert sum(v for k, v in hub.stats.dropped.items() if k not in ("bad-signature", "stale", "duplicate")) == 1
+        # The far node never saw the invalid ones: the hub did not forward them.
+        assert [m.round for _, m, _ in inbox[far.peer_id]] == [1, 3]
+        assert sum(far.stats.dropped.values()) == 0
+
+
+async def test_a_failing_handler_does_not_stop_delivery():
+    async with swarm(2) as (a, b):
+        got = []
+
+        async def broken(envelope, message, origin):
+            raise RuntimeError("bug")
+
+        async def good(envelope, message, origin):
+            got.append(message.round)
+
+        b.subscribe(T, broken)
+        b.subscribe(T, good)
+        a.subscribe(T, good)
+        await wait_until(lambda: b.gossip.topics()[T]["mesh"] > 0 and a.gossip.topics()[T]["mesh"] > 0, 10)
+        for r in (1, 2):
+            await a.publish(T, seal_envelope(a.signer, RoundOpen(round=r, deadline=0.0, policy="p")).to_bytes())
+        await wait_until(lambda: got == [1, 2], 10)
+        assert b.stats.dropped["handler-error"] == 2
