@@ -22,7 +22,9 @@ Settings:
   0.2-0.9 across), a capacity fit (a teacher much larger than the student
   transfers less) and a protocol factor (logits, only within a family, carry
   more). Nothing here is additive in the two agents. A malicious teacher
-  (it also lies, claiming a high Pass@1) damages the student's skills.
+  sends packages that damage the student's skills and sends a copy of the
+  best honest agent's profile as its own (``mimic="best"``) or of a random
+  honest agent's, another each round (``mimic="rotate"``).
 - ``linear``: the paper's setting, reward ``r = 0.5 + 0.5 * theta* . [p_t, p_s]``
   (in percentage points) for a hidden theta*; the student's skills move by
   r/100 of their headroom.
@@ -58,6 +60,7 @@ class SimConfig:
     heterogeneity: str = "high"
     setting: str = "nonadditive"
     malicious: int = 0
+    mimic: str = "best"
     seed: int = 0
     eta: float = 0.08
     rho: float = 0.3
@@ -72,6 +75,8 @@ class SimConfig:
             raise SimError(f"heterogeneity must be one of {HETEROGENEITY}")
         if self.setting not in SETTINGS:
             raise SimError(f"setting must be one of {SETTINGS}")
+        if self.mimic not in ("best", "rotate"):
+            raise SimError("mimic must be 'best' or 'rotate'")
         if not 0 <= self.malicious < self.clients:
             raise SimError("malicious must be between 0 and clients - 1")
 
@@ -99,6 +104,7 @@ class Federation:
         default_noise = 0.3 if config.setting == "nonadditive" else 0.5
         self.noise = default_noise if config.noise is None else float(config.noise)
         self.rng = np.random.default_rng([config.seed, 1])
+        self._mimic_rng = np.random.default_rng([config.seed, 2])
         self.round = 0
         self.initial_pass = self.pass1().copy()
         self._previous: list[dict[str, float] | None] = [None] * n
@@ -115,7 +121,7 @@ class Federation:
 
     def _metrics(self, k: int, pass1: float) -> dict[str, float]:
         own = float(self.hist[k] @ self.skill[k])
-        claimed = 0.9 if self.malicious[k] else pass1
+        claimed = pass1
         return {
             "pass1": claimed,
             "pass5": 1.0 - (1.0 - claimed) ** 3,
@@ -133,6 +139,15 @@ class Federation:
             inputs = ProfileInputs(FAMILIES[self.family[k]], metrics, self._previous[k], list(self.hist[k]))
             out[name] = build_profile(inputs)
             self._previous[k] = metrics
+        if self.malicious.any():
+            # A malicious node mimics the profile of the best honest agent
+            # ("best"), or of a different random honest agent every round
+            # ("rotate"), so that only the harm its packages do can give it away.
+            honest = np.nonzero(~self.malicious)[0]
+            best = self.names[honest[np.argmax(passes[honest])]]
+            for k in np.nonzero(self.malicious)[0]:
+                victim = best if self.config.mimic == "best" else self.names[self._mimic_rng.choice(honest)]
+                out[self.names[k]] = out[victim].copy()
         return out
 
     def profiles(self) -> dict[str, np.ndarray]:

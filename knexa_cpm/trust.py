@@ -23,7 +23,7 @@ import numpy as np
 
 
 class TrustTracker:
-    def __init__(self, *, prior: float = 2.0, scale: float = 2.0, decay: float = 0.97, floor: float = 0.1) -> None:
+    def __init__(self, *, prior: float = 4.0, scale: float = 2.0, decay: float = 0.97, floor: float = 0.1) -> None:
         self.prior = float(prior)
         self.scale = float(scale)
         self.decay = float(decay)
