@@ -132,6 +132,14 @@ def dirichlet_split(problems: Sequence[Problem], n_clients: int, alpha: float, *
             pool = pools[category]
             shard.extend(pool[:count])
             del pool[:count]
+        # A category the pool ran out of: top up from this client's next-heaviest categories.
+        for index in np.argsort(-weights):
+            missing = size - len(shard)
+            if missing <= 0:
+                break
+            pool = pools[CATEGORIES[index]]
+            shard.extend(pool[:missing])
+            del pool[:missing]
         random.Random(int(rng.integers(1 << 31))).shuffle(shard)
         shards.append(shard)
     return shards
