@@ -9,6 +9,7 @@ import typer
 from knexa_cli.common import HomeOption, JsonOption
 from knexa_cli.identity_commands import initialize, show_id
 from knexa_cli.node_audit import audit_app
+from knexa_cli.node_daemon import LogFormatOption, show_peers, show_status, start_daemon, stop_daemon
 from knexa_node.config import render_reference
 
 app = typer.Typer(
@@ -45,6 +46,30 @@ def id_(home: Path = HomeOption, as_json: bool = JsonOption) -> None:
 def config_reference() -> None:
     """Print the configuration reference (Markdown), generated from the schema."""
     typer.echo(render_reference())
+
+
+@app.command()
+def start(home: Path = HomeOption, log_format: str = LogFormatOption) -> None:
+    """Run the node daemon in the foreground (Ctrl-C stops it). Prints a ready line and the join line."""
+    start_daemon(home, log_format, role="node")
+
+
+@app.command()
+def status(home: Path = HomeOption, as_json: bool = JsonOption) -> None:
+    """Show the running daemon's status: peer ID, addresses, peers, DHT, gossip meshes, drop counters."""
+    show_status(home, as_json)
+
+
+@app.command()
+def peers(home: Path = HomeOption, as_json: bool = JsonOption) -> None:
+    """List connected peers with their addresses."""
+    show_peers(home, as_json)
+
+
+@app.command()
+def stop(home: Path = HomeOption, as_json: bool = JsonOption) -> None:
+    """Stop the running daemon and wait until it has left."""
+    stop_daemon(home, as_json)
 
 
 def main() -> None:

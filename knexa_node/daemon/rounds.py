@@ -1,0 +1,60 @@
+"""Round announcements on gossip: what a node saw last, and how the CPM announces one.
+
+Every daemon follows ``knexa/<consortium>/rounds`` (which also keeps the topic's
+mesh formed). A node trusts a ``RoundOpen`` only from the CPM named in its
+config (``consortium.cpm``); with no CPM configured (demo) it accepts any
+signer and says so in its status.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from knexa_node.crypto import Signer
+from knexa_node.net.network import Network
+from knexa_node.net.protocols import ROUNDS, topic
+from knexa_node.wire import Envelope, Message, RoundOpen, seal_envelope
+
+
+class RoundWatcher:
+    def __init__(self, net: Network, consortium: str, trusted_cpm: str, on_event: Any) -> None:
+        self.net, self.trusted_cpm, self.on_event = net, trusted_cpm, on_event
+        self.topic = topic(consortium, ROUNDS)
+        self.last: dict[str, Any] | None = None
+        net.subscribe(self.topic, self._on_message)
+
+    async def _on_message(self, envelope: Envelope, message: Message, origin: str) -> None:
+        if not isinstance(message, RoundOpen):
+            self.net.stats.drop("unexpected-type")
+            return
+        if self.trusted_cpm and envelope.sender != self.trusted_cpm:
+            self.net.stats.drop("untrusted-cpm")
+            self.on_event("round-refused", round=message.round, sender=envelope.sender, reason="not the configured CPM")
+            return
+        if self.last is not None and message.round < self.last["round"]:
+            self.net.stats.drop("old-round")
+            return
+        self.last = {
+            "round": message.round,
+            "deadline": message.deadline,
+            "policy": message.policy,
+            "cpm": envelope.sender,
+            "trusted": bool(self.trusted_cpm),
+            "received_at": time.time(),
+            "digest": envelope.digest.hex(),
+        }
+        self.on_event("round-open", round=message.round, cpm=envelope.sender, policy=message.policy)
+
+    def status(self) -> dict[str, Any] | None:
+        return self.last
+
+
+async def announce_round(net: Network, signer: Signer, consortium: str, round_: int, *, deadline_s: float, policy: str) -> dict[str, Any]:
+    """Seal and publish ``RoundOpen(round_)`` on the consortium's rounds topic (the CPM's act)."""
+    if round_ < 0:
+        raise ValueError("round must be >= 0")
+    envelope = seal_envelope(signer, RoundOpen(round=round_, deadline=time.time() + deadline_s, policy=policy))
+    name = topic(consortium, ROUNDS)
+    await net.publish(name, envelope.to_bytes())
+    return {"round": round_, "topic": name, "digest": envelope.digest.hex(), "mesh": net.gossip.topics().get(name, {})}
