@@ -18,12 +18,22 @@ from pathlib import Path
 from typing import Callable
 
 from knexa_node.audit.appendfile import AppendFile
-from knexa_node.audit.entry import LOG_REPAIRED, Entry, EntryFormatError, Event, sign_entry, sign_header
+from knexa_node.audit.entry import (
+    LOG_REPAIRED,
+    Entry,
+    EntryFormatError,
+    Event,
+    decode_entry,
+    decode_header,
+    sign_entry,
+    sign_header,
+    split_record,
+)
 from knexa_node.audit.errors import AuditError, EventError
 from knexa_node.audit.proof import ProofError, check_proof
 from knexa_node.audit.framing import Scan
-from knexa_node.audit.verify import LOG_MAGIC, verify_scan
-from knexa_node.crypto import Signer
+from knexa_node.audit.verify import LOG_MAGIC
+from knexa_node.crypto import CryptoError, Signer, verify
 from knexa_node.identity import NodeHome
 
 LOG_FILE = "exchange.log"
@@ -56,29 +66,23 @@ class AuditLog:
              clock: Callable[[], float] = time.time) -> "AuditLog":
         """Open ``path`` for appending as ``signer``, creating it if needed and ``create``.
 
-        Refuses (typed :class:`AuditError`) a log of another identity, a damaged
-        log, a log held by another writer, and a torn tail unless ``repair``: a
-        repair keeps the torn bytes in ``<log>.torn-<offset>`` and appends a
-        signed ``log-repaired`` entry recording it.
+        Refuses (typed :class:`AuditError`) a log of another identity, damaged
+        frames, a log held by another writer, and a torn tail unless ``repair``:
+        a repair keeps the torn bytes in ``<log>.torn-<offset>`` and appends a
+        signed ``log-repaired`` entry recording it. Opening checks every frame's
+        checksum, the header and the head entry (its seq and signature), not
+        every signature: that is :func:`~knexa_node.audit.verify_file`'s job,
+        and it would cost the daemon seconds at start on a long log.
         """
         path = Path(path)
         if create and not path.exists():
             AppendFile.create(path, LOG_MAGIC, sign_header(signer, clock()).record)
         file, scan = AppendFile.open(path, LOG_MAGIC, repair=repair)
         try:
-            # The torn tail (if any) was just repaired: check the frames that remain.
-            view = verify_scan(Scan(scan.frames, scan.end, scan.end, None), signatures=False)
-            problem = view.report.problem
-            if problem is not None:
-                raise AuditError(problem.reason, f"{path}: damaged at {problem}; run `knexa-node audit verify` "
-                                 "on it, and move it aside to start a new log")
-            assert view.header is not None
-            if view.header.owner != signer.peer_id:
-                raise AuditError("wrong-owner", f"{path}: log belongs to {view.header.owner}, not to this node "
-                                 f"({signer.peer_id})")
-            last = view.entries[-1] if view.entries else None
-            log = cls(file, signer, last.hash if last else view.header.hash, last.seq if last else -1,
-                      last.event.round if last else 0, last.time if last else view.header.created, clock)
+            head = _check_head(path, scan, signer)
+            header = decode_header(scan.frames[0].payload)
+            log = cls(file, signer, head.hash if head else header.hash, head.seq if head else -1,
+                      head.event.round if head else 0, head.time if head else header.created, clock)
         except BaseException:
             file.close()
             raise
@@ -131,3 +135,30 @@ class AuditLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+
+def _check_head(path: Path, scan: Scan, signer: Signer) -> Entry | None:
+    """The head entry after checking the header and the head; raise :class:`AuditError` if they are wrong."""
+
+    def damaged(what: str) -> AuditError:
+        return AuditError("damaged", f"{path}: {what}; run `knexa-node audit verify` on it, and move it aside "
+                          "to start a new log")
+
+    if not scan.frames:
+        raise damaged("no header")
+    try:
+        header = decode_header(scan.frames[0].payload)
+        head = decode_entry(scan.frames[-1].payload) if len(scan.frames) > 1 else None
+    except EntryFormatError as exc:
+        raise damaged(str(exc)) from None
+    if header.owner != signer.peer_id:
+        raise AuditError("wrong-owner", f"{path}: log belongs to {header.owner}, not to this node ({signer.peer_id})")
+    if head is None:
+        return None
+    if head.seq != len(scan.frames) - 2:
+        raise damaged(f"head entry has seq {head.seq} but the file holds {len(scan.frames) - 1} entries")
+    try:
+        verify(signer.peer_id, *split_record(head.record))
+    except CryptoError:
+        raise damaged(f"head entry {head.seq} is not signed by this node") from None
+    return head

@@ -12,8 +12,8 @@ import pytest
 from audit_fixtures import StepClock, make_exchange
 
 from knexa_node.audit import AuditError, AuditLog, EventError, LogLockedError, TornTailError, events, verify_file
-from knexa_node.audit.entry import Event
-from knexa_node.audit.framing import FRAME_HEADER_SIZE, MAGIC_SIZE, scan_frames
+from knexa_node.audit.entry import Event, sign_entry
+from knexa_node.audit.framing import FRAME_HEADER_SIZE, MAGIC_SIZE, encode_frame, scan_frames
 from knexa_node.audit.verify import LOG_MAGIC
 from knexa_node.crypto import Signer
 from knexa_node.identity import NodeHome
@@ -198,3 +198,22 @@ def test_a_killed_writer_leaves_a_valid_log_or_a_torn_tail(tmp_path: Path) -> No
         with AuditLog.open(path, Signer(seed), repair=not report.ok) as log:
             log.append(Event(kind="distillation", round=attempt))
         assert verify_file(path).report.ok
+
+
+def test_reopening_checks_the_head_entry(tmp_path: Path) -> None:
+    """Reopening checks checksums, header and head (seq, signature); a foreign head is refused."""
+    signer = Signer.generate()
+    path = tmp_path / "x.log"
+    hashes = _fill(path, signer, 3)
+    data = path.read_bytes()
+    forged = sign_entry(Signer.generate(), 3, 2e9, hashes[-1], Event(kind="distillation", round=0))
+    path.write_bytes(data + encode_frame(forged.record))
+    with pytest.raises(AuditError) as info:
+        AuditLog.open(path, signer)
+    assert info.value.reason == "damaged" and "not signed by this node" in str(info.value)
+    skipped = sign_entry(signer, 5, 2e9, hashes[-1], Event(kind="distillation", round=0))  # seq gap
+    path.write_bytes(data + encode_frame(skipped.record))
+    with pytest.raises(AuditError) as info:
+        AuditLog.open(path, signer)
+    assert info.value.reason == "damaged" and "seq 5" in str(info.value)
+    assert path.read_bytes() == data + encode_frame(skipped.record)
