@@ -155,8 +155,11 @@ class TeacherSession:
         yield sealer.stream_header
         view = memoryview(payload)
         for index in range(n_chunks):
-            yield sealer.seal(bytes(view[index * CHUNK_SIZE : (index + 1) * CHUNK_SIZE]), final=index == n_chunks - 1)
-        self.state = "await-receipt"
+            last = index == n_chunks - 1
+            sealed = sealer.seal(bytes(view[index * CHUNK_SIZE : (index + 1) * CHUNK_SIZE]), final=last)
+            if last:  # before the yield: a consumer may stop at the final chunk
+                self.state = "await-receipt"
+            yield sealed
 
     def receive_receipt(self, frame: bytes) -> Receipt:
         """Check the student's signed receipt names exactly this package."""

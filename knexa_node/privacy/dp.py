@@ -92,17 +92,28 @@ def log_softmax(logits: Any) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    peak = x.max(axis=-1, keepdims=True)
+    return peak + np.log(np.exp(x - peak).sum(axis=-1, keepdims=True, dtype=np.float64))
+
+
 def top_k(logits: Any, k: int, candidates: Any = None) -> tuple[np.ndarray, np.ndarray]:
-    """The ids and log-probabilities to release per row: the row's own top-k, or the given ``candidates`` ids."""
-    logprobs = log_softmax(logits)
+    """The ids and log-probabilities to release per row: the row's own top-k, or the given ``candidates`` ids.
+
+    Selects on the raw logits (log-softmax is monotone) and normalizes only the
+    k kept values, so a 50k vocabulary costs one pass for the normalizer.
+    """
+    x = np.asarray(logits)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
     if candidates is None:
-        k = min(k, logprobs.shape[-1])
-        ids = np.argpartition(-logprobs, k - 1, axis=-1)[..., :k]
+        k = min(k, x.shape[-1])
+        ids = np.argpartition(-x, k - 1, axis=-1)[..., :k]
     else:
         ids = np.asarray(candidates, dtype=np.int64)
         if ids.ndim == 1:
-            ids = np.broadcast_to(ids, logprobs.shape[:-1] + ids.shape)
-    values = np.take_along_axis(logprobs, ids, axis=-1)
+            ids = np.broadcast_to(ids, x.shape[:-1] + ids.shape)
+    values = np.take_along_axis(x, ids, axis=-1).astype(np.float64) - _logsumexp(x)
     order = np.argsort(-values, axis=-1)
     return np.take_along_axis(ids, order, axis=-1).astype(np.int32), np.take_along_axis(values, order, axis=-1)
 
@@ -141,7 +152,7 @@ def noisy_decoding_logits(
     release per row; calibrate ``mechanism`` for the total number of tokens
     the package will generate (see the module docstring).
     """
-    x = np.asarray(logits, dtype=np.float64)
+    x = np.asarray(logits)
     ids, noisy = privatize_top_k(x, k, mechanism, rng, candidates)
     out = np.full(x.shape, -np.inf, dtype=np.float32)
     np.put_along_axis(out, ids.astype(np.int64), noisy, axis=-1)

@@ -15,6 +15,7 @@ from knexa_node.privacy.dp import (
     calibrate_sigma,
     clip_rows,
     epsilon_spent,
+    log_softmax,
     noisy_decoding_logits,
     privatize_rows,
     privatize_top_k,
@@ -78,6 +79,7 @@ def test_top_k_release_and_decoding_logits():
     assert ids.shape == values.shape == (32, 8)
     assert np.array_equal(ids[:, 0], logits.argmax(axis=1))
     assert np.all(np.diff(values, axis=1) <= 0)
+    assert np.allclose(values, np.take_along_axis(log_softmax(logits), ids.astype(np.int64), axis=1))
     mech = GaussianRelease(epsilon=0.0, delta=0.0, clip_norm=1.0, releases=32, sigma=0.01)  # functional check: tiny noise
     noisy_ids, noisy = privatize_top_k(logits, 8, mech, rng)
     assert top1_agreement(logits, noisy_ids, noisy) > 0.9
