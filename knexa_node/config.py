@@ -123,6 +123,12 @@ class DataSection:
     train: str = opt("", "Private training problems (JSONL). Empty: the embedded task's shard.")
     validation: str = opt("", "Private validation split (JSONL). Empty: derived from the training set.")
     transfer: str = opt("", "Public transfer set shared by the consortium (JSONL). Empty: embedded.")
+    dev: str = opt("", "Public dev set over all categories, for the reward on what the student lacks (JSONL). Empty: embedded.")
+    test: str = opt("", "Local test set for Pass@k in profiles and reports (JSONL). Empty: embedded.")
+    seed: int = opt(0, "Seed of the embedded task and of this node's shard when no files are given.", _range(0, 2**31))
+    shard: int = opt(0, "This node's shard index in the embedded task's Dirichlet split.", _range(0, 4096))
+    shards: int = opt(1, "Number of shards in the embedded task's split (the consortium size).", _range(1, 4096))
+    dirichlet_alpha: float = opt(0.3, "Skew of the embedded split over categories (smaller: more skewed).", _range(0.001, 1000))
 
 
 @dataclass
@@ -181,6 +187,8 @@ class CpmSection:
     round_deadline_s: float = opt(300.0, "Seconds to wait for profiles before pairing anyway.", _range(0.1, 86400))
     quorum: float = opt(1.0, "Share of members whose profiles trigger pairing before the deadline.", _range(0.01, 1))
     proposal_ttl_s: float = opt(900.0, "Seconds a proposal stays valid.", _range(1, 86400))
+    auto_rounds: int = opt(0, "Run this many rounds by itself, each after the previous one closed (0: rounds are opened by `knexa-cpm round open`).", _range(0, 1000000))
+    round_gap_s: float = opt(0.0, "Pause between automatic rounds.", _range(0, 86400))
 
 
 @dataclass

@@ -21,6 +21,8 @@ from knexa_node.wire.messages import (
     PackageHeader,
     PairingProposal,
     Profile,
+    ProposalList,
+    ProposalQuery,
     Receipt,
     RoundOpen,
 )
@@ -38,6 +40,8 @@ __all__ = [
     "PackageHeader",
     "PairingProposal",
     "Profile",
+    "ProposalList",
+    "ProposalQuery",
     "Receipt",
     "RoundOpen",
     "WireError",

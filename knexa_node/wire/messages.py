@@ -198,9 +198,28 @@ class Ack(Message):
     reason: str
 
 
+@dataclass(frozen=True)
+class ProposalQuery(Message):
+    """Node -> CPM: which proposals of ``round`` name me? (catch-up when gossip missed them)."""
+
+    TYPE = "proposal-query"
+    round: int
+
+
+@dataclass(frozen=True)
+class ProposalList(Message):
+    """CPM -> node: the round's phase and the signed proposal envelopes that name the asker."""
+
+    TYPE = "proposal-list"
+    round: int
+    phase: str  # collecting, paired, closed, unknown
+    proposals: tuple[bytes, ...]
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (RoundOpen, Profile, PairingProposal, ExchangeRequest, ExchangeRefused, PackageHeader, Receipt, Feedback, Checkpoint, Ack)
+    for cls in (RoundOpen, Profile, PairingProposal, ExchangeRequest, ExchangeRefused, PackageHeader, Receipt, Feedback,
+                Checkpoint, Ack, ProposalQuery, ProposalList)
 }
 
 

@@ -22,6 +22,8 @@ from knexa_node.wire import (
     PackageHeader,
     PairingProposal,
     Profile,
+    ProposalList,
+    ProposalQuery,
     Receipt,
     RoundOpen,
     WireError,
@@ -52,6 +54,8 @@ def sample_messages() -> list:
         Feedback(ID16, 3, 0.25, 2.0, 1.75, 1234, H32),
         Checkpoint(seq=10, head_hash=H32, round=3),
         Ack(ref=H32, ok=False, code="replay", reason="seen"),
+        ProposalQuery(round=3),
+        ProposalList(round=3, phase="paired", proposals=(b"env-1", b"env-2")),
     ]
 
 
@@ -108,7 +112,7 @@ def test_size_and_depth_limits() -> None:
 
 
 @settings(max_examples=EXAMPLES_PER_TEST, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(range(10)), st.data())
+@given(st.sampled_from(range(12)), st.data())
 def test_any_byte_flip_fails_verification(index: int, data: st.DataObject) -> None:
     raw = bytearray(seal_envelope(SIGNER, sample_messages()[index]).to_bytes())
     position = data.draw(st.integers(0, len(raw) - 1))
