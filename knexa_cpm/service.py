@@ -1,0 +1,363 @@
+"""The CPM daemon's service: profiles and feedback in, signed proposals out.
+
+Plugs into :class:`knexa_node.daemon.daemon.Daemon` (the same host code as a
+node) with :func:`install`:
+
+- ``/knexa/cpm/1.0.0`` handler: one signed request, one signed answer.
+  ``Profile`` and ``Feedback`` get an ``Ack``; ``ProposalQuery`` gets a
+  ``ProposalList`` (catch-up for nodes that missed the gossip).
+- a round driver: rounds opened by the operator (``knexa-cpm round open``) or
+  automatically (``cpm.auto_rounds``); pairs on quorum or deadline with the
+  configured policy; proposals signed and published on
+  ``knexa/<consortium>/proposals``.
+- state: the policy behind a :class:`knexa_cpm.state.PolicyStore`; a feedback is
+  journaled and fsynced before its ``Ack`` leaves, so ``kill -9`` never loses an
+  acknowledged reward. The round number is kept in the snapshot; a restarted
+  CPM opens the next round.
+
+The round rules themselves live in :mod:`knexa_cpm.rounds` (pure).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import trio
+
+from knexa_cpm.policies import Pairing, PolicyError, make_policy
+from knexa_cpm.rounds import CLOSED, COLLECTING, Refusal, RoundBook, RoundSettings
+from knexa_cpm.state import PolicyStore
+from knexa_node.config import Config
+from knexa_node.crypto import Signer
+from knexa_node.net.protocols import CPM_PROTOCOL, PROPOSALS, ROUNDS, topic
+from knexa_node.wire import (
+    Ack,
+    Envelope,
+    Feedback,
+    Message,
+    PairingProposal,
+    Profile,
+    ProposalList,
+    ProposalQuery,
+    WireError,
+    open_envelope,
+    seal_envelope,
+)
+
+REQUEST_TIMEOUT_S = 30.0
+MAX_REQUEST = 256 * 1024
+TICK_S = 0.2
+# Policies that pair nobody: the LocalOnly baseline runs the whole protocol without exchanges.
+NO_PAIRING = "local-only"
+
+
+class _NoPairing:
+    name = NO_PAIRING
+
+    def propose(self, profiles: Any, budget: int, round: int) -> list[Pairing]:
+        return []
+
+    def feedback(self, pairing: Pairing, reward: float) -> None:
+        raise PolicyError("local-only proposes nothing, so it takes no feedback")
+
+    def validate_feedback(self, pairing: Pairing, reward: float) -> None:
+        self.feedback(pairing, reward)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": NO_PAIRING}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+FAILURE_RECEIPT = bytes(32)
+
+
+def is_failure_report(feedback: Feedback) -> bool:
+    """A student reports an exchange that never delivered a package: no receipt, no bytes."""
+    return feedback.receipt_hash == FAILURE_RECEIPT and feedback.package_bytes == 0
+
+
+def build_policy(name: str, seed: int) -> Any:
+    if name == NO_PAIRING:
+        return _NoPairing()
+    options: dict[str, Any] = {"seed": seed} if name in ("random", "knexa", "linucb") else {}
+    try:
+        return make_policy(name, **options)
+    except PolicyError:
+        return make_policy(name)
+
+
+class CpmService:
+    def __init__(self, signer: Signer, config: Config, state_dir: Path, *, publish: Callable[[str, bytes], Any],
+                 on_event: Callable[..., None], policy_name: str | None = None, seed: int = 0,
+                 topic_peers: Callable[[str], int] = lambda topic: 1, clock: Callable[[], float] = time.time) -> None:
+        self.signer, self.config, self.clock, self.on_event = signer, config, clock, on_event
+        self.publish, self.topic_peers = publish, topic_peers
+        self.policy_name = policy_name or config.cpm.policy
+        self.policy = build_policy(self.policy_name, seed)
+        self.store = PolicyStore.open(Path(state_dir), self.policy)
+        self.last_round = int(self.store.extra.get("round", 0))
+        self.members = frozenset(config.consortium.members) or None
+        self.settings = RoundSettings(
+            deadline_s=config.cpm.round_deadline_s,
+            quorum=config.cpm.quorum,
+            proposal_ttl_s=config.cpm.proposal_ttl_s,
+            pairs_per_round=config.cpm.pairs_per_round,
+        )
+        self.book: RoundBook | None = None
+        self.closed_round = 0  # the last round whose closing was recorded
+        self.proposal_envelopes: dict[bytes, bytes] = {}
+        self.history: list[dict[str, Any]] = []
+        self.counters: dict[str, int] = {"profiles": 0, "feedback": 0, "proposals": 0, "refused": 0, "rounds": 0}
+        self.refusals: dict[str, int] = {}
+        self.rewards: list[float] = []
+        self.feedback_log: list[dict[str, Any]] = []
+        self._wake = trio.Event()
+        self.rounds_topic = topic(config.consortium.name, ROUNDS)
+        self.proposals_topic = topic(config.consortium.name, PROPOSALS)
+
+    # --- requests ----------------------------------------------------------------------------------
+
+    def handle_request(self, data: bytes, remote: str) -> Message:
+        """One signed request from ``remote`` -> the answer to sign (pure apart from the store's fsync)."""
+        try:
+            envelope, message = open_envelope(data, max_size=MAX_REQUEST, expect=(Profile, Feedback, ProposalQuery))
+        except WireError as exc:
+            return self._refuse(b"\0" * 32, exc.reason, str(exc))
+        if envelope.sender != remote:
+            return self._refuse(envelope.digest, "sender-mismatch", "the envelope's signer is not the stream's peer")
+        if self.members is not None and remote not in self.members:
+            return self._refuse(envelope.digest, "not-member", f"{remote} is not a consortium member")
+        try:
+            if isinstance(message, ProposalQuery):
+                return self._proposals_for(remote, message.round)
+            if self.book is None:
+                raise Refusal("no-round", "no round is open")
+            if isinstance(message, Profile):
+                self.book.add_profile(remote, message)
+                self.counters["profiles"] += 1
+                self.on_event("profile", round=message.round, peer_id=remote)
+                self._wake.set()
+            else:
+                assert isinstance(message, Feedback)
+                self._accept_feedback(remote, envelope, message)
+        except Refusal as refusal:
+            return self._refuse(envelope.digest, refusal.code, str(refusal))
+        return Ack(ref=envelope.digest, ok=True, code="ok", reason="")
+
+    def _accept_feedback(self, remote: str, envelope: Envelope, feedback: Feedback) -> None:
+        assert self.book is not None
+        if is_failure_report(feedback):
+            # The exchange never completed: close the proposal, but a transport or refusal
+            # failure is no measurement of teaching, so it never reaches the bandit.
+            record = self.book.add_feedback(remote, feedback, self.clock())
+            self.counters["failed_exchanges"] = self.counters.get("failed_exchanges", 0) + 1
+            self.on_event("exchange-failed", round=feedback.round, teacher=record.proposal.teacher, student=remote)
+            self._wake.set()
+            return
+        record = self.book.proposals.get(feedback.proposal_id)
+        if record is not None and record.feedback is None and remote == record.proposal.student:
+            try:
+                self.policy.validate_feedback(record.pairing, feedback.reward)
+            except PolicyError as exc:
+                raise Refusal("bad-feedback", str(exc)) from None
+        record = self.book.add_feedback(remote, feedback, self.clock())
+        # Journaled and fsynced before the Ack is sent: an acknowledged reward survives kill -9.
+        seq = self.store.record_feedback(record.pairing, feedback.reward, {
+            "proposal_id": feedback.proposal_id.hex(), "round": feedback.round, "nonce": envelope.nonce.hex(),
+        })
+        self.counters["feedback"] += 1
+        self.rewards.append(feedback.reward)
+        entry = {"round": feedback.round, "teacher": record.proposal.teacher, "student": remote,
+                 "reward": feedback.reward, "loss_before": feedback.loss_before, "loss_after": feedback.loss_after,
+                 "bytes": feedback.package_bytes, "seq": seq}
+        self.feedback_log.append(entry)
+        self.on_event("feedback", **entry)
+        self._wake.set()
+
+    def _proposals_for(self, remote: str, round_: int) -> ProposalList:
+        book = self.book
+        if book is None or book.round != round_:
+            phase = CLOSED if round_ <= self.last_round else "unknown"
+            return ProposalList(round=round_, phase=phase, proposals=())
+        mine = tuple(self.proposal_envelopes[pid] for pid, record in book.proposals.items()
+                     if remote in (record.proposal.teacher, record.proposal.student))
+        return ProposalList(round=round_, phase=book.phase, proposals=mine)
+
+    def _refuse(self, ref: bytes, code: str, reason: str) -> Ack:
+        self.counters["refused"] += 1
+        self.refusals[code] = self.refusals.get(code, 0) + 1
+        self.on_event("request-refused", code=code, reason=reason[:200])
+        return Ack(ref=ref, ok=False, code=code, reason=reason[:500])
+
+    async def serve_stream(self, stream: Any, remote: str) -> None:
+        data = await stream.receive(MAX_REQUEST, REQUEST_TIMEOUT_S)
+        answer = self.handle_request(data, remote)
+        await stream.send(seal_envelope(self.signer, answer).to_bytes())
+
+    # --- rounds ------------------------------------------------------------------------------------
+
+    async def open_round(self, round_: int | None = None, deadline_s: float | None = None) -> dict[str, Any]:
+        """Start collecting profiles for a round and announce it on gossip."""
+        if self.book is not None and not self.round_closed():
+            self._finish_round("superseded")
+        number = self.last_round + 1 if round_ is None else int(round_)
+        if number <= 0:
+            raise ValueError("round must be >= 1")
+        settings = self.settings if deadline_s is None else RoundSettings(
+            deadline_s=deadline_s, quorum=self.settings.quorum, proposal_ttl_s=self.settings.proposal_ttl_s,
+            pairs_per_round=self.settings.pairs_per_round)
+        expected = len(self.members) if self.members else 0
+        self.book = RoundBook(round=number, opened_at=self.clock(), settings=settings, expected_members=expected,
+                              members=self.members)
+        self.last_round = number
+        self.proposal_envelopes = {}
+        self.counters["rounds"] += 1
+        self.store.checkpoint({"round": number})
+        envelope = seal_envelope(self.signer, self.book.announcement(self.policy_name))
+        await self.publish(self.rounds_topic, envelope.to_bytes())
+        self.on_event("round-open", round=number, deadline=round(self.book.deadline, 3), policy=self.policy_name)
+        self._wake.set()
+        return {"round": number, "topic": self.rounds_topic, "digest": envelope.digest.hex(), "deadline": self.book.deadline}
+
+    async def pair_now(self) -> list[PairingProposal]:
+        book = self.book
+        assert book is not None and book.phase == COLLECTING
+        vectors = book.profile_vectors()
+        started = time.perf_counter()
+        pairings = self.policy.propose(vectors, book.budget(), book.round) if len(vectors) >= 2 else []
+        seconds = time.perf_counter() - started
+        proposals = book.record_pairings(pairings, self.clock())
+        for proposal in proposals:
+            envelope = seal_envelope(self.signer, proposal).to_bytes()
+            self.proposal_envelopes[proposal.proposal_id] = envelope
+            await self.publish(self.proposals_topic, envelope)
+            self.on_event("proposal", round=book.round, teacher=proposal.teacher, student=proposal.student,
+                          protocol=proposal.protocol, score=round(proposal.score, 4))
+        self.counters["proposals"] += len(proposals)
+        self.on_event("paired", round=book.round, profiles=len(vectors), pairs=len(proposals),
+                      matchmaking_s=round(seconds, 6))
+        if not proposals:
+            self._finish_round("no-pairs")
+        return proposals
+
+    def _finish_round(self, how: str) -> None:
+        book = self.book
+        assert book is not None
+        book.phase = CLOSED
+        stats = book.statistics()
+        stats["closed_by"] = how
+        self.closed_round = book.round
+        self.history.append(stats)
+        self.store.checkpoint({"round": book.round})
+        self.on_event("round-closed", **stats)
+
+    async def tick(self) -> None:
+        """Advance the open round by the clock: pair on quorum/deadline, close on feedback/expiry."""
+        book = self.book
+        if book is None or self.round_closed():
+            return
+        now = self.clock()
+        if book.ready_to_pair(now):
+            await self.pair_now()
+        elif book.phase == COLLECTING and now >= book.deadline:
+            self._finish_round("deadline-without-quorum")
+        elif book.phase != COLLECTING:
+            book.expire(now)
+            if book.phase == CLOSED:
+                self._finish_round("feedback" if all(r.feedback for r in book.proposals.values()) else "expired")
+
+    def round_closed(self) -> bool:
+        return self.book is not None and self.closed_round == self.book.round
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        planned = self.config.cpm.auto_rounds
+        done = 0
+        while True:
+            if planned and done < planned and (self.book is None or self.round_closed()):
+                if self.book is not None:
+                    await trio.sleep(self.config.cpm.round_gap_s)
+                await self._wait_for_members()
+                await self.open_round()
+                done += 1
+            await self.tick()
+            self._wake = trio.Event()
+            with trio.move_on_after(TICK_S):
+                await self._wake.wait()
+
+    async def _wait_for_members(self) -> None:
+        """Before the first automatic round, let the members join the rounds topic (bounded)."""
+        if self.counters["rounds"]:
+            return
+        wanted = len(self.members) if self.members else 1
+        with trio.move_on_after(self.config.cpm.round_deadline_s):
+            while self.topic_peers(self.rounds_topic) < wanted:
+                await trio.sleep(TICK_S)
+
+    # --- status ------------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        rewards = np.asarray(self.rewards, dtype=np.float64)
+        return {
+            "policy": self.policy_name,
+            "round": self.book.statistics() if self.book else None,
+            "last_round": self.last_round,
+            "auto_rounds": self.config.cpm.auto_rounds,
+            "rounds_closed": len(self.history),
+            "members": sorted(self.members) if self.members else None,
+            "counters": dict(self.counters),
+            "refusals": dict(self.refusals),
+            "bandit_updates": self.store.seq,
+            "mean_reward": float(rewards.mean()) if rewards.size else None,
+            "history": self.history[-50:],
+            "feedback": self.feedback_log[-200:],
+            "trust": _trust_of(self.policy),
+        }
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _trust_of(policy: Any) -> dict[str, float]:
+    trust = getattr(policy, "trust", None)
+    scores = getattr(trust, "scores", None)
+    if callable(scores):
+        try:
+            return {k: round(float(v), 4) for k, v in sorted(scores().items(), key=lambda kv: kv[1])[:10]}
+        except Exception:  # trust is informative only; never break status over it
+            return {}
+    return {}
+
+
+def install(daemon: Any, *, policy_name: str | None = None, seed: int = 0) -> CpmService:
+    """Wire a :class:`CpmService` into a CPM daemon (handler, service, commands, status)."""
+    def topic_peers(name: str) -> int:
+        return int(daemon.net.gossip.topics().get(name, {}).get("peers", 0))
+
+    service = CpmService(daemon.signer, daemon.config, daemon.home.state_dir / "cpm", publish=daemon.net.publish,
+                         on_event=daemon.log.event, policy_name=policy_name, seed=seed, topic_peers=topic_peers)
+    daemon.net.set_handler(CPM_PROTOCOL, service.serve_stream)
+    daemon.add_service(service.serve, name="cpm")
+    daemon.add_status("cpm", service.status)
+
+    async def round_open(args: dict[str, Any]) -> Any:
+        round_ = args.get("round")
+        if round_ is not None and (isinstance(round_, bool) or not isinstance(round_, int)):
+            raise ValueError("round must be an integer")
+        deadline = args.get("deadline_s")
+        return await service.open_round(round_, float(deadline) if deadline is not None else None)
+
+    async def cpm_status(args: dict[str, Any]) -> Any:
+        return service.status()
+
+    daemon.add_command("round-open", round_open)
+    daemon.add_command("cpm-status", cpm_status)
+    return service

@@ -1,0 +1,164 @@
+"""The CPM service in memory: real keys, real envelopes, a real state store; no network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from knexa_cpm.service import FAILURE_RECEIPT, CpmService
+from knexa_node.config import Config
+from knexa_node.crypto import Signer
+from knexa_node.profile import ProfileInputs, build_profile
+from knexa_node.wire import (
+    Ack,
+    Feedback,
+    PairingProposal,
+    Profile,
+    ProposalList,
+    ProposalQuery,
+    open_envelope,
+    seal_envelope,
+)
+
+CPM = Signer(bytes([9] * 32))
+NODES = [Signer(bytes([i + 1] * 32)) for i in range(4)]
+OUTSIDER = Signer(bytes([99] * 32))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_service(tmp_path: Path, clock: Clock, *, policy: str = "knexa", members: list[str] | None = None) -> tuple[CpmService, list]:
+    config = Config()
+    config.consortium.members = [n.peer_id for n in NODES] if members is None else members
+    config.cpm.round_deadline_s = 30.0
+    config.cpm.proposal_ttl_s = 60.0
+    published: list[tuple[str, bytes]] = []
+
+    async def publish(topic: str, data: bytes) -> None:
+        published.append((topic, data))
+
+    service = CpmService(CPM, config, tmp_path / "cpm", publish=publish, on_event=lambda *a, **k: None,
+                         policy_name=policy, clock=clock)
+    return service, published
+
+
+def profile_of(index: int, round_: int) -> Profile:
+    counts = np.zeros(12)
+    counts[index * 3:(index + 1) * 3] = 10.0
+    vector = build_profile(ProfileInputs("llama" if index % 2 else "gpt2", {
+        "pass1": 0.1 * index, "pass5": 0.2, "val_loss": 0.5, "dev_loss": 0.6, "capacity": 0.5, "data_size": 0.4,
+    }, category_counts=counts))
+    return Profile(round=round_, vector=tuple(vector), model_type="llama", tokenizer_id="t", addrs=())
+
+
+def assert_same_state(actual: object, expected: object) -> None:
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and set(actual) == set(expected)
+        for key in expected:
+            assert_same_state(actual[key], expected[key])
+    elif isinstance(expected, np.ndarray):
+        np.testing.assert_allclose(actual, expected)
+    else:
+        assert actual == expected
+
+
+def ask(service: CpmService, signer: Signer, message: object, remote: str | None = None) -> object:
+    answer = service.handle_request(seal_envelope(signer, message).to_bytes(), remote or signer.peer_id)
+    return answer
+
+
+async def test_round_profiles_pairs_feedback_and_replay(tmp_path: Path) -> None:
+    clock = Clock()
+    service, published = make_service(tmp_path, clock)
+    await service.open_round()
+    assert service.last_round == 1 and published[0][0].endswith("/rounds")
+    for i, node in enumerate(NODES):
+        answer = ask(service, node, profile_of(i, 1))
+        assert isinstance(answer, Ack) and answer.ok, answer
+    await service.tick()  # quorum reached: pairs
+    proposals = [open_envelope(data)[1] for topic, data in published if topic.endswith("/proposals")]
+    assert len(proposals) == 2
+    assert all(isinstance(p, PairingProposal) and p.round == 1 for p in proposals)
+    assert len({p.teacher for p in proposals} | {p.student for p in proposals}) == 4  # disjoint pairs
+
+    first = proposals[0]
+    student = next(n for n in NODES if n.peer_id == first.student)
+    teacher = next(n for n in NODES if n.peer_id == first.teacher)
+    listed = ask(service, student, ProposalQuery(round=1))
+    assert isinstance(listed, ProposalList) and listed.phase == "paired"
+    assert [open_envelope(e)[1] for e in listed.proposals] == [first]
+
+    feedback = Feedback(first.proposal_id, 1, 0.3, 2.0, 1.7, 1000, bytes(range(32)))
+    refused = ask(service, teacher, feedback)
+    assert isinstance(refused, Ack) and not refused.ok and refused.code == "not-student"
+    accepted = ask(service, student, feedback)
+    assert isinstance(accepted, Ack) and accepted.ok
+    replayed = ask(service, student, feedback)
+    assert isinstance(replayed, Ack) and replayed.code == "replay"
+    assert service.store.seq == 1
+
+    second = proposals[1]
+    other = next(n for n in NODES if n.peer_id == second.student)
+    failure = Feedback(second.proposal_id, 1, 0.0, 0.0, 0.0, 0, FAILURE_RECEIPT)
+    assert ask(service, other, failure).ok
+    assert service.store.seq == 1  # a failed exchange never reaches the bandit
+    await service.tick()
+    assert service.round_closed() and service.history[-1]["closed_by"] == "feedback"
+
+
+async def test_refusals(tmp_path: Path) -> None:
+    clock = Clock()
+    service, _ = make_service(tmp_path, clock)
+    assert ask(service, NODES[0], profile_of(0, 1)).code == "no-round"
+    await service.open_round()
+    assert ask(service, OUTSIDER, profile_of(0, 1)).code == "not-member"
+    assert ask(service, NODES[0], profile_of(0, 7)).code == "wrong-round"
+    assert ask(service, NODES[0], profile_of(0, 1), remote=NODES[1].peer_id).code == "sender-mismatch"
+    bad = service.handle_request(b"\x93garbage", NODES[0].peer_id)
+    assert isinstance(bad, Ack) and not bad.ok
+    broken = Profile(round=1, vector=(5.0,) * 32, model_type="x", tokenizer_id="t", addrs=())
+    assert ask(service, NODES[0], broken).code == "bad-profile"
+
+
+async def test_deadline_pairs_with_two_and_closes_on_expiry(tmp_path: Path) -> None:
+    clock = Clock()
+    service, published = make_service(tmp_path, clock, policy="random")
+    await service.open_round()
+    ask(service, NODES[0], profile_of(0, 1))
+    await service.tick()
+    assert service.book is not None and service.book.phase == "collecting"
+    ask(service, NODES[1], profile_of(1, 1))
+    clock.now += 31
+    await service.tick()
+    assert service.book.phase == "paired" and len(service.book.proposals) == 1
+    clock.now += 61
+    await service.tick()
+    assert service.round_closed() and service.history[-1]["closed_by"] == "expired"
+
+
+async def test_acknowledged_feedback_survives_reopen(tmp_path: Path) -> None:
+    clock = Clock()
+    service, published = make_service(tmp_path, clock, policy="linucb")
+    await service.open_round()
+    for i, node in enumerate(NODES):
+        ask(service, node, profile_of(i, 1))
+    await service.tick()
+    proposal = next(open_envelope(d)[1] for t, d in published if t.endswith("/proposals"))
+    student = next(n for n in NODES if n.peer_id == proposal.student)
+    assert ask(service, student, Feedback(proposal.proposal_id, 1, 0.5, 1.0, 0.5, 10, bytes(32 * [1]))).ok
+    state_before = service.policy.state_dict()
+    service.close()  # no checkpoint after the feedback: only the journal holds it
+    reopened, _ = make_service(tmp_path, clock, policy="linucb")
+    assert reopened.store.seq == 1 and reopened.last_round == 1
+    assert_same_state(reopened.policy.state_dict(), state_before)
+    assert state_before["feedback_count"] == 1
+    await reopened.open_round()
+    assert reopened.last_round == 2
