@@ -37,13 +37,18 @@ def peer_id_from_public_key(public_key: bytes) -> str:
     return base58.b58encode(multihash).decode("ascii")
 
 
-# Cached: verifying a log or a stream of envelopes decodes the same few peer IDs again and
-# again, and base58 decoding cost more than the Ed25519 check itself (audit verify profile).
-@functools.lru_cache(maxsize=4096)
 def public_key_from_peer_id(peer_id: str) -> bytes:
     """Extract the Ed25519 public key from a peer ID; raise :class:`CryptoError` otherwise."""
     if not isinstance(peer_id, str) or not 40 <= len(peer_id) <= 60:
         raise CryptoError(f"not an Ed25519 peer ID: {str(peer_id)[:80]!r}")
+    return _decode_peer_id(peer_id)
+
+
+# Cached: verifying a log or a stream of envelopes decodes the same few peer IDs again and
+# again, and base58 decoding cost more than the Ed25519 check itself (audit verify profile).
+# Only strings reach it (lru_cache would raise TypeError on an unhashable value).
+@functools.lru_cache(maxsize=4096)
+def _decode_peer_id(peer_id: str) -> bytes:
     try:
         raw = base58.b58decode(peer_id)
     except ValueError as exc:
