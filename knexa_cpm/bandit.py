@@ -63,12 +63,19 @@ class LinUCB:
         quad = np.einsum("ij,ij->i", X @ self.A_inv, X)
         return np.sqrt(np.maximum(quad, 0.0))
 
-    def score(self, X: np.ndarray, beta: float | None = None) -> np.ndarray:
-        """Upper confidence bound for each row of ``X`` (shape ``(n, dim)``)."""
-        X = np.asarray(X, dtype=np.float64)
+    def score(self, X: np.ndarray, beta: float | None = None, *, fast: bool = False) -> np.ndarray:
+        """Upper confidence bound for each row of ``X`` (shape ``(n, dim)``).
+
+        ``fast`` computes in float32 (about twice as fast on large batches;
+        ranks agree except for near-ties), for the candidate sets of big federations.
+        """
+        X = np.asarray(X, dtype=np.float32 if fast else np.float64)
         if X.ndim != 2 or X.shape[1] != self.dim:
             raise BanditError(f"contexts must have shape (n, {self.dim}), got {X.shape}")
         b = self.beta if beta is None else float(beta)
+        if fast:
+            quad = np.einsum("ij,ij->i", X @ self.A_inv.astype(np.float32), X)
+            return X @ self.theta.astype(np.float32) + b * np.sqrt(np.maximum(quad, 0.0))
         return self.mean(X) + b * self.width(X)
 
     def update(self, x: np.ndarray, reward: float) -> None:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from knexa_cpm.features import CONCAT_DIM, KNEXA_DIM, js_divergence
+from knexa_cpm.features import CONCAT_DIM, js_divergence, knexa_dim
 from knexa_cpm.policies import POLICY_NAMES, Pairing, PolicyError, make_policy
 from knexa_cpm.runner import run_one
 from knexa_cpm.sim import Federation, SimConfig
@@ -44,7 +44,7 @@ def test_pairs_are_disjoint_and_within_budget(name, n, budget, seed):
 def test_context_dimensions():
     f = fed()
     assert policy("linucb", f).propose(f.profiles(), 3, 0)[0].context.shape == (CONCAT_DIM,)
-    assert policy("knexa", f).propose(f.profiles(), 3, 0)[0].context.shape == (KNEXA_DIM,)
+    assert policy("knexa", f).propose(f.profiles(), 3, 0)[0].context.shape == (knexa_dim(True),)
 
 
 def test_heuristic_takes_max_js_and_higher_performer_teaches():
