@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from knexa_cpm.features import KNEXA_DIM
+from knexa_cpm.features import knexa_dim
 from knexa_cpm.policies import Pairing, make_policy
 from knexa_cpm.state import PolicyStore
 
@@ -21,7 +21,7 @@ def stream(i: int) -> tuple[Pairing, float]:
     """The i-th feedback (1-based), the same in every process."""
     rng = np.random.default_rng(i)
     teacher, student = rng.choice(50, size=2, replace=False)
-    pairing = Pairing(f"agent-{teacher}", f"agent-{student}", "text", rng.normal(size=KNEXA_DIM), i // 5, 0.0)
+    pairing = Pairing(f"agent-{teacher}", f"agent-{student}", "text", rng.normal(size=knexa_dim(True)), i // 5, 0.0)
     return pairing, float(rng.normal())
 
 
