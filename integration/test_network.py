@@ -26,7 +26,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 
 
-def cli(tool: str, *args: str, timeout: float = 30) -> str:
+def cli(tool: str, *args: str, timeout: float = 120) -> str:
     done = subprocess.run([str(BIN / tool), *args], capture_output=True, text=True, timeout=timeout, env=ENV)
     assert done.returncode == 0, f"{tool} {' '.join(args)}: {done.stderr}"
     return done.stdout
@@ -42,7 +42,7 @@ class Daemon:
         self.proc: subprocess.Popen[str] | None = None
         self.ready: dict = {}
 
-    def start(self, timeout: float = 30) -> dict:
+    def start(self, timeout: float = 120) -> dict:
         self.proc = subprocess.Popen([str(BIN / self.tool), "start", "--home", str(self.home), "--log-format", "json"],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV)
         selector = selectors.DefaultSelector()
