@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 
 from knexa_cli.common import HomeOption, JsonOption
+from knexa_cli.cpm_simulate import simulate
 from knexa_cli.identity_commands import initialize, show_id
-from knexa_cli.node_daemon import LogFormatOption, add_round_open, open_round, show_status, start_daemon, stop_daemon
+from knexa_cli.node_daemon import LogFormatOption, open_round, show_status, start_daemon, stop_daemon
 
 app = typer.Typer(
     help="knexa CPM: the consortium's matchmaker. Learns who should teach whom; never sees models, data or packages.",
@@ -16,6 +17,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.command()(simulate)
 
 
 @app.command()
@@ -41,7 +43,7 @@ def id_(home: Path = HomeOption, as_json: bool = JsonOption) -> None:
 @app.command()
 def start(home: Path = HomeOption, log_format: str = LogFormatOption) -> None:
     """Run the CPM daemon in the foreground (same host code as a node; Ctrl-C stops it)."""
-    start_daemon(home, log_format, role="cpm", configure=add_round_open)
+    start_daemon(home, log_format, role="cpm", configure="configure_cpm")
 
 
 @app.command()

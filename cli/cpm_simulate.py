@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from knexa_cli.common import JsonOption, fail, print_json
-from knexa_cpm.plot import plot_results
+from knexa_cli.lazy import load
 from knexa_cpm.policies import POLICY_NAMES, PolicyError
 from knexa_cpm.runner import simulate as run_simulation
 from knexa_cpm.sim import HETEROGENEITY, SETTINGS, SimError
@@ -66,7 +66,7 @@ def simulate(
         fail(str(exc))
     if plot is not None:
         try:
-            plot_results(results, plot)
+            load("knexa_cpm.plot").plot_results(results, plot)  # matplotlib: only when a plot is asked for
         except OSError as exc:
             fail(f"cannot write {plot}: {exc}")
     if as_json:

@@ -23,6 +23,7 @@ def initialize(
     force: bool,
     default_listen: str,
     role: str,
+    model: str | None = None,
 ) -> None:
     home = resolve_home(home_dir)
     config = Config()
@@ -34,6 +35,8 @@ def initialize(
         config.consortium.cpm = cpm
     if consortium:
         config.consortium.name = consortium
+    if model:
+        config.model.path = model
     # Validate through the same path as loading, so flags get the same clear errors.
     text = render_config(config)
     try:

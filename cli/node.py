@@ -10,6 +10,8 @@ from knexa_cli.common import HomeOption, JsonOption
 from knexa_cli.identity_commands import initialize, show_id
 from knexa_cli.node_audit import audit_app
 from knexa_cli.node_daemon import LogFormatOption, show_peers, show_status, start_daemon, stop_daemon
+from knexa_cli.node_model import eval_command, model_app
+from knexa_cli.node_demo import demo
 from knexa_node.config import render_reference
 
 app = typer.Typer(
@@ -19,6 +21,9 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(audit_app, name="audit")
+app.add_typer(model_app, name="model")
+app.command("eval")(eval_command)
+app.command()(demo)
 
 
 @app.command()
@@ -29,11 +34,12 @@ def init(
     bootstrap: list[str] = typer.Option([], "--bootstrap", help="Bootstrap peer multiaddr with /p2p/<peer ID> (repeatable)."),
     cpm: str = typer.Option(None, "--cpm", help="Peer ID of the consortium's trusted CPM."),
     consortium: str = typer.Option(None, "--consortium", help="Consortium name."),
+    model: str = typer.Option(None, "--model", help="Local Hugging Face model directory or embedded:<name>; without it the node only relays."),
     force: bool = typer.Option(False, "--force", help="Replace an existing identity and config."),
 ) -> None:
     """Create a node home: Ed25519 identity (mode 0600) and a commented config.toml. Prints the peer ID."""
     initialize(home, name=name, listen=listen, bootstrap=bootstrap, cpm=cpm, consortium=consortium, force=force,
-               default_listen="/ip4/0.0.0.0/tcp/4001", role="node")
+               default_listen="/ip4/0.0.0.0/tcp/4001", role="node", model=model)
 
 
 @app.command("id")
@@ -51,7 +57,7 @@ def config_reference() -> None:
 @app.command()
 def start(home: Path = HomeOption, log_format: str = LogFormatOption) -> None:
     """Run the node daemon in the foreground (Ctrl-C stops it). Prints a ready line and the join line."""
-    start_daemon(home, log_format, role="node")
+    start_daemon(home, log_format, role="node", configure="configure_node")
 
 
 @app.command()

@@ -10,7 +10,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import trio
 import typer
@@ -18,13 +18,11 @@ import typer
 from knexa_cli.common import fail, print_json, resolve_home
 from knexa_node.config import ConfigError, load_config
 from knexa_node.daemon.control import ControlError, call
-from knexa_node.daemon.daemon import Daemon
+from knexa_cli.lazy import load
 from knexa_node.daemon.lock import LockError
 from knexa_node.daemon.logs import FORMATS, EventLog
-from knexa_node.daemon.rounds import announce_round
 from knexa_node.identity import IdentityError, NodeHome, load_identity
 from knexa_node.net.errors import NetError
-from knexa_node.net.host import HostError
 
 LogFormatOption = typer.Option("human", "--log-format", help="Event lines: human or json (one JSON object per line).")
 STOP_WAIT_S = 10.0
@@ -37,9 +35,12 @@ def _configure_logging() -> None:
     logging.getLogger("libp2p").setLevel(os.environ.get("KNEXA_LIBP2P_LOG", "CRITICAL").upper())
 
 
-def start_daemon(home_dir: Path | None, log_format: str, *, role: str,
-                 configure: Callable[[Daemon], None] | None = None) -> None:
-    """Run the daemon of ``home_dir`` in the foreground until stopped."""
+def start_daemon(home_dir: Path | None, log_format: str, *, role: str, configure: str | None = None) -> None:
+    """Run the daemon of ``home_dir`` in the foreground until stopped.
+
+    ``configure`` names a function of :mod:`knexa_cli.services` that installs the
+    role's services (learning, exchanges, matchmaking) before the daemon runs.
+    """
     if log_format not in FORMATS:
         fail(f"--log-format must be one of {', '.join(FORMATS)}")
     home = resolve_home(home_dir)
@@ -49,33 +50,18 @@ def start_daemon(home_dir: Path | None, log_format: str, *, role: str,
     except (IdentityError, ConfigError) as exc:
         fail(str(exc))
     _configure_logging()
-    daemon = Daemon(home, config, signer, role=role, log=EventLog(log_format))
+    host_errors = (NetError, load("knexa_node.net.host").HostError)
+    daemon = load("knexa_node.daemon.daemon").Daemon(home, config, signer, role=role, log=EventLog(log_format))
     if configure is not None:
-        configure(daemon)
+        getattr(load("knexa_cli.services"), configure)(daemon)
     try:
         trio.run(daemon.run)
     except LockError as exc:
         fail(str(exc))
-    except (NetError, HostError) as exc:
+    except host_errors as exc:
         fail(f"network: {exc}", code=1)
     except OSError as exc:
         fail(f"{exc.strerror or exc} ({exc.filename or ''})", code=1)
-
-
-def add_round_open(daemon: Daemon) -> None:
-    """The CPM's ``round-open`` control command (``knexa-cpm round open``)."""
-
-    async def round_open(args: dict[str, Any]) -> Any:
-        round_ = args.get("round")
-        if isinstance(round_, bool) or not isinstance(round_, int):
-            raise ValueError("round must be an integer")
-        deadline_s = float(args.get("deadline_s", daemon.config.cpm.round_deadline_s))
-        result = await announce_round(daemon.net, daemon.signer, daemon.config.consortium.name, round_,
-                                      deadline_s=deadline_s, policy=daemon.config.cpm.policy)
-        daemon.log.event("round-announced", round=round_, topic=result["topic"])
-        return result
-
-    daemon.add_command("round-open", round_open)
 
 
 def _call(home: NodeHome, cmd: str, args: dict[str, Any] | None = None) -> Any:

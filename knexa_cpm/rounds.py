@@ -99,7 +99,6 @@ class RoundBook:
         if self.phase != COLLECTING:
             raise Refusal("late", "round already paired")
         self.phase = PAIRED
-        out = []
         for pairing in pairings:
             protocol = pairing.protocol
             teacher, student = self.profiles.get(pairing.teacher), self.profiles.get(pairing.student)

@@ -110,7 +110,7 @@ class ConsortiumSection:
 class ModelSection:
     """The local model and its LoRA adapter."""
 
-    path: str = opt("embedded:llama-tiny", "A local Hugging Face causal-LM directory, or embedded:<name> for a built-in model.")
+    path: str = opt("", "A local Hugging Face causal-LM directory, or embedded:<name> for a built-in model (llama-tiny, qwen2-tiny, neox-tiny, gpt2-tiny). Empty: this node relays and bootstraps but does not learn.")
     lora_rank: int = opt(8, "LoRA rank.", _range(1, 512))
     device: str = opt("auto", "auto, cpu or cuda.", _choice("auto", "cpu", "cuda"))
     max_memory_gb: float = opt(0.0, "Refuse a model whose weights need more than this (0: no limit).", _range(0, 4096))
@@ -143,6 +143,11 @@ class LearningSection:
     alpha_end: float = opt(0.5, "Distillation weight a_kd in the last round.", _range(0, 1))
     temperature_start: float = opt(1.5, "Logit distillation temperature in the first round.", _range(0.1, 20))
     temperature_end: float = opt(2.5, "Logit distillation temperature in the last round.", _range(0.1, 20))
+    schedule_rounds: int = opt(10, "Rounds over which a_kd and the temperature move from start to end.", _range(1, 100000))
+    kd_filter: str = opt("weak", "Which teacher answers to distil: all, or weak (only categories this node lacks; less forgetting).", _choice("all", "weak"))
+    warmup_epochs: int = opt(0, "Local epochs on first start, before joining any round (the organization's starting model).", _range(0, 1000))
+    epochs_per_round: int = opt(1, "Local epochs per round.", _range(0, 1000))
+    reward_on: str = opt("dev", "Where Eq. 3's losses are measured: dev (public set over all categories) or validation (private split).", _choice("dev", "validation"))
     reward_gamma: float = opt(1.0, "gamma in r = gamma (L_pre - L_post) - delta KB (Eq. 3).", _range(0, 1e6))
     reward_delta: float = opt(1e-6, "delta (per kilobyte) in Eq. 3.", _range(0, 1e3))
 
@@ -182,7 +187,7 @@ class MetricsSection:
 class CpmSection:
     """Matchmaker settings (used by knexa-cpm only)."""
 
-    policy: str = opt("knexa", "Matchmaking policy: knexa, linucb, random, heuristic.", _choice("knexa", "linucb", "random", "heuristic", "oracle"))
+    policy: str = opt("knexa", "Matchmaking policy: knexa, linucb, random, heuristic, or local-only (pairs nobody: the LocalOnly baseline).", _choice("knexa", "linucb", "random", "heuristic", "local-only"))
     pairs_per_round: int = opt(0, "Pairs proposed per round (0: half the members).", _range(0, 100000))
     round_deadline_s: float = opt(300.0, "Seconds to wait for profiles before pairing anyway.", _range(0.1, 86400))
     quorum: float = opt(1.0, "Share of members whose profiles trigger pairing before the deadline.", _range(0.01, 1))

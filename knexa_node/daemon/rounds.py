@@ -1,4 +1,4 @@
-"""Round announcements on gossip: what a node saw last, and how the CPM announces one.
+"""Round announcements on gossip: what a node saw last (the CPM announces them: ``knexa_cpm.service``).
 
 Every daemon follows ``knexa/<consortium>/rounds`` (which also keeps the topic's
 mesh formed). A node trusts a ``RoundOpen`` only from the CPM named in its
@@ -11,10 +11,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from knexa_node.crypto import Signer
 from knexa_node.net.network import Network
 from knexa_node.net.protocols import ROUNDS, topic
-from knexa_node.wire import Envelope, Message, RoundOpen, seal_envelope
+from knexa_node.wire import Envelope, Message, RoundOpen
 
 
 class RoundWatcher:
@@ -48,13 +47,3 @@ class RoundWatcher:
 
     def status(self) -> dict[str, Any] | None:
         return self.last
-
-
-async def announce_round(net: Network, signer: Signer, consortium: str, round_: int, *, deadline_s: float, policy: str) -> dict[str, Any]:
-    """Seal and publish ``RoundOpen(round_)`` on the consortium's rounds topic (the CPM's act)."""
-    if round_ < 0:
-        raise ValueError("round must be >= 0")
-    envelope = seal_envelope(signer, RoundOpen(round=round_, deadline=time.time() + deadline_s, policy=policy))
-    name = topic(consortium, ROUNDS)
-    await net.publish(name, envelope.to_bytes())
-    return {"round": round_, "topic": name, "digest": envelope.digest.hex(), "mesh": net.gossip.topics().get(name, {})}

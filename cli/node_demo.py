@@ -1,0 +1,83 @@
+"""`knexa-node demo`: a local consortium on 127.0.0.1, with live progress and a final report."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.live import Live
+
+from knexa_cli.common import fail, print_json
+from knexa_cli.lazy import load
+from knexa_node.demo.orchestrate import DemoResult, run_demo
+from knexa_node.demo.plan import DEFAULT_MODELS, DemoSettings
+from knexa_node.demo.processes import DemoError
+
+POLICIES = ("knexa", "linucb", "random", "heuristic", "local-only", "central-kd")
+
+
+def _run_one(workdir: Path, settings: DemoSettings, console: Console, quiet: bool) -> DemoResult:
+    if settings.policy == "central-kd":
+        run_central_kd = load("knexa_node.demo.central").run_central_kd  # torch: only for this baseline
+        if quiet:
+            return run_central_kd(workdir, settings)
+        with console.status("central-kd baseline (one process)") as spinner:
+            return run_central_kd(workdir, settings, on_progress=lambda m: spinner.update(f"central-kd: {m}"))
+    if quiet:
+        return run_demo(workdir, settings)
+    live_table = load("knexa_node.demo.report").live_table
+    with Live(console=console, refresh_per_second=2, transient=False) as live:
+        return run_demo(workdir, settings, on_snapshot=lambda snap: live.update(live_table(snap, settings.rounds)))
+
+
+def demo(
+    nodes: int = typer.Option(4, "--nodes", min=2, max=16, help="Number of node daemons."),
+    rounds: int = typer.Option(3, "--rounds", min=1, max=100, help="Rounds of the full protocol."),
+    workdir: Path = typer.Option(None, "--workdir", help="Where every home, log and the PNG are kept (default: a new temporary directory)."),
+    policy: str = typer.Option("knexa", "--policy", help=f"Matchmaking policy: {', '.join(POLICIES)}."),
+    compare: str = typer.Option("", "--compare", help="Comma-separated policies to run one after the other and print side by side (e.g. knexa,random,local-only)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the task, the shards and the models' training order."),
+    model: list[str] = typer.Option([], "--model", help="Model per node (repeatable, cycled): embedded:<name> or a local HF directory."),
+    protocol: str = typer.Option("text", "--protocol", help="Package kind: text or logits (logits only between nodes sharing a tokenizer)."),
+    alpha: float = typer.Option(0.3, "--dirichlet-alpha", help="Skew of the private shards over categories."),
+    lr: float = typer.Option(1e-3, "--lr", help="Learning rate (tiny from-scratch models need ~1e-3; the paper's 3e-5 suits pretrained ones)."),
+    warmup_epochs: int = typer.Option(1, "--warmup-epochs", min=0, help="Local epochs each node trains before round 1 (its starting model)."),
+    dp: bool = typer.Option(False, "--dp", help="Turn on the differential-privacy layer."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON summary at the end instead of tables."),
+) -> None:
+    """Run a whole consortium here: a CPM and N nodes as separate processes on 127.0.0.1, R rounds of the protocol."""
+    policies = [p.strip() for p in compare.split(",") if p.strip()] if compare else [policy]
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        fail(f"--policy/--compare: unknown policy {unknown[0]!r} (choose from {', '.join(POLICIES)})")
+    if protocol not in ("text", "logits"):
+        fail("--protocol must be text or logits")
+    report = load("knexa_node.demo.report")  # matplotlib and rich tables
+    root = workdir or Path(tempfile.mkdtemp(prefix="knexa-demo-"))
+    console = Console(stderr=as_json)
+    results = []
+    for name in policies:
+        settings = DemoSettings(nodes=nodes, rounds=rounds, policy=name, seed=seed, models=tuple(model) or DEFAULT_MODELS,
+                                protocol=protocol, dirichlet_alpha=alpha, lr=lr, warmup_epochs=warmup_epochs, dp=dp)
+        where = root / name if len(policies) > 1 else root
+        if not as_json:
+            console.rule(f"policy {name}: {nodes} nodes, {rounds} rounds, homes in {where}")
+        try:
+            result = _run_one(where, settings, console, as_json)
+        except DemoError as exc:
+            fail(f"demo failed: {exc}", code=1)
+        results.append(result)
+        (where / "summary.json").write_text(json.dumps(report.summary(result), indent=2, default=str))
+        if not as_json:
+            report.print_report(console, result)
+    png = report.plot_curves(results, root / "learning-curves.png")
+    if as_json:
+        documents = [report.summary(r) for r in results]
+        print_json(documents[0] if len(documents) == 1 else {"policies": documents, "plot": str(png)})
+        return
+    if len(results) > 1:
+        console.print(report.compare_table(results))
+    console.print(f"learning curves: {png}")

@@ -1,0 +1,91 @@
+"""The node's learning agent behind one lock, for a trio daemon.
+
+Torch work is blocking and not thread-safe on one model, so every use of the
+agent goes through :meth:`Learner.call`: one worker thread at a time, the
+trio loop stays free for the network. Loading the model also happens in a
+thread, after the daemon is ready, so a slow model load never delays the
+ready line or the control socket.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import trio
+
+from knexa_node.config import Config
+from knexa_node.daemon.datasets import NodeData
+from knexa_node.learn.agent import Agent, AgentConfig, default_train_mode
+
+T = TypeVar("T")
+
+
+def agent_config(config: Config, *, total_rounds: int) -> AgentConfig:
+    learning = config.learning
+    return AgentConfig(
+        train_mode=default_train_mode(config.model.path),
+        lora_rank=config.model.lora_rank,
+        lr=learning.lr,
+        warmup_fraction=learning.warmup_fraction,
+        batch_size=learning.batch_size,
+        grad_accumulation=learning.grad_accumulation,
+        device=config.model.device,
+        total_rounds=max(total_rounds, 1),
+        alpha_start=learning.alpha_start,
+        alpha_end=learning.alpha_end,
+        temperature_start=learning.temperature_start,
+        temperature_end=learning.temperature_end,
+        reward_gamma=learning.reward_gamma,
+        reward_delta=learning.reward_delta,
+        kd_filter=learning.kd_filter,
+        seed=config.data.seed * 1000 + config.data.shard,
+    )
+
+
+class Learner:
+    def __init__(self, config: Config, state_dir: Path, data: NodeData, *, total_rounds: int = 0,
+                 model_cache: Path | None = None) -> None:
+        self.config, self.state_dir, self.data = config, Path(state_dir), data
+        self.total_rounds, self.model_cache = total_rounds or config.learning.schedule_rounds, model_cache
+        self.agent: Agent | None = None
+        self.busy: str = "loading"
+        self._lock = trio.Lock()
+        self._loaded = trio.Event()
+        self.load_error: str | None = None
+
+    def _load(self) -> Agent:
+        return Agent(self.config.model.path, self.state_dir / "agent", agent_config(self.config, total_rounds=self.total_rounds),
+                     train=self.data.train, validation=self.data.validation, model_cache=self.model_cache)
+
+    async def load(self) -> None:
+        try:
+            self.agent = await trio.to_thread.run_sync(self._load)
+        except Exception as exc:  # a bad model directory: reported in status, the daemon keeps serving
+            self.load_error = f"{type(exc).__name__}: {exc}"[:500]
+            raise
+        finally:
+            self.busy = "idle"
+            self._loaded.set()
+
+    async def call(self, fn: Callable[[Agent], T], *, doing: str = "working") -> T:
+        """Run ``fn(agent)`` in a worker thread, one at a time."""
+        await self._loaded.wait()
+        if self.agent is None:
+            raise RuntimeError(f"the model could not be loaded: {self.load_error}")
+        agent = self.agent
+        async with self._lock:
+            self.busy = doing
+            try:
+                return await trio.to_thread.run_sync(fn, agent)
+            finally:
+                self.busy = "idle"
+
+    def status(self) -> dict[str, Any]:
+        agent = self.agent
+        return {
+            "busy": self.busy,
+            "load_error": self.load_error,
+            "model": dict(agent.describe()) if agent is not None else None,
+            "data": self.data.sizes(),
+        }

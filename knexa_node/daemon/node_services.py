@@ -1,0 +1,30 @@
+"""What ``knexa-node start`` adds to the bare daemon: the learner, the exchanges and the rounds."""
+
+from __future__ import annotations
+
+from knexa_node.daemon.daemon import Daemon
+from knexa_node.daemon.datasets import load_node_data
+from knexa_node.daemon.exchanges import ExchangeService
+from knexa_node.daemon.learner import Learner
+from knexa_node.daemon.participant import Participant
+
+
+def install_node(daemon: Daemon) -> Participant | None:
+    """Wire learning, exchange and round participation into a node daemon (data errors raise here, before start).
+
+    A node without a model (``model.path = ""``) only relays: bootstrap, DHT and gossip.
+    """
+    if not daemon.config.model.path:
+        daemon.log.event("relay-only", reason="model.path is empty: this node bootstraps and relays but does not learn")
+        return None
+    data = load_node_data(daemon.config, base=daemon.home.root)
+    learner = Learner(daemon.config, daemon.home.state_dir, data)
+    holder: list[Participant] = []
+    private_texts = [p.prompt + p.solution for p in (*data.train, *data.validation)]
+    exchanges = ExchangeService(daemon, learner.call, data.transfer, private_texts,
+                                current_round=lambda: holder[0].current_round if holder else None)
+    participant = Participant(daemon, learner, exchanges)
+    holder.append(participant)
+    exchanges.install()
+    participant.install()
+    return participant

@@ -1,0 +1,122 @@
+"""Lay out a local consortium: one CPM home and N node homes, each with its own identity and config.
+
+Everything is written under one work directory so that it can be inspected
+and audited after the run (``<workdir>/cpm``, ``<workdir>/node-0``, ...).
+Nodes get heterogeneous embedded models (two families or more, two
+tokenizers), their own Dirichlet shard of the embedded task, and the first
+node as bootstrap peer; everyone's config names the CPM and the member list.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from knexa_node.config import Config, render_config
+from knexa_node.fsutil import atomic_write_text
+from knexa_node.identity import NodeHome, create_identity, load_identity
+
+DEFAULT_MODELS = ("embedded:llama-tiny", "embedded:neox-tiny", "embedded:gpt2-tiny", "embedded:qwen2-tiny")
+
+
+@dataclass
+class DemoSettings:
+    nodes: int = 4
+    rounds: int = 3
+    policy: str = "knexa"
+    seed: int = 0
+    models: tuple[str, ...] = DEFAULT_MODELS
+    dirichlet_alpha: float = 0.3
+    lr: float = 1e-3
+    warmup_epochs: int = 1
+    epochs_per_round: int = 1
+    round_deadline_s: float = 600.0
+    proposal_ttl_s: float = 600.0
+    protocol: str = "text"
+    dp: bool = False
+    consortium: str = "demo"
+
+
+@dataclass
+class DemoLayout:
+    workdir: Path
+    cpm: NodeHome
+    nodes: list[NodeHome]
+    cpm_peer: str
+    node_peers: list[str]
+    ports: list[int] = field(default_factory=list)  # CPM first, then nodes
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _identity(home: NodeHome) -> str:
+    """Reuse a home's identity across runs in the same workdir, so peer IDs stay stable."""
+    if home.key_file.exists():
+        return load_identity(home).peer_id
+    return create_identity(home).peer_id
+
+
+def lay_out(workdir: Path, settings: DemoSettings) -> DemoLayout:
+    if settings.nodes < 2:
+        raise ValueError("a consortium needs at least 2 nodes")
+    if settings.rounds < 1:
+        raise ValueError("rounds must be at least 1")
+    workdir.mkdir(parents=True, exist_ok=True)
+    cpm_home = NodeHome(workdir / "cpm")
+    node_homes = [NodeHome(workdir / f"node-{i}") for i in range(settings.nodes)]
+    cpm_peer = _identity(cpm_home)
+    node_peers = [_identity(home) for home in node_homes]
+    ports = free_ports(settings.nodes + 1)
+    addr = lambda port: f"/ip4/127.0.0.1/tcp/{port}"  # noqa: E731
+    bootstrap = [f"{addr(ports[1])}/p2p/{node_peers[0]}"]
+
+    cpm_config = Config()
+    cpm_config.node.name = "cpm"
+    cpm_config.node.listen = [addr(ports[0])]
+    cpm_config.node.bootstrap = bootstrap
+    cpm_config.consortium.name = settings.consortium
+    cpm_config.consortium.members = list(node_peers)
+    cpm_config.cpm.policy = settings.policy
+    cpm_config.cpm.auto_rounds = settings.rounds
+    cpm_config.cpm.round_deadline_s = settings.round_deadline_s
+    cpm_config.cpm.proposal_ttl_s = settings.proposal_ttl_s
+    cpm_config.cpm.quorum = 1.0
+    cpm_home.create_dirs()
+    atomic_write_text(cpm_home.config_file, render_config(cpm_config), mode=0o600)
+
+    for i, home in enumerate(node_homes):
+        config = Config()
+        config.node.name = f"node-{i}"
+        config.node.listen = [addr(ports[i + 1])]
+        config.node.bootstrap = [] if i == 0 else bootstrap
+        config.consortium.name = settings.consortium
+        config.consortium.cpm = cpm_peer
+        config.consortium.members = list(node_peers)
+        config.model.path = settings.models[i % len(settings.models)]
+        config.data.seed = settings.seed
+        config.data.shard = i
+        config.data.shards = settings.nodes
+        config.data.dirichlet_alpha = settings.dirichlet_alpha
+        config.learning.lr = settings.lr
+        config.learning.warmup_epochs = settings.warmup_epochs
+        config.learning.epochs_per_round = settings.epochs_per_round
+        config.learning.schedule_rounds = settings.rounds
+        config.exchange.protocol = settings.protocol
+        config.exchange.timeout_s = settings.proposal_ttl_s
+        config.privacy.dp_enabled = settings.dp
+        home.create_dirs()
+        atomic_write_text(home.config_file, render_config(config), mode=0o600)
+    return DemoLayout(workdir, cpm_home, node_homes, cpm_peer, node_peers, ports)
