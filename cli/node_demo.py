@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -43,7 +44,8 @@ def demo(
     model: list[str] = typer.Option([], "--model", help="Model per node (repeatable, cycled): embedded:<name> or a local HF directory."),
     protocol: str = typer.Option("text", "--protocol", help="Package kind: text or logits (logits only between nodes sharing a tokenizer)."),
     alpha: float = typer.Option(0.3, "--dirichlet-alpha", help="Skew of the private shards over categories."),
-    lr: float = typer.Option(1e-3, "--lr", help="Learning rate (tiny from-scratch models need ~1e-3; the paper's 3e-5 suits pretrained ones)."),
+    shard_size: int = typer.Option(0, "--shard-size", min=0, help="Private problems per node (0: an equal share of the embedded pool)."),
+    lr: float = typer.Option(2e-3, "--lr", help="Learning rate (tiny from-scratch models need ~2e-3; the paper's 3e-5 suits pretrained ones)."),
     warmup_epochs: int = typer.Option(1, "--warmup-epochs", min=0, help="Local epochs each node trains before round 1 (its starting model)."),
     dp: bool = typer.Option(False, "--dp", help="Turn on the differential-privacy layer."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON summary at the end instead of tables."),
@@ -57,11 +59,12 @@ def demo(
         fail("--protocol must be text or logits")
     report = load("knexa_node.demo.report")  # matplotlib and rich tables
     root = workdir or Path(tempfile.mkdtemp(prefix="knexa-demo-"))
-    console = Console(stderr=as_json)
+    # Wide tables when writing to a file or pipe (rich would wrap them at 80 columns).
+    console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 150)
     results = []
     for name in policies:
         settings = DemoSettings(nodes=nodes, rounds=rounds, policy=name, seed=seed, models=tuple(model) or DEFAULT_MODELS,
-                                protocol=protocol, dirichlet_alpha=alpha, lr=lr, warmup_epochs=warmup_epochs, dp=dp)
+                                protocol=protocol, dirichlet_alpha=alpha, shard_size=shard_size, lr=lr, warmup_epochs=warmup_epochs, dp=dp)
         where = root / name if len(policies) > 1 else root
         if not as_json:
             console.rule(f"policy {name}: {nodes} nodes, {rounds} rounds, homes in {where}")

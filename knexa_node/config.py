@@ -128,6 +128,7 @@ class DataSection:
     seed: int = opt(0, "Seed of the embedded task and of this node's shard when no files are given.", _range(0, 2**31))
     shard: int = opt(0, "This node's shard index in the embedded task's Dirichlet split.", _range(0, 4096))
     shards: int = opt(1, "Number of shards in the embedded task's split (the consortium size).", _range(1, 4096))
+    shard_size: int = opt(0, "Private problems in this node's embedded shard (0: an equal share of the pool).", _range(0, 10_000_000))
     dirichlet_alpha: float = opt(0.3, "Skew of the embedded split over categories (smaller: more skewed).", _range(0.001, 1000))
 
 

@@ -44,7 +44,8 @@ def load_node_data(config: Config, *, base: Path | None = None) -> NodeData:
         private = load_jsonl(path(data.train))
     else:
         assert task is not None
-        shards = dirichlet_split(task.train_pool, data.shards, data.dirichlet_alpha, seed=data.seed)
+        shards = dirichlet_split(task.train_pool, data.shards, data.dirichlet_alpha, seed=data.seed,
+                                 per_client=data.shard_size or None)
         if data.shard >= len(shards):
             raise ValueError(f"data.shard {data.shard} is out of range for data.shards {data.shards}")
         private = shards[data.shard]

@@ -124,6 +124,11 @@ def _wait_for_rounds(layout: DemoLayout, settings: DemoSettings, cpm: DaemonProc
         time.sleep(POLL_S)
 
 
+def served_as_teacher(exchanges: dict[str, Any]) -> int:
+    """Completed exchanges in the teacher role, from a node's ``exchanges`` status."""
+    return int((exchanges.get("counts") or {}).get("teacher", {}).get("done", 0))
+
+
 def _safe_status(process: DaemonProcess) -> dict[str, Any]:
     try:
         return process.control("status", timeout=5.0)
@@ -164,7 +169,7 @@ def _node_summary(index: int, layout: DemoLayout, model_name: str, final: dict[s
         "dev_loss_before": before.get("dev_loss"),
         "dev_loss_after": final.get("dev_loss"),
         "exchanges_as_student": report.get("counts", {}).get("as_student", 0),
-        "exchanges_as_teacher": exchanges.get("served", exchanges.get("as_teacher", 0)),
+        "exchanges_as_teacher": served_as_teacher(exchanges),
         "failed_exchanges": report.get("counts", {}).get("failed", 0),
         "bytes_received": report.get("counts", {}).get("bytes_received", 0),
         "bytes_sent": exchanges.get("bytes_sent", 0),

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from knexa_node.demo.orchestrate import DemoResult, Snapshot  # noqa: E402
+from knexa_node.demo.orchestrate import DemoResult, Snapshot, served_as_teacher  # noqa: E402
 
 
 def summary(result: DemoResult) -> dict[str, Any]:
@@ -92,7 +92,7 @@ def live_table(snapshot: Snapshot, rounds: int) -> Table:
         exchanges = status.get("exchanges") or {}
         doing = inner.get("busy") if inner.get("busy") not in (None, "idle") else learner.get("phase", status.get("error", "-"))
         table.add_row(f"node-{i}", str(learner.get("round", "-")), str(doing)[:40], _pct(metrics.get("pass1")),
-                      str(exchanges.get("served", exchanges.get("as_teacher", 0))),
+                      str(served_as_teacher(exchanges)),
                       str((learner.get("counts") or {}).get("as_student", 0)),
                       _num(rewards[-1]["reward"], 4) if rewards else "-")
     return table
@@ -105,15 +105,23 @@ def plot_curves(results: list[DemoResult], path: Path) -> Path:
     for r_index, result in enumerate(results):
         for node in result.nodes:
             points = [c for c in node["curve"] if c.get("pass1") is not None]
-            xs = [c["round"] + (0.5 if c["phase"] == "final" else 0) for c in points]
+            last = result.settings.rounds
+            xs = [last + 1 if c["phase"] == "final" else c["round"] for c in points]
             label = f"{node['name']} {str(node['model']).replace('embedded:', '')}"
             if len(results) > 1:
                 label = f"{result.settings.policy}: {label}"
             style = styles[r_index % len(styles)]
             left.plot(xs, [100 * c["pass1"] for c in points], style, marker="o", label=label)
             right.plot(xs, [c["dev_loss"] for c in points], style, marker="o", label=label)
-    left.set(xlabel="round", ylabel="Pass@1 on the local test set (%)", title="Pass@1")
-    right.set(xlabel="round", ylabel="mean token CE on the public dev set", title="dev loss")
+    rounds = max((r.settings.rounds for r in results), default=1)
+    ticks = list(range(rounds + 2))
+    labels = ["start"] + [str(t) for t in range(1, rounds + 1)] + ["final"]
+    for axis in (left, right):
+        axis.set_xticks(ticks, labels)
+    left.set(xlabel="after local phase of round (final: after the last distillation)",
+             ylabel="Pass@1 on the local test set (%)", title="Pass@1")
+    right.set(xlabel="after local phase of round (final: after the last distillation)",
+              ylabel="mean token CE on the public dev set", title="dev loss")
     left.legend(fontsize=7)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
