@@ -45,7 +45,7 @@ def agent_config(config: Config, *, total_rounds: int) -> AgentConfig:
 
 class Learner:
     def __init__(self, config: Config, state_dir: Path, data: NodeData, *, total_rounds: int = 0,
-                 model_cache: Path | None = None) -> None:
+                 model_cache: Path | None = None, on_event: Callable[..., None] | None = None) -> None:
         self.config, self.state_dir, self.data = config, Path(state_dir), data
         self.total_rounds, self.model_cache = total_rounds or config.learning.schedule_rounds, model_cache
         self.agent: Agent | None = None
@@ -53,6 +53,8 @@ class Learner:
         self._lock = trio.Lock()
         self._loaded = trio.Event()
         self.load_error: str | None = None
+        self.on_event = on_event
+        self.seconds: dict[str, float] = {}  # busy time by kind of work ("local epoch", "distilling", ...)
 
     def _load(self) -> Agent:
         return Agent(self.config.model.path, self.state_dir / "agent", agent_config(self.config, total_rounds=self.total_rounds),
@@ -76,10 +78,16 @@ class Learner:
         agent = self.agent
         async with self._lock:
             self.busy = doing
+            started = trio.current_time()
             try:
                 return await trio.to_thread.run_sync(fn, agent)
             finally:
                 self.busy = "idle"
+                seconds = trio.current_time() - started
+                kind = doing.split(" (")[0]
+                self.seconds[kind] = self.seconds.get(kind, 0.0) + seconds
+                if self.on_event is not None:
+                    self.on_event("learner-busy", doing=doing, seconds=round(seconds, 3))
 
     def status(self) -> dict[str, Any]:
         agent = self.agent
@@ -88,4 +96,5 @@ class Learner:
             "load_error": self.load_error,
             "model": dict(agent.describe()) if agent is not None else None,
             "data": self.data.sizes(),
+            "busy_seconds": {k: round(v, 2) for k, v in self.seconds.items()},
         }

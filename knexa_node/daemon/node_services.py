@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Callable, TypeVar
+
 from knexa_node.daemon.daemon import Daemon
 from knexa_node.daemon.datasets import load_node_data
 from knexa_node.daemon.exchanges import ExchangeService
 from knexa_node.daemon.learner import Learner
 from knexa_node.daemon.participant import Participant
+from knexa_node.learn.agent import Agent
+
+T = TypeVar("T")
 
 
 def install_node(daemon: Daemon) -> Participant | None:
@@ -18,10 +23,13 @@ def install_node(daemon: Daemon) -> Participant | None:
         daemon.log.event("relay-only", reason="model.path is empty: this node bootstraps and relays but does not learn")
         return None
     data = load_node_data(daemon.config, base=daemon.home.root)
-    learner = Learner(daemon.config, daemon.home.state_dir, data)
+    learner = Learner(daemon.config, daemon.home.state_dir, data, on_event=daemon.log.event)
     holder: list[Participant] = []
     private_texts = [p.prompt + p.solution for p in (*data.train, *data.validation)]
-    exchanges = ExchangeService(daemon, learner.call, data.transfer, private_texts,
+    async def build_call(fn: Callable[[Agent], T]) -> T:
+        return await learner.call(fn, doing="building package")
+
+    exchanges = ExchangeService(daemon, build_call, data.transfer, private_texts,
                                 current_round=lambda: holder[0].current_round if holder else None)
     participant = Participant(daemon, learner, exchanges)
     holder.append(participant)
