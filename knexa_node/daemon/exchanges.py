@@ -363,6 +363,8 @@ class ExchangeService:
         """The ``exchanges`` section of ``knexa-node status``."""
         s = self.stats
         return {
+            "served": s.by_outcome["teacher"]["done"],  # packages sent, receipt in hand
+            "fetched": s.by_outcome["student"]["done"],  # packages received and verified
             "counts": {role: dict(c) for role, c in s.by_outcome.items()},
             "codes": {role: dict(c) for role, c in s.by_code.items()},
             "bytes_sent": s.bytes_sent,

@@ -55,6 +55,7 @@ async def test_full_exchange_over_libp2p_with_distillation_audited_on_both_sides
             with pytest.raises(ValueError):  # one distillation entry per fetched exchange
                 await student.service.record_distillation(outcome, report)
     assert t_status["counts"]["teacher"] == {"done": 1} and s_status["counts"]["student"] == {"done": 1}
+    assert (t_status["served"], t_status["fetched"], s_status["served"], s_status["fetched"]) == (1, 0, 0, 1)
     assert t_status["bytes_sent"] >= outcome.payload_size and s_status["bytes_received"] >= outcome.payload_size
     assert t_status["epsilon_spent"] == 0.0 and t_status["audit"]["checkpoints_stored"] == 2
     assert s_status["pending_distillations"] == 0
