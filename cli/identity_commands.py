@@ -8,6 +8,7 @@ import typer
 
 from knexa_cli.common import fail, print_json, resolve_home
 from knexa_node.config import Config, ConfigError, load_config, parse_config, render_config
+from knexa_node.crypto import Signer
 from knexa_node.fsutil import atomic_write_text
 from knexa_node.identity import IdentityError, NodeHome, create_identity, load_identity
 
@@ -56,18 +57,20 @@ def initialize(
     typer.echo(signer.peer_id)
 
 
-def load_home(home_dir: Path | None) -> tuple[NodeHome, Config, str]:
+def load_home(home_dir: Path | None) -> tuple[NodeHome, Config, Signer]:
+    """The home's paths, config and identity; a problem exits with its one-line error."""
     home = resolve_home(home_dir)
     try:
         signer = load_identity(home)
         config = load_config(home.config_file)
     except (IdentityError, ConfigError) as exc:
         fail(str(exc))
-    return home, config, signer.peer_id
+    return home, config, signer
 
 
 def show_id(home_dir: Path | None, as_json: bool) -> None:
-    _, config, peer_id = load_home(home_dir)
+    _, config, signer = load_home(home_dir)
+    peer_id = signer.peer_id
     addrs = [f"{addr}/p2p/{peer_id}" for addr in (config.node.announce or config.node.listen)]
     if as_json:
         print_json({"peer_id": peer_id, "addrs": addrs, "name": config.node.name, "consortium": config.consortium.name})

@@ -16,12 +16,12 @@ import trio
 import typer
 
 from knexa_cli.common import fail, print_json, resolve_home
-from knexa_node.config import ConfigError, load_config
+from knexa_cli.identity_commands import load_home
 from knexa_node.daemon.control import ControlError, call
 from knexa_cli.lazy import load
 from knexa_node.daemon.lock import LockError
 from knexa_node.daemon.logs import FORMATS, EventLog
-from knexa_node.identity import IdentityError, NodeHome, load_identity
+from knexa_node.identity import NodeHome
 from knexa_node.net.errors import NetError
 
 LogFormatOption = typer.Option("human", "--log-format", help="Event lines: human or json (one JSON object per line).")
@@ -43,12 +43,7 @@ def start_daemon(home_dir: Path | None, log_format: str, *, role: str, configure
     """
     if log_format not in FORMATS:
         fail(f"--log-format must be one of {', '.join(FORMATS)}")
-    home = resolve_home(home_dir)
-    try:
-        signer = load_identity(home)
-        config = load_config(home.config_file)
-    except (IdentityError, ConfigError) as exc:
-        fail(str(exc))
+    home, config, signer = load_home(home_dir)
     _configure_logging()
     host_errors = (NetError, load("knexa_node.net.host").HostError)
     daemon = load("knexa_node.daemon.daemon").Daemon(home, config, signer, role=role, log=EventLog(log_format))

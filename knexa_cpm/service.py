@@ -76,14 +76,6 @@ class _NoPairing:
         pass
 
 
-FAILURE_RECEIPT = bytes(32)
-
-
-def is_failure_report(feedback: Feedback) -> bool:
-    """A student reports an exchange that never delivered a package: no receipt, no bytes."""
-    return feedback.receipt_hash == FAILURE_RECEIPT and feedback.package_bytes == 0
-
-
 def build_policy(name: str, seed: int) -> Any:
     if name == NO_PAIRING:
         return _NoPairing()
@@ -154,7 +146,7 @@ class CpmService:
 
     def _accept_feedback(self, remote: str, envelope: Envelope, feedback: Feedback) -> None:
         assert self.book is not None
-        if is_failure_report(feedback):
+        if feedback.reports_failure:
             # The exchange never completed: close the proposal, but a transport or refusal
             # failure is no measurement of teaching, so it never reaches the bandit.
             record = self.book.add_feedback(remote, feedback, self.clock())

@@ -52,7 +52,6 @@ logger = logging.getLogger(__name__)
 CPM_TIMEOUT_S = 30.0
 CPM_RETRIES = 5
 POLL_S = 1.0
-FAILURE_RECEIPT = bytes(32)
 
 
 class Participant:
@@ -225,7 +224,7 @@ class Participant:
             outcome = await self.exchanges.fetch(raw, proposal)
             if not outcome.ok:
                 self.counts["failed"] += 1
-                await self._report(Feedback(proposal_id, proposal.round, 0.0, 0.0, 0.0, 0, FAILURE_RECEIPT))
+                await self._report(Feedback.failure(proposal_id, proposal.round))
                 return
             self.counts["as_student"] += 1
             self.counts["bytes_received"] += outcome.payload_size
@@ -257,7 +256,7 @@ class Participant:
         except Exception as exc:  # distillation or reporting failed: logged and reported, never fatal
             self.counts["failed"] += 1
             self.daemon.log.event("exchange-error", round=proposal.round, error=f"{type(exc).__name__}: {exc}"[:300])
-            await self._report(Feedback(proposal_id, proposal.round, 0.0, 0.0, 0.0, 0, FAILURE_RECEIPT))
+            await self._report(Feedback.failure(proposal_id, proposal.round))
         finally:
             self._finished.add(proposal_id)
 

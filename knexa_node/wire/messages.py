@@ -20,6 +20,7 @@ from knexa_node.wire.errors import WireError
 MAX_TEXT = 4096
 MAX_LIST = 4096
 PROTOCOLS = ("text", "logits")
+NO_RECEIPT = bytes(32)  # receipt_hash of a Feedback that reports a failed exchange
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,15 @@ class Feedback(Message):
     loss_after: float
     package_bytes: int
     receipt_hash: bytes
+
+    @classmethod
+    def failure(cls, proposal_id: bytes, round: int) -> "Feedback":
+        """The report of an exchange that never delivered a package (no receipt, no bytes, no reward)."""
+        return cls(proposal_id, round, 0.0, 0.0, 0.0, 0, NO_RECEIPT)
+
+    @property
+    def reports_failure(self) -> bool:
+        return self.receipt_hash == NO_RECEIPT and self.package_bytes == 0
 
 
 @dataclass(frozen=True)

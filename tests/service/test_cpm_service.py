@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from knexa_cpm.service import FAILURE_RECEIPT, CpmService
+from knexa_cpm.service import CpmService
 from knexa_node.config import Config
 from knexa_node.crypto import Signer
 from knexa_node.profile import ProfileInputs, build_profile
@@ -107,7 +106,7 @@ async def test_round_profiles_pairs_feedback_and_replay(tmp_path: Path) -> None:
 
     second = proposals[1]
     other = next(n for n in NODES if n.peer_id == second.student)
-    failure = Feedback(second.proposal_id, 1, 0.0, 0.0, 0.0, 0, FAILURE_RECEIPT)
+    failure = Feedback.failure(second.proposal_id, 1)
     assert ask(service, other, failure).ok
     assert service.store.seq == 1  # a failed exchange never reaches the bandit
     await service.tick()
