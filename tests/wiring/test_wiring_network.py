@@ -13,7 +13,7 @@ from knexa_node.net.protocols import CHECKPOINTS, topic
 from knexa_node.testing import wait_until
 from knexa_node.wire import Feedback
 from wiring_helpers import CONSORTIUM, TRANSFER, NodeSpec, consortium, make_agent, private_texts, proposal
-from wiring_stubs import StubAgent
+from wiring_stubs import BlockedAgent, StubAgent
 
 pytestmark = pytest.mark.slow
 
@@ -145,3 +145,22 @@ async def test_installed_service_runs_inside_the_daemon_and_releases_the_audit_l
         # The daemon's shutdown closed the service: the audit log's writer lock is free again.
         with AuditLog.open_home(node.daemon.home, node.daemon.signer) as reopened:
             assert reopened.count == 0
+
+
+async def test_a_stuck_teacher_ends_in_timed_out_outcomes_on_both_sides(tmp_path) -> None:
+    cpm = Signer.generate()
+    stuck = BlockedAgent()
+    specs = [NodeSpec(stuck, [], timeout_s=1.0), NodeSpec(StubAgent(), [], timeout_s=1.0)]
+    with trio.fail_after(30):
+        async with consortium(tmp_path, cpm, specs) as (teacher, student):
+            envelope, message = proposal(cpm, teacher.peer_id, student.peer_id)
+            outcome = await student.service.fetch(envelope, message)
+            assert stuck.started.is_set()
+            stuck.release.set()  # the model work returns late; the teacher's deadline has passed
+            await wait_until(lambda: sum(teacher.service.stats.by_outcome["teacher"].values()) >= 1, timeout=10)
+            status = teacher.daemon.status()["exchanges"]
+    assert outcome.status == "timed-out" and outcome.code == "timeout", outcome
+    assert status["counts"]["teacher"] == {"timed-out": 1} and status["codes"]["teacher"] == {"timeout": 1}
+    assert _kinds(log_path(teacher.daemon.home)) == [("proposal-refused", "timed-out")]
+    assert _kinds(log_path(student.daemon.home)) == [("proposal-refused", "timed-out")]
+    assert any("status=timed-out" in line for line in student.logged("exchange"))

@@ -100,14 +100,15 @@ class NodeSpec:
     private: list[str]
     members: list[int] | None = None  # indices of the nodes on this node's allow-list; None: all
     dp: bool = False
+    timeout_s: float = 30.0
 
 
-def node_config(cpm: str, members: list[str], *, dp: bool = False) -> Config:
+def node_config(cpm: str, members: list[str], *, dp: bool = False, timeout_s: float = 30.0) -> Config:
     config = Config()
     config.consortium.name = CONSORTIUM
     config.consortium.cpm = cpm
     config.consortium.members = list(members)
-    config.exchange.timeout_s = 30.0
+    config.exchange.timeout_s = timeout_s
     config.privacy.dp_enabled = dp
     config.privacy.dp_epsilon_per_exchange = 2.0
     config.privacy.dp_budget_per_peer = 5.0
@@ -127,7 +128,7 @@ async def consortium(tmp_path: Path, cpm: Signer, specs: list[NodeSpec], *, star
         home = NodeHome(tmp_path / f"node{index}")
         home.create_dirs()
         members = ids if spec.members is None else [ids[i] for i in spec.members]
-        config = node_config(cpm.peer_id, members, dp=spec.dp)
+        config = node_config(cpm.peer_id, members, dp=spec.dp, timeout_s=spec.timeout_s)
         events = io.StringIO()
         daemon = Daemon(home, config, signer, log=EventLog("human", out=io.StringIO(), err=events),
                         params=loopback_params(consortium=CONSORTIUM))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -57,3 +58,17 @@ class StubAgent:
         ids = np.stack([tokens] + [np.full_like(tokens, 40 + j) for j in range(self.k - 1)], axis=1)
         logp = np.log(np.array([0.7] + [0.2 / (self.k - 1)] * (self.k - 1)))
         return LogitItem(tokens, ids.astype(np.int32), np.broadcast_to(logp, ids.shape).astype(np.float16))
+
+
+class BlockedAgent(StubAgent):
+    """A teacher whose model work does not finish until ``release`` is set (a stuck or overloaded learner)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.started = threading.Event()
+
+    def teacher_package(self, transfer: Sequence[Problem], *, protocol: str = "text") -> Built:
+        self.started.set()
+        self.release.wait(30)
+        return super().teacher_package(transfer, protocol=protocol)
