@@ -148,6 +148,7 @@ class ExchangeService:
         # AuditLog and CheckpointStore are not thread-safe; appends (fsync) run in a thread, one at a time.
         self._audit_lock = trio.Lock()
         self._installed = False
+        self._closed = False
         home.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         with ExitStack() as stack:
             self.replay = ReplayCache.in_state_dir(home.state_dir)
@@ -177,9 +178,17 @@ class ExchangeService:
             task_status.started()
             await trio.sleep_forever()
         finally:
+            # Let an append already in its worker thread finish before its file closes under it.
+            held = False
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self._audit_lock.acquire()
+                held = True
             self.close()
+            if held:
+                self._audit_lock.release()
 
     def close(self) -> None:
+        self._closed = True
         self._closer.close()
 
     def __enter__(self) -> "ExchangeService":
@@ -311,6 +320,9 @@ class ExchangeService:
 
     async def _append(self, event: Event) -> Entry | None:
         async with self._audit_lock:
+            if self._closed:
+                self._audit_failed(event.kind, AuditError("closed", "the exchange service is closed (daemon stopping)"))
+                return None
             try:
                 return await trio.to_thread.run_sync(self.audit.append, event)
             except (AuditError, OSError) as exc:
@@ -324,6 +336,8 @@ class ExchangeService:
 
     async def _checkpoint(self, *, round_closed: bool) -> None:
         async with self._audit_lock:
+            if self._closed:
+                return
             try:
                 envelope = self.checkpointer.maybe(round_closed=round_closed)
                 if envelope is None:
@@ -348,6 +362,8 @@ class ExchangeService:
             self.daemon.net.stats.drop("checkpoint-non-member")
             return
         async with self._audit_lock:
+            if self._closed:
+                return
             try:
                 await trio.to_thread.run_sync(self.checkpoints.add, envelope.to_bytes())
             except (AuditError, OSError, WireError) as exc:
