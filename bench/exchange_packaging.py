@@ -27,17 +27,17 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from knexa_node.config import PrivacySection  # noqa: E402
-from knexa_node.crypto import Signer  # noqa: E402
-from knexa_node.daemon.packaging import Packager  # noqa: E402
-from knexa_node.learn.agent import Agent, AgentConfig  # noqa: E402
-from knexa_node.learn.data import dirichlet_split, embedded_task, split_validation  # noqa: E402
-from knexa_node.learn.embedded import EMBEDDED, build_model_dir  # noqa: E402
-from knexa_node.learn.package import decode_package  # noqa: E402
-from knexa_node.wire import PairingProposal  # noqa: E402
+from knexa_node.config import PrivacySection
+from knexa_node.crypto import Signer
+from knexa_node.daemon.packaging import Packager
+from knexa_node.learn.agent import Agent, AgentConfig
+from knexa_node.learn.data import dirichlet_split, embedded_task, split_validation
+from knexa_node.learn.embedded import EMBEDDED, build_model_dir
+from knexa_node.learn.package import decode_package
+from knexa_node.wire import PairingProposal
 
 
 def paired_medians(first, second, repeat: int) -> tuple[float, float]:
@@ -71,7 +71,7 @@ def main() -> None:
     train, validation = split_validation(shard, 0.1, seed=0)
     private = [p.prompt + p.solution for p in shard]
     transfer = task.transfer
-    cpm, teacher, student = (Signer.generate() for _ in range(3))
+    teacher, student = Signer.generate(), Signer.generate()
 
     def proposal(protocol: str) -> PairingProposal:
         return PairingProposal(proposal_id=os.urandom(16), round=0, teacher=teacher.peer_id, student=student.peer_id,

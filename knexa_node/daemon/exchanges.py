@@ -27,17 +27,34 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import ExitStack
-from typing import Any, Awaitable, Callable, Iterable, Protocol, Sequence, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 
-from knexa_node.audit import AuditError, AuditLog, CheckpointStore, Checkpointer, Entry, Event, checkpoint_path, events
+from knexa_node.audit import (
+    AuditError,
+    AuditLog,
+    Checkpointer,
+    CheckpointStore,
+    Entry,
+    Event,
+    checkpoint_path,
+    events,
+)
 from knexa_node.audit.entry import FAILED, OK
 from knexa_node.daemon.daemon import Daemon
 from knexa_node.daemon.packaging import Packager
 from knexa_node.exchange.driver import BuiltPackage, fetch_package, serve_exchange
-from knexa_node.exchange.errors import FORGED_PROPOSAL, MALFORMED, STREAM_ERROR, TIMEOUT, ExchangeError, ExchangeOutcome
+from knexa_node.exchange.errors import (
+    FORGED_PROPOSAL,
+    MALFORMED,
+    STREAM_ERROR,
+    TIMEOUT,
+    ExchangeError,
+    ExchangeOutcome,
+)
 from knexa_node.exchange.policy import ExchangePolicy
 from knexa_node.exchange.proposals import check_proposal
 from knexa_node.exchange.replay import ReplayCache
@@ -191,7 +208,7 @@ class ExchangeService:
         self._closed = True
         self._closer.close()
 
-    def __enter__(self) -> "ExchangeService":
+    def __enter__(self) -> ExchangeService:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -28,13 +28,19 @@ worker thread, under the agent's lock. Steps, in order:
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Protocol, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
 from knexa_node.config import PrivacySection
 from knexa_node.exchange.driver import BuiltPackage
-from knexa_node.learn.package import KnowledgePackage, LogitItem, decode_package, encode_package
+from knexa_node.learn.package import (
+    KnowledgePackage,
+    LogitItem,
+    decode_package,
+    encode_package,
+)
 from knexa_node.learn.problems import Problem
 from knexa_node.privacy.dp import GaussianRelease, privatize_rows
 from knexa_node.privacy.guardrail import Guardrail, GuardrailSettings

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import pytest
 import trio
+from wiring_helpers import (
+    CONSORTIUM,
+    TRANSFER,
+    NodeSpec,
+    consortium,
+    make_agent,
+    private_texts,
+    proposal,
+)
+from wiring_stubs import BlockedAgent, StubAgent
 
 from knexa_node.audit import AuditLog, cross_check, verify_file
 from knexa_node.audit.log import log_path
@@ -12,8 +22,6 @@ from knexa_node.learn.package import decode_package
 from knexa_node.net.protocols import CHECKPOINTS, topic
 from knexa_node.testing import wait_until
 from knexa_node.wire import Feedback
-from wiring_helpers import CONSORTIUM, TRANSFER, NodeSpec, consortium, make_agent, private_texts, proposal
-from wiring_stubs import BlockedAgent, StubAgent
 
 pytestmark = pytest.mark.slow
 

@@ -6,14 +6,14 @@ import os
 
 import numpy as np
 import pytest
+from wiring_helpers import SHARDS, TRANSFER, make_agent, private_texts, proposal
+from wiring_stubs import StubAgent
 
 from knexa_node.config import PrivacySection
 from knexa_node.crypto import Signer
 from knexa_node.daemon.packaging import DP_REST_MASS, Packager, PackagingError
 from knexa_node.learn.package import decode_package
 from knexa_node.privacy.dp import GaussianRelease
-from wiring_helpers import SHARDS, TRANSFER, make_agent, private_texts, proposal
-from wiring_stubs import StubAgent
 
 AWS_KEY = "AKIA" + "Q3EXAMPLE7KEYZ2B"
 PEERS = (Signer.generate(), Signer.generate(), Signer.generate())

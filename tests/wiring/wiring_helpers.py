@@ -19,21 +19,26 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-import trio  # noqa: E402
+import torch
+import trio
 
-from knexa_node.config import Config  # noqa: E402
-from knexa_node.crypto import Signer  # noqa: E402
-from knexa_node.daemon.daemon import Daemon  # noqa: E402
-from knexa_node.daemon.exchanges import ExchangeService  # noqa: E402
-from knexa_node.daemon.logs import EventLog  # noqa: E402
-from knexa_node.identity import NodeHome  # noqa: E402
-from knexa_node.learn.agent import Agent, AgentConfig  # noqa: E402
-from knexa_node.learn.data import dirichlet_split, embedded_task, split_validation  # noqa: E402
-from knexa_node.learn.embedded import ModelSpec, TokenizerSpec, build_model_dir, train_tokenizer  # noqa: E402
-from knexa_node.learn.sandbox import SandboxLimits  # noqa: E402
-from knexa_node.testing import loopback_params  # noqa: E402
-from knexa_node.wire import PairingProposal, seal_envelope  # noqa: E402
+from knexa_node.config import Config
+from knexa_node.crypto import Signer
+from knexa_node.daemon.daemon import Daemon
+from knexa_node.daemon.exchanges import ExchangeService
+from knexa_node.daemon.logs import EventLog
+from knexa_node.identity import NodeHome
+from knexa_node.learn.agent import Agent, AgentConfig
+from knexa_node.learn.data import dirichlet_split, embedded_task, split_validation
+from knexa_node.learn.embedded import (
+    ModelSpec,
+    TokenizerSpec,
+    build_model_dir,
+    train_tokenizer,
+)
+from knexa_node.learn.sandbox import SandboxLimits
+from knexa_node.testing import loopback_params
+from knexa_node.wire import PairingProposal, seal_envelope
 
 torch.set_num_threads(1)
 
