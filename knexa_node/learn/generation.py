@@ -36,8 +36,12 @@ def truncate_at_stop(text: str, stops: Sequence[str] = STOP_SEQUENCES) -> str:
 @torch.no_grad()
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], *,
              max_new_tokens: int = 64, batch_size: int = 32, temperature: float = 0.0, top_k_logits: int = 0,
-             max_prompt_tokens: int = 384, device: torch.device | str = "cpu", seed: int = 0) -> list[Generation]:
-    """One completion per prompt; ``temperature`` 0 is greedy."""
+             max_prompt_tokens: int = 384, device: torch.device | str = "cpu", seed: int = 0,
+             stop_sequences: Sequence[str] = STOP_SEQUENCES) -> list[Generation]:
+    """One completion per prompt; ``temperature`` 0 is greedy.
+
+    ``stop_sequences`` cut the decoded text (a chat answer holding a whole ``def`` passes ``()``).
+    """
     encoded = [encode_prompt(tokenizer, p, max_prompt_tokens) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     results: list[Generation | None] = [None] * len(prompts)
@@ -73,7 +77,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
                 ended = eos in tokens
                 if ended:
                     tokens = tokens[: tokens.index(eos)]
-                text = truncate_at_stop(tokenizer.decode(tokens, skip_special_tokens=True))
+                text = truncate_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stop_sequences)
                 if step_logp is None:
                     results[i] = Generation(text, tokens, ended)
                 else:

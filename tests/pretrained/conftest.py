@@ -21,6 +21,11 @@ import torch  # noqa: E402
 
 from knexa_node.learn.embedded import TokenizerSpec, train_tokenizer  # noqa: E402
 
+try:  # the 'pretrained' extra; without it the GGUF tests skip
+    import gguf
+except ImportError:
+    gguf = None
+
 torch.set_num_threads(1)
 
 CHAT_TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
@@ -30,8 +35,9 @@ HIDDEN, LAYERS, HEADS, KV_HEADS, FFN = 64, 2, 4, 2, 128
 
 def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
     """A llama-architecture GGUF with random weights and a 384-token BPE vocabulary (plus chat tokens)."""
-    gguf = pytest.importorskip("gguf")
-    from gguf import GGMLQuantizationType as Q
+    if gguf is None:
+        pytest.skip("gguf is not installed (the 'pretrained' extra)")
+    Q = gguf.GGMLQuantizationType
 
     tokenizer = train_tokenizer(TokenizerSpec(vocab_size=384, corpus_per_category=30))
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
@@ -66,7 +72,7 @@ def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
 
     rng = np.random.default_rng(seed)
 
-    def add(name: str, shape: tuple[int, ...], kind: Q) -> None:
+    def add(name: str, shape: tuple[int, ...], kind: gguf.GGMLQuantizationType) -> None:
         data = (rng.standard_normal(shape) * 0.2).astype(np.float32)
         if kind == Q.F32:
             writer.add_tensor(name, 1.0 + data * 0.1 if name.endswith("norm.weight") else data)
