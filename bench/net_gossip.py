@@ -1,61 +1,269 @@
-"""Gossip propagation from a CPM to N nodes on loopback (in-process hosts): median and p99 latency.
+"""Gossip propagation from a CPM to N nodes on loopback: delivery ratio, median and p99 latency.
 
-    .venv/bin/python bench/net_gossip.py [N ...] [--messages 50] [--rate 20]
+    .venv/bin/python bench/net_gossip.py procs 5 [--messages 100] [--rate 20]    # one process per host
+    .venv/bin/python bench/net_gossip.py inproc 20 [--messages 40] [--rate 5]    # all hosts on one trio loop
 
-The CPM is a leaf of a star whose hub is the bootstrap (as in a deployment);
-each message is a signed RoundOpen padded to ~256 bytes, published at
-``rate`` per second. Latency = receipt time - the envelope's signed
-timestamp (one process, one clock).
+Topology as in a deployment: a bootstrap hub, the CPM and N - 1 more nodes
+that know only the hub and find each other through the DHT; the N receivers
+are the hub and those nodes. Each message is a signed RoundOpen padded to
+~256 bytes, published at ``rate`` per second. Latency = receipt time - the
+envelope's signed timestamp (one machine, one clock). A message not received
+within ``--grace`` seconds after the last publication counts as lost, so the
+run time is bounded. Prints the load average next to the figures: on a
+shared 2-core machine they depend on it.
+
+``procs`` is the honest measure of one node's path. ``inproc`` puts N + 1
+hosts on one Python thread: every host's per-message CPU (py-libp2p spends
+~2-3 ms per gossip RPC) adds up on one core, so it measures that core's
+saturation more than the network; keep ``rate`` low for N = 20.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 
+from knexa_node.crypto import Signer
+from knexa_node.net.network import Network
 from knexa_node.net.protocols import ROUNDS, topic
-from knexa_node.testing import swarm, wait_until
+from knexa_node.testing import loopback_params, swarm, wait_until
 from knexa_node.wire import RoundOpen, seal_envelope
 
 T = topic("test", ROUNDS)
+PAD = "x" * 160
 
 
-async def run(n: int, messages: int, rate: float) -> None:
-    async with swarm(n + 2) as nets:  # hub, CPM, n nodes
-        cpm, receivers = nets[1], [nets[0], *nets[2:]][: n]
-        latencies: list[float] = []
-        counts = {net.peer_id: 0 for net in receivers}
-        for net in nets:
-            async def on(envelope, message, origin, pid=net.peer_id):
-                latencies.append(time.time() - envelope.timestamp)
-                counts[pid] += 1
-            if net is cpm or net in receivers:
-                net.subscribe(T, on)
-        await wait_until(lambda: all(net.gossip.topics().get(T, {}).get("mesh", 0) > 0 for net in nets[: n + 2] if net is cpm or net in receivers), 30)
-        await trio.sleep(1.5)  # let meshes settle over a heartbeat
-        for i in range(messages):
-            await cpm.publish(T, seal_envelope(cpm.signer, RoundOpen(round=i, deadline=0.0, policy="x" * 160)).to_bytes())
-            await trio.sleep(1 / rate)
-        with trio.move_on_after(5):
-            await wait_until(lambda: sum(counts.values()) == messages * len(receivers), 5)
-        latencies.sort()
-        delivered = sum(counts.values()) / (messages * len(receivers))
-        p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan")
-        print(f"N={n}: messages={messages} rate={rate:g}/s delivered={delivered:.1%} "
-              f"median={statistics.median(latencies) * 1000:.1f} ms p99={p99 * 1000:.1f} ms")
+@dataclass
+class Tally:
+    receivers: int
+    messages: int
+    latencies: list[float] = field(default_factory=list)
+    by_round: dict[int, list[float]] = field(default_factory=dict)
+
+    def add(self, round_: int, latency: float) -> None:
+        self.latencies.append(latency)
+        self.by_round.setdefault(round_, []).append(latency)
+
+    def trend(self) -> str:
+        """Median latency of the first and last tenth of the messages: a rise means a queue builds up."""
+        tenth = max(1, self.messages // 10)
+        first = [x for r in range(tenth) for x in self.by_round.get(r, [])]
+        last = [x for r in range(self.messages - tenth, self.messages) for x in self.by_round.get(r, [])]
+        if not first or not last:
+            return ""
+        return f", first/last tenth median {statistics.median(first) * 1000:.0f}/{statistics.median(last) * 1000:.0f} ms"
+
+    def complete(self) -> bool:
+        return len(self.latencies) >= self.receivers * self.messages
+
+    def line(self, label: str) -> str:
+        lat = sorted(self.latencies)
+        delivered = len(lat) / (self.receivers * self.messages)
+        if not lat:
+            return f"{label}: delivered 0%"
+        p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+        return (f"{label}: delivered {delivered:.1%} of {self.receivers}x{self.messages}, "
+                f"median {statistics.median(lat) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms" + self.trend())
+
+
+def load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def publish_all(cpm: Network, messages: int, rate: float) -> None:
+    start = trio.current_time()
+    for i in range(messages):
+        await cpm.publish(T, seal_envelope(cpm.signer, RoundOpen(round=i, deadline=0.0, policy=PAD)).to_bytes())
+        # A fixed schedule: a slow publish does not lower the offered rate.
+        await trio.sleep_until(start + (i + 1) / rate)
+
+
+def meshed(net: Network) -> bool:
+    return net.gossip.topics().get(T, {}).get("mesh", 0) > 0
+
+
+# --- all hosts in this process ---------------------------------------------------------------------
+
+
+async def inproc(n: int, messages: int, rate: float, grace: float, settle: float) -> None:
+    t0 = time.monotonic()
+    async with swarm(n + 1, timeout=120) as nets:  # hub, CPM, n - 1 nodes
+        cpm, receivers = nets[1], [nets[0], *nets[2:]]
+        tally = Tally(len(receivers), messages)
+        for net in receivers:
+            async def on(envelope, message, origin):
+                tally.add(message.round, time.time() - envelope.timestamp)
+            net.subscribe(T, on)
+        cpm.subscribe(T, on)
+        everyone = len(nets) - 1
+        with trio.move_on_after(120):
+            await wait_until(lambda: all(len(net.connected_peers()) == everyone and meshed(net) for net in nets), 120)
+        connected = sum(len(net.connected_peers()) == everyone for net in nets)
+        await trio.sleep(settle)  # discovery and mesh churn of the start-up settle
+        print(f"in-process N={n}: {len(nets)} hosts up in {time.monotonic() - t0:.1f} s, fully connected {connected}/{len(nets)}, "
+              f"meshes {sorted(net.gossip.topics()[T]['mesh'] for net in nets)}")
+        cpu0, wall0 = cpu_s(), time.monotonic()
+        await publish_all(cpm, messages, rate)
+        with trio.move_on_after(grace):
+            await wait_until(tally.complete, grace)
+        cpu = cpu_s() - cpu0
+        print(tally.line(f"  {messages} msgs at {rate:g}/s") +
+              f"; {cpu * 1000 / messages:.0f} ms CPU per message for all hosts, one core {100 * cpu / (time.monotonic() - wall0):.0f}% busy; {load()}")
+
+
+# --- one process per host -----------------------------------------------------------------------------
+
+
+def emit(**fields: object) -> None:
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+async def child(role: str, bootstrap: str, peers: int) -> None:
+    """A host of the ``procs`` bench, driven over stdin/stdout (JSON lines)."""
+    params = loopback_params(bootstrap=(bootstrap,) if bootstrap else ())
+    net = Network(Signer.generate(), params)
+
+    async def on(envelope, message, origin):
+        emit(event="got", round=message.round, latency=time.time() - envelope.timestamp)
+
+    net.subscribe(T, on)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.serve)
+        emit(event="up", addr=net.dialable_addrs()[0], peer_id=net.peer_id)
+        with trio.move_on_after(120):
+            await wait_until(lambda: len(net.connected_peers()) >= peers and meshed(net), 120)
+        emit(event="ready", peers=len(net.connected_peers()), mesh=net.gossip.topics()[T]["mesh"])
+        stdin = trio.lowlevel.FdStream(os.dup(0))
+        buffer = b""
+        while True:
+            data = await stdin.receive_some()
+            if not data:
+                break
+            buffer += data
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                command = json.loads(line)
+                if command["do"] == "publish":
+                    cpu0 = cpu_s()
+                    await publish_all(net, command["messages"], command["rate"])
+                    emit(event="published", cpu_s=cpu_s() - cpu0)
+                elif command["do"] == "report":
+                    emit(event="report", cpu_s=cpu_s(), mesh=net.gossip.topics()[T]["mesh"])
+        nursery.cancel_scope.cancel()
+
+
+class Child:
+    def __init__(self, role: str, bootstrap: str, peers: int) -> None:
+        self.role = role
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "_child", role, bootstrap or "-", str(peers)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+
+    def read(self) -> dict:
+        line = self.proc.stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            raise RuntimeError(f"{self.role} process ended (exit {self.proc.poll()})")
+        return json.loads(line)
+
+    def send(self, **command: object) -> None:
+        self.proc.stdin.write(json.dumps(command) + "\n")  # type: ignore[union-attr]
+        self.proc.stdin.flush()  # type: ignore[union-attr]
+
+
+def procs(n: int, messages: int, rate: float, grace: float, settle: float) -> None:
+    children: list[Child] = []
+    t0 = time.monotonic()
+    try:
+        hub = Child("hub", "", n)
+        children.append(hub)
+        addr = hub.read()["addr"]
+        children += [Child("cpm", addr, n)] + [Child("node", addr, n) for _ in range(n - 1)]
+        for c in children[1:]:
+            c.read()  # up
+        ready = [c.read() for c in children]  # everyone sees the other n hosts (or gave up after 120 s)
+        time.sleep(settle)
+        print(f"processes N={n}: {n + 1} hosts ready in {time.monotonic() - t0:.1f} s, peers {[r['peers'] for r in ready]}")
+        cpm, receivers = children[1], [c for c in children if c.role != "cpm"]
+        tally = Tally(len(receivers), messages)
+        cpu = trio.run(_collect, cpm, children, tally, messages, rate, grace)
+        print(tally.line(f"  {messages} msgs at {rate:g}/s") + f"; {load()}")
+        print(f"  CPU per message: CPM {cpu['cpm'] * 1000 / messages:.1f} ms, hub {cpu['hub'] * 1000 / messages:.1f} ms, "
+              f"other nodes {statistics.mean(cpu['node']) * 1000 / messages:.1f} ms each (load-independent; one core = 1000 ms/s)")
+    finally:
+        for c in children:
+            c.proc.kill()
+            c.proc.wait()
+
+
+async def _collect(cpm: Child, children: list[Child], tally: Tally, messages: int, rate: float, grace: float) -> dict:
+    """Run the publication; return the CPU seconds each role spent meanwhile."""
+    reports: dict[Child, list[float]] = {c: [] for c in children}
+    published = trio.Event()
+
+    async def pump(c: Child) -> None:
+        while True:
+            event = await trio.to_thread.run_sync(c.read, abandon_on_cancel=True)
+            if event["event"] == "got":
+                tally.add(event["round"], event["latency"])
+            elif event["event"] == "report":
+                reports[c].append(event["cpu_s"])
+            elif event["event"] == "published":
+                published.set()
+
+    async with trio.open_nursery() as nursery:
+        for c in children:
+            nursery.start_soon(pump, c)
+        for c in children:
+            c.send(do="report")
+        await wait_until(lambda: all(reports.values()), 30)
+        cpm.send(do="publish", messages=messages, rate=rate)
+        await published.wait()
+        with trio.move_on_after(grace):
+            await wait_until(tally.complete, grace)
+        for c in children:
+            c.send(do="report")
+        await wait_until(lambda: all(len(r) == 2 for r in reports.values()), 30)
+        nursery.cancel_scope.cancel()
+    spent = {c: r[1] - r[0] for c, r in reports.items()}
+    return {"cpm": spent[cpm], "hub": spent[children[0]], "node": [v for c, v in spent.items() if c.role == "node"]}
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_child":
+        _, _, role, bootstrap, peers = sys.argv
+        trio.run(child, role, "" if bootstrap == "-" else bootstrap, int(peers))
+        return
     parser = argparse.ArgumentParser()
-    parser.add_argument("n", nargs="*", type=int, default=[5, 20])
-    parser.add_argument("--messages", type=int, default=50)
+    parser.add_argument("mode", choices=["procs", "inproc"])
+    parser.add_argument("n", nargs="+", type=int)
+    parser.add_argument("--messages", type=int, default=100)
     parser.add_argument("--rate", type=float, default=20.0)
+    parser.add_argument("--grace", type=float, default=10.0, help="seconds after the last publication before a message counts as lost")
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds to wait once everyone is connected")
     args = parser.parse_args()
     for n in args.n:
-        trio.run(run, n, args.messages, args.rate)
+        if args.mode == "procs":
+            procs(n, args.messages, args.rate, args.grace, args.settle)
+        else:
+            trio.run(inproc, n, args.messages, args.rate, args.grace, args.settle)
 
 
 if __name__ == "__main__":

@@ -129,17 +129,33 @@ class Discovery:
                 await self._wake.wait()
             self._wake = trio.Event()
 
+    async def _lookup_self(self, me: ID) -> None:
+        """One iterative lookup of our own key; the peers it returns join the routing table.
+
+        Not ``KadDHT.refresh_routing_table``: that also looks up a random key per
+        non-empty bucket (each lookup a new stream to every peer, each answer
+        carrying signed peer records to verify). Measured on 7 in-process hosts
+        with a 2 s interval, that kept ~70% of a core busy while idle and pushed
+        gossip latency to seconds; a consortium of tens of nodes is found by the
+        self-lookup alone (the closest 20 peers to us are everyone).
+        """
+        closest = await self.dht.peer_routing.find_closest_peers_network(me.to_bytes())
+        for peer_id in closest:
+            addrs = self.known_addrs(peer_id)
+            if peer_id != me and addrs:
+                await self.dht.routing_table.add_peer(PeerInfo(peer_id, addrs))
+
     async def discover_once(self) -> int:
         """One DHT lookup and dial round; returns how many new connections it made."""
         if not self.host.get_connected_peers():
             return 0
         self.lookups += 1
+        me = self.host.get_id()
         with trio.move_on_after(self.params.dial_timeout_s):
             try:
-                await self.dht.refresh_routing_table()
+                await self._lookup_self(me)
             except Exception as exc:  # a lookup over flaky peers fails in many ways; retried next round
-                logger.debug("DHT refresh failed: %s", exc)
-        me = self.host.get_id()
+                logger.debug("DHT lookup failed: %s", exc)
         candidates = [p for p in self.dht.routing_table.get_peer_ids() if p != me and not self.is_connected(p)]
         room = self.params.max_peers - len(self.host.get_connected_peers())
         made = 0

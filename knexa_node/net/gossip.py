@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 
 import trio
@@ -52,13 +52,36 @@ class _SeenDigests:
         return True
 
 
+class _FloodPublishGossipSub(GossipSub):
+    """GossipSub that sends our *own* publications to every peer on the topic (go-libp2p's ``floodPublish``).
+
+    py-libp2p 0.8.1 sends a publication only to the publisher's mesh. A mesh
+    can be empty or half-pruned for a while (PRUNE back-off is 60 s): measured
+    on 7 loopback hosts, a node with mesh 0 lost 17% of the CPM's messages.
+    Flooding the first hop makes delivery independent of the publisher's mesh
+    and costs one copy per peer, which a consortium of tens of nodes affords;
+    forwarded messages still follow the mesh.
+    """
+
+    def _get_peers_to_send(self, topic_ids: Iterable[str], msg_forwarder: ID, origin: ID,
+                           msg_id: bytes | None = None) -> Iterable[ID]:
+        peers = set(super()._get_peers_to_send(topic_ids, msg_forwarder, origin, msg_id))
+        pubsub = self.pubsub
+        if pubsub is not None and origin == pubsub.my_id and msg_forwarder == origin:
+            for topic in topic_ids:
+                peers.update(p for p in pubsub.peer_topics.get(topic, ()) if p in self.peer_protocol and p in pubsub.peers)
+            peers.discard(origin)
+        return peers
+
+
 class Gossip:
     """The pubsub side of a :class:`~knexa_node.net.network.Network`."""
 
     def __init__(self, host: IHost, params: GossipParams, stats: NetStats, *, clock: Callable[[], float] = time.time) -> None:
         self.host, self.params, self.stats, self.clock = host, params, stats, clock
         self.my_id = host.get_id()
-        self.router = GossipSub(
+        router_class = _FloodPublishGossipSub if params.flood_publish else GossipSub
+        self.router = router_class(
             list(GOSSIPSUB_PROTOCOLS),  # type: ignore[arg-type]
             degree=params.degree,
             degree_low=params.degree_low,

@@ -1,12 +1,14 @@
 """Gossip: signed envelopes reach every subscriber; invalid ones are dropped, counted, not forwarded."""
 
 import time
+from dataclasses import replace
 
 import trio
 
 from knexa_node.crypto import Signer
 from knexa_node.net.protocols import ROUNDS, topic
-from knexa_node.testing import swarm, wait_until
+from knexa_node.net.params import GossipParams
+from knexa_node.testing import loopback_params, swarm, wait_until
 from knexa_node.wire import RoundOpen, seal_envelope
 
 T = topic("test", ROUNDS)
@@ -75,3 +77,35 @@ async def test_a_failing_handler_does_not_stop_delivery():
             await a.publish(T, seal_envelope(a.signer, RoundOpen(round=r, deadline=0.0, policy="p")).to_bytes())
         await wait_until(lambda: got == [1, 2], 10)
         assert b.stats.dropped["handler-error"] == 2
+
+
+def _publisher_with_empty_mesh(flood_publish: bool):
+    """Three nodes; the publisher's mesh is emptied (as after PRUNEs) and heartbeats are too rare to refill it."""
+    gossip = replace(GossipParams(), heartbeat_s=600.0, flood_publish=flood_publish)
+    return swarm(3, connect="mesh", params=loopback_params(gossip=gossip))
+
+
+async def test_own_publications_reach_peers_outside_the_mesh():
+    async with _publisher_with_empty_mesh(True) as nets:
+        inbox = await _subscribed(nets)
+        publisher = nets[0]
+        publisher.gossip.router.mesh[T] = set()
+        await publisher.publish(T, seal_envelope(publisher.signer, RoundOpen(round=1, deadline=0.0, policy="p")).to_bytes())
+        await wait_until(lambda: all(len(inbox[n.peer_id]) == 1 for n in nets[1:]), 5)
+
+
+async def test_without_flood_publishing_an_empty_mesh_loses_the_message():
+    # The control for the test above: the same situation with py-libp2p's plain publishing.
+    async with _publisher_with_empty_mesh(False) as nets:
+        inbox = await _subscribed(nets)
+        publisher = nets[0]
+        publisher.gossip.router.mesh[T] = set()
+        await publisher.publish(T, seal_envelope(publisher.signer, RoundOpen(round=1, deadline=0.0, policy="p")).to_bytes())
+        await trio.sleep(0.5)
+        assert all(len(inbox[n.peer_id]) == 0 for n in nets[1:])
+
+
+async def test_peers_speak_gossipsub_1_1_so_no_idontwant_per_message():
+    async with swarm(2) as nets:
+        await _subscribed(nets)
+        assert {str(p) for p in nets[0].gossip.router.peer_protocol.values()} == {"/meshsub/1.1.0"}
