@@ -3,11 +3,11 @@
 import time
 from dataclasses import replace
 
-import trio
+from libp2p.pubsub.gossipsub import GossipSub
 
 from knexa_node.crypto import Signer
-from knexa_node.net.protocols import ROUNDS, topic
 from knexa_node.net.params import GossipParams
+from knexa_node.net.protocols import ROUNDS, topic
 from knexa_node.testing import loopback_params, swarm, wait_until
 from knexa_node.wire import RoundOpen, seal_envelope
 
@@ -94,15 +94,17 @@ async def test_own_publications_reach_peers_outside_the_mesh():
         await wait_until(lambda: all(len(inbox[n.peer_id]) == 1 for n in nets[1:]), 5)
 
 
-async def test_without_flood_publishing_an_empty_mesh_loses_the_message():
-    # The control for the test above: the same situation with py-libp2p's plain publishing.
-    async with _publisher_with_empty_mesh(False) as nets:
-        inbox = await _subscribed(nets)
-        publisher = nets[0]
-        publisher.gossip.router.mesh[T] = set()
-        await publisher.publish(T, seal_envelope(publisher.signer, RoundOpen(round=1, deadline=0.0, policy="p")).to_bytes())
-        await trio.sleep(0.5)
-        assert all(len(inbox[n.peer_id]) == 0 for n in nets[1:])
+async def test_flood_publishing_adds_topic_peers_for_own_messages_only():
+    # Synchronous, so no GRAFT can refill the emptied mesh in between.
+    async with _publisher_with_empty_mesh(True) as nets:
+        await _subscribed(nets)
+        router, me = nets[0].gossip.router, nets[0].host.get_id()
+        router.mesh[T] = set()
+        others = {n.host.get_id() for n in nets[1:]}
+        assert set(router._get_peers_to_send([T], me, me)) == others
+        forwarder = nets[1].host.get_id()
+        assert set(router._get_peers_to_send([T], forwarder, forwarder)) == set()  # forwarded: mesh only
+        assert set(GossipSub._get_peers_to_send(router, [T], me, me)) == set()  # py-libp2p alone: nobody
 
 
 async def test_peers_speak_gossipsub_1_1_so_no_idontwant_per_message():
