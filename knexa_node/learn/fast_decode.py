@@ -29,6 +29,7 @@ making every later token differ.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass, field
 
@@ -109,6 +110,22 @@ def supports(model: torch.nn.Module) -> bool:
     if getattr(base.config, "sliding_window", None) and getattr(base.config, "use_sliding_window", True):
         return False
     return any(hasattr(m, "layer_idx") for m in base.modules())
+
+
+# generation_config fields that would make ``generate``'s greedy choice differ from a plain argmax.
+_PROCESSOR_FIELDS = ("repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "suppress_tokens",
+                     "begin_suppress_tokens", "forced_bos_token_id", "forced_eos_token_id", "sequence_bias",
+                     "min_new_tokens", "min_length", "encoder_repetition_penalty", "exponential_decay_length_penalty")
+
+
+def plain_argmax_generation(model: torch.nn.Module) -> bool:
+    """Whether ``model.generate``'s greedy search is a plain argmax (no processors from its generation_config)."""
+    config = getattr(_base_model(model), "generation_config", None)
+    if config is None:
+        return True
+    neutral = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "min_length": 0}
+    return all(getattr(config, name, None) in (None, neutral.get(name), 0 if name.startswith("min_") else None)
+               for name in _PROCESSOR_FIELDS)
 
 
 def prefill_mask(prompt_mask: torch.Tensor) -> torch.Tensor:
@@ -218,19 +235,31 @@ class FastDecoder:
 
     def _validate(self, ids: torch.Tensor, prompt_mask: torch.Tensor, new_tokens: int,
                   forced: torch.Tensor | None) -> None:
-        if ids.dim() != 2 or ids.shape != prompt_mask.shape or ids.shape[0] != self.batch:
-            raise FastDecodeError(f"prompts must be ({self.batch}, width) with a mask of the same shape")
+        if ids.dim() != 2 or ids.shape != prompt_mask.shape or not 1 <= ids.shape[0] <= self.batch:
+            raise FastDecodeError(f"prompts must be (1..{self.batch}, width) with a mask of the same shape")
         if not 1 <= new_tokens <= self.max_new_tokens or ids.shape[1] + new_tokens > self.cache_len:
             raise FastDecodeError(f"{ids.shape[1]} + {new_tokens} tokens do not fit a cache of {self.cache_len}")
-        if forced is not None and (forced.shape[0] != self.batch or forced.shape[1] < new_tokens - 1):
-            raise FastDecodeError("teacher_forced must hold (batch, new_tokens - 1) tokens at least")
+        if forced is not None and (forced.shape[0] != ids.shape[0] or forced.shape[1] < new_tokens - 1):
+            raise FastDecodeError("teacher_forced must hold (rows, new_tokens - 1) tokens at least")
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """Inside an autocast region, keep autocasting but without its weight-cast cache.
+
+        A graph captured with cached casts would replay reads of cast copies that autocast frees when its region
+        ends (and that would not follow later weight updates); uncached, the casts are part of every step.
+        """
+        kind = self.device.type
+        if not torch.is_autocast_enabled(kind):
+            return contextlib.nullcontext()
+        return torch.autocast(kind, dtype=torch.get_autocast_dtype(kind), cache_enabled=False)
 
     @torch.no_grad()
     def __call__(self, ids: torch.Tensor, prompt_mask: torch.Tensor, new_tokens: int | None = None, *,
                  teacher_forced: torch.Tensor | None = None) -> torch.Tensor:
-        """(batch, new_tokens) greedy tokens (rows past end-of-sequence hold the pad id).
+        """(rows, new_tokens) greedy tokens (rows past end-of-sequence hold the pad id); rows <= ``batch``.
 
-        With ``teacher_forced`` (batch, >= new_tokens - 1), step s + 1 is fed ``teacher_forced[:, s]`` instead of
+        Fewer rows than ``batch`` are filled up with copies of the first one (the graph has a fixed batch).
+        With ``teacher_forced`` (rows, >= new_tokens - 1), step s + 1 is fed ``teacher_forced[:, s]`` instead of
         the argmax of step s, and the result holds the argmax predictions.
         """
         new_tokens = self.max_new_tokens if new_tokens is None else new_tokens
@@ -238,24 +267,37 @@ class FastDecoder:
         if teacher_forced is not None:
             teacher_forced = teacher_forced[:, :self.max_new_tokens].to(self.device)
         self._validate(ids, prompt_mask, new_tokens, teacher_forced)
+        rows = ids.shape[0]
+        if rows < self.batch:
+            ids, prompt_mask = _fill_rows(ids, self.batch), _fill_rows(prompt_mask, self.batch)
+            teacher_forced = None if teacher_forced is None else _fill_rows(teacher_forced, self.batch)
         config, previous = self.config, self.config._attn_implementation
         config._attn_implementation = ATTENTION_NAME
         try:
-            self._prefill(ids, prompt_mask, teacher_forced)
-            if self.cuda_graph and self._graph is None and new_tokens > 1:
-                self._capture()
-                self._prefill(ids, prompt_mask, teacher_forced)  # capture's warm-up steps moved the state on
-            done = 1
-            while done < new_tokens:
-                if self._graph is not None:
-                    self._graph.replay()
-                else:
-                    self._step_fn()
-                done += 1
-                # A host sync now and then (not every step) to stop once every row has ended.
-                if self.eos is not None and done % self.eos_check_every == 0 and bool(self.finished.all()):
-                    self.out[:, done:new_tokens] = self.pad
-                    break
+            with self._autocast():
+                self._decode(ids, prompt_mask, new_tokens, teacher_forced)
         finally:
             config._attn_implementation = previous
-        return self.out[:, :new_tokens].clone()
+        return self.out[:rows, :new_tokens].clone()
+
+    def _decode(self, ids: torch.Tensor, prompt_mask: torch.Tensor, new_tokens: int,
+                forced: torch.Tensor | None) -> None:
+        self._prefill(ids, prompt_mask, forced)
+        if self.cuda_graph and self._graph is None and new_tokens > 1:
+            self._capture()
+            self._prefill(ids, prompt_mask, forced)  # the capture's warm-up steps moved the state on
+        done = 1
+        while done < new_tokens:
+            if self._graph is not None:
+                self._graph.replay()
+            else:
+                self._step_fn()
+            done += 1
+            # A host sync now and then (not every step) to stop once every row has ended.
+            if self.eos is not None and done % self.eos_check_every == 0 and bool(self.finished.all()):
+                self.out[:, done:new_tokens] = self.pad
+                break
+
+
+def _fill_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    return torch.cat([tensor, tensor[:1].expand(rows - tensor.shape[0], *tensor.shape[1:])])

@@ -6,6 +6,7 @@ The CUDA-graph replay itself needs a GPU (bench/learn_gpu.py); on CPU the same s
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -15,14 +16,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 import transformers
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from knexa_node.learn import generation
 from knexa_node.learn.fast_decode import (
     ATTENTION_NAME,
     FastDecodeError,
     FastDecoder,
+    plain_argmax_generation,
     supports,
 )
+from knexa_node.learn.problems import generate_problems
+from knexa_node.profile import CATEGORIES
 
 torch.set_num_threads(1)
 VOCAB = 300
@@ -168,7 +173,7 @@ def test_refusals_are_typed() -> None:
     with pytest.raises(FastDecodeError):
         decoder(ids, mask)  # 14 + 8 > 20
     with pytest.raises(FastDecodeError):
-        decoder(ids[:1, :4], mask[:1, :4])  # batch differs from the decoder's
+        decoder(ids[:, :4].repeat(2, 1), mask[:, :4].repeat(2, 1))  # more rows than the decoder holds
     # The registered attention refuses to run outside the decoder instead of silently attending to nothing.
     model.config._attn_implementation = ATTENTION_NAME
     try:
@@ -176,3 +181,35 @@ def test_refusals_are_typed() -> None:
             model(input_ids=ids[:, :4])
     finally:
         model.config._attn_implementation = "sdpa"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen2", "gpt2"])
+def test_generation_hook_gives_the_same_completions(tiny_models, family: str, caplog) -> None:
+    """generation.generate(fast=True) (what CUDA takes by default) equals its generate() path, chunks and EOS included."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_models[family]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models[family])
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    problems = generate_problems(3, {c: 1 for c in CATEGORIES[:11]})
+    prompts = [p.prompt for p in problems]  # 11 = 4 + 4 + 3: the last chunk is filled up
+    kwargs = {"max_new_tokens": 24, "batch_size": 4, "device": "cpu"}
+    assert generation._fast_decoder(model, "cpu", True, 0.0, 0, 4, 64, 24, tokenizer.pad_token_id,
+                                    tokenizer.eos_token_id) is not None
+    with caplog.at_level(logging.WARNING, logger=generation.__name__):
+        fast = generation.generate(model, tokenizer, prompts, fast=True, **kwargs)
+    assert not caplog.records  # no fallback happened
+    slow = generation.generate(model, tokenizer, prompts, fast=False, **kwargs)
+    assert [(g.tokens, g.ended, g.text) for g in fast] == [(g.tokens, g.ended, g.text) for g in slow]
+
+
+def test_generation_hook_is_off_on_cpu_sampling_top_k_and_processors() -> None:
+    model = tiny_model("qwen2")
+    args = (4, 40, 8, 0, 2)
+    assert generation._fast_decoder(model, "cpu", None, 0.0, 0, *args) is None  # CPU behaviour unchanged
+    assert generation._fast_decoder(model, "cpu", True, 0.7, 0, *args) is None  # sampling
+    assert generation._fast_decoder(model, "cpu", True, 0.0, 5, *args) is None  # top-k log-probabilities
+    assert generation._fast_decoder(model, "cpu", True, 0.0, 0, *args) is not None
+    model.generation_config.repetition_penalty = 1.3  # generate would not take the plain argmax
+    assert not plain_argmax_generation(model)
+    assert generation._fast_decoder(model, "cpu", True, 0.0, 0, *args) is None
