@@ -141,7 +141,7 @@ class VariantTimeout(Exception):
 def time_limit(seconds: float):
     """Interrupt Python code (compilation, a stuck loop) after ``seconds`` (SIGALRM: main thread only)."""
     def expire(signum, frame):
-        raise VariantTimeout(f"over its {seconds:.0f} s limit")
+        raise VariantTimeout(f"over its {seconds:.1f} s limit")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -190,7 +190,7 @@ def fp32_argmax(model, ids: torch.Tensor, mask: torch.Tensor, reference: torch.T
 
 
 def bench_package(model, config, device, batch: int, new_tokens: int, *, fast_decode, compile_ok: bool,
-                  deadline: float, variant_limit_s: float, referee_rows: int) -> dict:
+                  deadline: float, variant_limit_s: float, referee_rows: int, progress=lambda figures: None) -> dict:
     ids, mask = make_prompts(batch, config.vocab_size, device)
     figures: dict = {"prompts": batch, "new_tokens": new_tokens, "prompt_width": ids.shape[1]}
     state: dict = {}
@@ -259,6 +259,7 @@ def bench_package(model, config, device, batch: int, new_tokens: int, *, fast_de
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         print(f"[learn_gpu] {name}: {json.dumps(figures[name])[:300]}", file=sys.stderr, flush=True)
+        progress(figures)  # what is measured so far survives a kill
     plain_s = figures.get("plain", {}).get("seconds")
     for name in variants:
         if plain_s and name != "plain" and "seconds" in figures.get(name, {}):
@@ -334,7 +335,8 @@ def main() -> None:
             figures["teacher_package"] = bench_package(
                 model, config, device, batch, new_tokens, fast_decode=fast_decode,
                 compile_ok=device.type == "cuda" or args.compile_cpu, deadline=deadline,
-                variant_limit_s=args.variant_limit_s, referee_rows=args.referee_rows)
+                variant_limit_s=args.variant_limit_s, referee_rows=args.referee_rows,
+                progress=lambda package: (figures.__setitem__("teacher_package", package), emit()))
         except Exception as exc:  # noqa: BLE001 - the LoRA figures still follow
             figures["teacher_package"] = {"error": f"{type(exc).__name__}: {exc}"[:400],
                                           "trace": traceback.format_exc()[-1200:]}
