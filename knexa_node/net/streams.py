@@ -14,13 +14,14 @@ reading for seconds in the middle of a transfer.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import AsyncIterator, Iterable
 
 import trio
 from libp2p.abc import INetStream
 from libp2p.exceptions import BaseLibp2pError
 
-from knexa_node.wire import Envelope, Message, WireError, encode_frame, open_envelope
+from knexa_node.wire import Envelope, Message, WireError, open_envelope
 from knexa_node.wire.framing import FrameDecoder
 from knexa_node.net.errors import StreamClosed, StreamTimeout
 from knexa_node.net.params import DEFAULT_MAX_FRAME
@@ -29,6 +30,8 @@ DEFAULT_TIMEOUT_S = 30.0
 # Bytes asked of the muxer per read; a frame's surplus stays in the decoder.
 _READ_SIZE = 256 * 1024
 BULK_CHUNK = 1024 * 1024
+# The length prefix of knexa_node.wire.framing (4 bytes, big-endian).
+_LENGTH = struct.Struct(">I")
 
 
 class FramedStream:
@@ -51,8 +54,10 @@ class FramedStream:
 
     async def send(self, data: bytes) -> None:
         """Send one frame (at most ``max_frame`` bytes, else :class:`WireError` ``too-large``)."""
-        frame = encode_frame(bytes(data), max_size=self.max_frame)
-        await self._write(frame)
+        if len(data) > self.max_frame:
+            raise WireError("too-large", f"frame of {len(data)} bytes > limit {self.max_frame}")
+        # One copy of a memoryview chunk (encode_frame(bytes(chunk)) made two: 1 MiB each).
+        await self._write(b"".join((_LENGTH.pack(len(data)), data)))
 
     async def receive(self, max_size: int | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> bytes:
         """The next frame; at most ``max_size`` bytes (refused from its length prefix, before reading it).
