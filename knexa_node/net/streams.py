@@ -21,10 +21,10 @@ import trio
 from libp2p.abc import INetStream
 from libp2p.exceptions import BaseLibp2pError
 
-from knexa_node.wire import Envelope, Message, WireError, open_envelope
-from knexa_node.wire.framing import FrameDecoder
 from knexa_node.net.errors import StreamClosed, StreamTimeout
 from knexa_node.net.params import DEFAULT_MAX_FRAME
+from knexa_node.wire import Envelope, Message, WireError, open_envelope
+from knexa_node.wire.framing import FrameDecoder
 
 DEFAULT_TIMEOUT_S = 30.0
 # Bytes asked of the muxer per read; a frame's surplus stays in the decoder.
@@ -134,7 +134,7 @@ class FramedStream:
         except (BaseLibp2pError, OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
-    async def __aenter__(self) -> "FramedStream":
+    async def __aenter__(self) -> FramedStream:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -98,6 +98,7 @@ async def test_flood_publishing_adds_topic_peers_for_own_messages_only():
     # Synchronous, so no GRAFT can refill the emptied mesh in between.
     async with _publisher_with_empty_mesh(True) as nets:
         await _subscribed(nets)
+        await wait_until(lambda: nets[0].gossip.topics()[T]["peers"] == 2, 10)  # both subscriptions known
         router, me = nets[0].gossip.router, nets[0].host.get_id()
         router.mesh[T] = set()
         others = {n.host.get_id() for n in nets[1:]}
