@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -31,6 +31,7 @@ from knexa_node.crypto import Signer
 from knexa_node.daemon.control import CommandHandler, ControlServer
 from knexa_node.daemon.lock import DaemonLock
 from knexa_node.daemon.logs import EventLog
+from knexa_node.daemon.metrics import MetricsServer, round_from_status
 from knexa_node.daemon.rounds import RoundWatcher
 from knexa_node.identity import NodeHome
 from knexa_node.net.network import Network
@@ -59,6 +60,9 @@ class Daemon:
         }
         self._cancel: trio.CancelScope | None = None
         self._stop_requested = trio.Event()
+        self.metrics: MetricsServer | None = None
+        if config.metrics.enabled:
+            self.add_service(self._serve_metrics, name="metrics")
 
     # --- extension points ------------------------------------------------------------------------
 
@@ -101,6 +105,27 @@ class Daemon:
         self.log.event("stop-requested", via="control")
         self.stop()
         return {"stopping": True, "pid": os.getpid()}
+
+    # --- metrics ---------------------------------------------------------------------------------
+
+    async def _serve_metrics(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # Built here, not in __init__, so a bad address or a missing prometheus-client
+        # surfaces from run() as a NetError that the CLI reports.
+        self.metrics = MetricsServer(self.config.metrics.address, self.net.stats,
+                                     peers=lambda: len(self.net.host.get_connected_peers()),
+                                     round_=self.current_round, on_event=self.log.event)
+        await self.metrics.serve(task_status=task_status)
+
+    def current_round(self) -> int | None:
+        """The learner's round (node) or the last round (CPM), read from the status providers."""
+        sections = {}
+        for name in ("learner", "cpm"):
+            if name in self._status:
+                try:
+                    sections[name] = self._status[name]()
+                except Exception:  # a broken provider must not break a scrape; the round is then unknown
+                    logger.debug("status provider %s failed", name, exc_info=True)
+        return round_from_status(sections)
 
     # --- main loop -------------------------------------------------------------------------------
 
@@ -150,13 +175,21 @@ class Daemon:
         os._exit(1)
 
     def _warn_unreachable_announce(self) -> None:
-        """Warn when every announced address is loopback while a bootstrap peer is not."""
-        announced = self.net.dialable_addrs()
-        boots = list(self.net.params.bootstrap)
-        if boots and announced and all(_is_loopback(a) for a in announced) and not all(_is_loopback(b) for b in boots):
-            self.log.event("warning", problem="this node announces only loopback addresses but its bootstrap peers are remote; "
-                                              "they cannot dial back. Set node.announce to a reachable address.",
-                           announce=announced)
+        problem = unreachable_announce(self.net.dialable_addrs(), self.net.params.bootstrap)
+        if problem is not None:
+            self.log.event("warning", problem=problem, announce=self.net.dialable_addrs())
+
+
+def unreachable_announce(announced: Sequence[str], bootstrap: Sequence[str]) -> str | None:
+    """The startup warning when every announced address is loopback while a bootstrap peer is not (else None).
+
+    Depends on addresses only: such a node can dial out, but the remote peers
+    that learn its addresses (identify, DHT) cannot dial back.
+    """
+    if bootstrap and announced and all(_is_loopback(a) for a in announced) and not all(_is_loopback(b) for b in bootstrap):
+        return ("this node announces only loopback addresses but its bootstrap peers are remote; "
+                "they cannot dial back. Set node.announce to a reachable address.")
+    return None
 
 
 def _is_loopback(addr: str) -> bool:

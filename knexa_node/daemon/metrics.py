@@ -1,0 +1,199 @@
+"""Optional Prometheus metrics: a tiny HTTP responder on a trio socket (no threads).
+
+Off by default; with ``[metrics] enabled = true`` the daemon runs
+:meth:`MetricsServer.serve` as one of its services on ``metrics.address``
+(``host:port``, loopback by default; another address is served but warned
+about, since the figures say who the node talks to).
+
+Every value is read at scrape time from what the daemon already keeps (the
+network's :class:`~knexa_node.net.stats.NetStats`, its connections, and the
+round from the status providers), so nothing has to be kept in step:
+
+- ``knexa_connected_peers``                    gauge
+- ``knexa_gossip_messages_in_total{topic}``     counter (delivered to handlers)
+- ``knexa_gossip_messages_out_total{topic}``    counter (published)
+- ``knexa_gossip_dropped_total{reason}``        counter (refused: bad signature, stale, duplicate, ...)
+- ``knexa_stream_bytes_in_total`` / ``_out_total`` counters (framed stream bytes)
+- ``knexa_stream_errors_total{protocol,reason}`` counter
+- ``knexa_round``                               gauge (the learner's round on a node, the last round on the CPM; absent before the first)
+
+``prometheus-client`` is the ``metrics`` extra; enabling metrics without it
+is a :class:`MetricsError` at start, not an import error of the daemon.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import trio
+
+from knexa_node.net.errors import NetError
+from knexa_node.net.stats import NetStats
+
+try:
+    from prometheus_client import (
+        CONTENT_TYPE_LATEST,
+        CollectorRegistry,
+        generate_latest,
+    )
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+except ImportError:  # the optional extra is not installed: MetricsServer refuses to start
+    CollectorRegistry = None  # type: ignore[assignment,misc]
+
+logger = logging.getLogger(__name__)
+
+# A scrape request is one small GET; anything longer or slower is dropped.
+MAX_REQUEST_BYTES = 8192
+REQUEST_TIMEOUT_S = 5.0
+EventFn = Callable[..., None]
+
+
+class MetricsError(NetError):
+    """The metrics endpoint cannot be served (bad address, missing prometheus-client, port in use).
+
+    A :class:`NetError`, so that ``knexa-node start`` reports it as a network problem and exits.
+    """
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``"host:port"`` (``[v6]:port`` for IPv6) -> ``(host, port)``; :class:`MetricsError` if malformed."""
+    host, sep, port_text = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = -1
+    if not sep or not host or not 0 <= port <= 65535:
+        raise MetricsError(f"metrics.address must be host:port, got {address!r}")
+    return host, port
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Collector:
+    """Builds the metric families from the daemon's live state at each scrape."""
+
+    def __init__(self, stats: NetStats, peers: Callable[[], int], round_: Callable[[], int | None]) -> None:
+        self.stats, self.peers, self.round = stats, peers, round_
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats
+        yield GaugeMetricFamily("knexa_connected_peers", "Peers with an open connection.", value=self.peers())
+        for name, doc, counts in (
+            ("knexa_gossip_messages_in", "Valid gossip messages delivered to handlers.", stats.messages_in),
+            ("knexa_gossip_messages_out", "Gossip messages published.", stats.messages_out),
+        ):
+            family = CounterMetricFamily(name, doc, labels=["topic"])
+            for topic, count in sorted(counts.items()):
+                family.add_metric([topic], count)
+            yield family
+        dropped = CounterMetricFamily("knexa_gossip_dropped", "Gossip messages refused, by reason.", labels=["reason"])
+        for reason, count in sorted(stats.dropped.items()):
+            dropped.add_metric([reason], count)
+        yield dropped
+        yield CounterMetricFamily("knexa_stream_bytes_in", "Bytes received on framed streams.", value=stats.bytes_in)
+        yield CounterMetricFamily("knexa_stream_bytes_out", "Bytes sent on framed streams.", value=stats.bytes_out)
+        errors = CounterMetricFamily("knexa_stream_errors", "Stream requests refused or failed.", labels=["protocol", "reason"])
+        for key, count in sorted(stats.stream_errors.items()):
+            protocol, _, reason = key.partition(" ")
+            errors.add_metric([protocol, reason], count)
+        yield errors
+        current = self.round()
+        if current is not None:
+            yield GaugeMetricFamily("knexa_round", "Current round (node: the learner's; CPM: the last opened).", value=current)
+
+
+class MetricsServer:
+    """Serves ``GET /metrics`` in the Prometheus text format on ``address``."""
+
+    def __init__(self, address: str, stats: NetStats, *, peers: Callable[[], int], round_: Callable[[], int | None],
+                 on_event: EventFn | None = None) -> None:
+        if CollectorRegistry is None:
+            raise MetricsError("metrics are enabled but prometheus-client is not installed (pip install 'knexa[metrics]')")
+        self.host, self.port = parse_address(address)
+        self.on_event: EventFn = on_event or (lambda event, **fields: logger.info("%s %s", event, fields))
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(stats, peers, round_))  # type: ignore[arg-type]
+        self.bound: tuple[str, int] | None = None
+        self.scrapes = 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if not is_loopback_host(self.host):
+            self.on_event("warning", problem=f"metrics are served on {self.host}, not loopback: anyone who reaches that "
+                                             "address sees this node's peers and traffic. Prefer 127.0.0.1 and a scraper on this host.")
+        try:
+            listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        except OSError as exc:
+            raise MetricsError(f"cannot listen for metrics on {self.host}:{self.port}: {exc}") from None
+        sockname = listeners[0].socket.getsockname()
+        self.bound = (str(sockname[0]), int(sockname[1]))
+        self.on_event("metrics-listening", address=f"{self.bound[0]}:{self.bound[1]}")
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        try:
+            with trio.move_on_after(REQUEST_TIMEOUT_S):
+                request = await _read_request(stream)
+                if request is None:
+                    return
+                await stream.send_all(self._respond(request))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the scraper went away; nothing to answer
+        finally:
+            with trio.move_on_after(1):
+                await stream.aclose()
+
+    def _respond(self, request_line: str) -> bytes:
+        parts = request_line.split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return _http(400, "text/plain", b"bad request\n")
+        method, path = parts[0], parts[1].split("?", 1)[0]
+        if method != "GET":
+            return _http(405, "text/plain", b"only GET\n")
+        if path not in ("/metrics", "/"):
+            return _http(404, "text/plain", b"not found; try /metrics\n")
+        self.scrapes += 1
+        return _http(200, CONTENT_TYPE_LATEST, generate_latest(self.registry))
+
+
+async def _read_request(stream: trio.SocketStream) -> str | None:
+    """The request line once the headers are in; None for an oversized or truncated request."""
+    data = b""
+    while b"\r\n\r\n" not in data and b"\n\n" not in data:
+        chunk = await stream.receive_some(MAX_REQUEST_BYTES)
+        if not chunk:
+            return None
+        data += chunk
+        if len(data) > MAX_REQUEST_BYTES:
+            return None
+    return data.split(b"\n", 1)[0].decode("latin-1").strip()
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+
+
+def _http(status: int, content_type: str, body: bytes) -> bytes:
+    head = (f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode("latin-1") + body
+
+
+def round_from_status(status: dict[str, Any]) -> int | None:
+    """The round to export from the daemon's status providers: the learner's (node) or the CPM's last."""
+    for section, key in (("learner", "round"), ("cpm", "last_round")):
+        value = status.get(section, {}).get(key) if isinstance(status.get(section), dict) else None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
