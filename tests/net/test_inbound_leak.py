@@ -27,7 +27,8 @@ async def test_three_hundred_inbound_connections_are_all_accepted():
                 await client.host.disconnect(sid)
                 await wait_until(lambda: not client.discovery.is_connected(sid), 5)
 
-        with trio.fail_after(60):
+        # A bound against hanging, not a speed target: 300 Noise handshakes on a loaded 2-core CI box.
+        with trio.fail_after(300):
             async with trio.open_nursery() as nursery:
                 for client in clients:
                     nursery.start_soon(cycle, client)
