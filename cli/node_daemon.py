@@ -80,6 +80,35 @@ def show_status(home_dir: Path | None, as_json: bool) -> None:
     typer.echo("dropped messages: " + (", ".join(f"{k} {v}" for k, v in sorted(dropped.items())) or "none"))
     last = status.get("last_round")
     typer.echo(f"last round: {last['round']} from {last['cpm']}" if last else "last round: none seen")
+    for line in _role_lines(status):
+        typer.echo(line)
+
+
+def _role_lines(status: dict[str, Any]) -> list[str]:
+    """The learner, exchanges and matchmaker sections of a status, one line each."""
+    lines = []
+    learner = status.get("learner")
+    if learner:
+        metrics = learner.get("last_metrics") or {}
+        pass1 = f", Pass@1 {100 * metrics['pass1']:.1f}%" if "pass1" in metrics else ""
+        lines.append(f"learner: round {learner['round']}, {learner['phase']} for {learner['round_running_s']:.0f} s, "
+                     f"doing {(learner.get('learner') or {}).get('busy', '-')}{pass1}")
+    exchanges = status.get("exchanges")
+    if exchanges:
+        lines.append(f"exchanges: {exchanges.get('counts')}, {exchanges.get('bytes_sent', 0):,} bytes sent, "
+                     f"{exchanges.get('bytes_received', 0):,} received, epsilon spent {exchanges.get('epsilon_spent', 0.0):.2f}, "
+                     f"audit entries {(exchanges.get('audit') or {}).get('entries', 0)}")
+    cpm = status.get("cpm")
+    if cpm:
+        current = cpm.get("round") or {}
+        lines.append(f"matchmaker: policy {cpm['policy']}, round {current.get('round', cpm.get('last_round'))} "
+                     f"({current.get('phase', '-')}: {current.get('profiles', 0)} profiles, {current.get('proposals', 0)} pairs, "
+                     f"{current.get('feedback', 0)} rewards), members {len(cpm.get('members') or []) or 'open'}, "
+                     f"bandit updates {cpm.get('bandit_updates', 0)}, counters {cpm.get('counters')}")
+        trust = cpm.get("trust") or {}
+        if trust.get("bottom"):
+            lines.append("lowest trust: " + ", ".join(f"{agent[-8:]} {score}" for agent, score in trust["bottom"]))
+    return lines
 
 
 def show_peers(home_dir: Path | None, as_json: bool) -> None:

@@ -318,15 +318,13 @@ class CpmService:
         self.store.close()
 
 
-def _trust_of(policy: Any) -> dict[str, float]:
+def _trust_of(policy: Any) -> dict[str, Any]:
+    """Highest and lowest trust scores (policies with a trust tracker: knexa)."""
     trust = getattr(policy, "trust", None)
-    scores = getattr(trust, "scores", None)
-    if callable(scores):
-        try:
-            return {k: round(float(v), 4) for k, v in sorted(scores().items(), key=lambda kv: kv[1])[:10]}
-        except Exception:  # trust is informative only; never break status over it
-            return {}
-    return {}
+    if trust is None:
+        return {}
+    return {"top": [[agent, round(float(score), 4)] for agent, score in trust.top(5)],
+            "bottom": [[agent, round(float(score), 4)] for agent, score in trust.bottom(5)]}
 
 
 def install(daemon: Any, *, policy_name: str | None = None, seed: int = 0) -> CpmService:

@@ -111,6 +111,10 @@ async def test_round_profiles_pairs_feedback_and_replay(tmp_path: Path) -> None:
     assert service.store.seq == 1  # a failed exchange never reaches the bandit
     await service.tick()
     assert service.round_closed() and service.history[-1]["closed_by"] == "feedback"
+    status = service.status()
+    assert status["counters"]["feedback"] == 1 and status["counters"]["failed_exchanges"] == 1
+    assert status["bandit_updates"] == 1 and status["rounds_closed"] == 1
+    assert first.teacher in dict(status["trust"]["top"]) | dict(status["trust"]["bottom"])
 
 
 async def test_refusals(tmp_path: Path) -> None:
