@@ -91,7 +91,7 @@ async def test_own_publications_reach_peers_outside_the_mesh():
         publisher = nets[0]
         publisher.gossip.router.mesh[T] = set()
         await publisher.publish(T, seal_envelope(publisher.signer, RoundOpen(round=1, deadline=0.0, policy="p")).to_bytes())
-        await wait_until(lambda: all(len(inbox[n.peer_id]) == 1 for n in nets[1:]), 5)
+        await wait_until(lambda: all(len(inbox[n.peer_id]) == 1 for n in nets[1:]), 30)
 
 
 async def test_flood_publishing_adds_topic_peers_for_own_messages_only():

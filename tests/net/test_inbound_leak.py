@@ -25,7 +25,7 @@ async def test_three_hundred_inbound_connections_are_all_accepted():
                 await client.connect(server.peer_id)
                 accepted += 1
                 await client.host.disconnect(sid)
-                await wait_until(lambda: not client.discovery.is_connected(sid), 5)
+                await wait_until(lambda: not client.discovery.is_connected(sid), 30)
 
         # A bound against hanging, not a speed target: 300 Noise handshakes on a loaded 2-core CI box.
         with trio.fail_after(300):
@@ -33,5 +33,7 @@ async def test_three_hundred_inbound_connections_are_all_accepted():
                 for client in clients:
                     nursery.start_soon(cycle, client)
         assert accepted == CLIENTS * CYCLES
-        # Every inbound handler ended with its connection, giving its slot back.
-        await wait_until(lambda: limiter.borrowed_tokens == 0, 5)
+        # Every inbound handler ended with its connection, giving its slot back. Under load a dial
+        # abandoned mid-handshake holds its slot until the server's handshake times out, so the
+        # bound is generous; a real leak never gives the slot back.
+        await wait_until(lambda: limiter.borrowed_tokens == 0, 120)

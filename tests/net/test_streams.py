@@ -17,7 +17,7 @@ async def test_request_response_round_trip_and_authenticated_peer():
 
         async def reverse(stream, remote):
             seen.append(remote)
-            await stream.send((await stream.receive(timeout=5))[::-1])
+            await stream.send((await stream.receive(timeout=30))[::-1])
 
         server.set_handler(CPM_PROTOCOL, reverse)
         assert await client.request(server.peer_id, CPM_PROTOCOL, b"knexa") == b"axenk"
@@ -27,7 +27,7 @@ async def test_request_response_round_trip_and_authenticated_peer():
 async def test_signed_envelopes_over_a_stream():
     async with swarm(2) as (server, client):
         async def ack(stream, remote):
-            envelope, message = await stream.receive_envelope(expect=(Ack,), timeout=5)
+            envelope, message = await stream.receive_envelope(expect=(Ack,), timeout=30)
             assert envelope.sender == remote
             await stream.send_envelope(seal_envelope(server.signer, Ack(ref=envelope.digest, ok=True, code="ok", reason="")))
 
@@ -35,7 +35,7 @@ async def test_signed_envelopes_over_a_stream():
         stream = await client.open_request(server.peer_id, CPM_PROTOCOL)
         sent = seal_envelope(client.signer, Ack(ref=bytes(32), ok=True, code="hi", reason=""))
         await stream.send_envelope(sent)
-        envelope, reply = await stream.receive_envelope(expect=(Ack,), timeout=5)
+        envelope, reply = await stream.receive_envelope(expect=(Ack,), timeout=30)
         await stream.close()
         assert envelope.sender == server.peer_id and reply.ref == sent.digest
 
@@ -46,7 +46,7 @@ async def test_oversized_frame_is_refused_from_its_length_prefix():
 
         async def capped(stream, remote):
             try:
-                await stream.receive(max_size=1024, timeout=5)
+                await stream.receive(max_size=1024, timeout=30)
             except WireError as exc:
                 errors.append(exc.reason)
                 raise
@@ -54,8 +54,8 @@ async def test_oversized_frame_is_refused_from_its_length_prefix():
         server.set_handler(CPM_PROTOCOL, capped)
         stream = await client.open_request(server.peer_id, CPM_PROTOCOL)
         await stream.send(b"x" * 4096)
-        await wait_until(lambda: errors == ["too-large"], 5)
-        await wait_until(lambda: server.stats.stream_errors[f"{CPM_PROTOCOL} too-large"] == 1, 5)
+        await wait_until(lambda: errors == ["too-large"], 30)
+        await wait_until(lambda: server.stats.stream_errors[f"{CPM_PROTOCOL} too-large"] == 1, 30)
         await stream.close()
 
 
@@ -74,7 +74,7 @@ async def test_silent_peer_times_out_and_the_server_keeps_serving():
         server.set_handler(EXCHANGE_PROTOCOL, patient)
         silent = await client.open_request(server.peer_id, EXCHANGE_PROTOCOL)  # never sends
         assert await client.request(server.peer_id, EXCHANGE_PROTOCOL, b"hi", timeout=5) == b"ok"
-        await wait_until(lambda: "timeout" in outcomes, 5)
+        await wait_until(lambda: "timeout" in outcomes, 30)
         with pytest.raises(StreamClosed):
             await silent.receive(timeout=5)  # the server reset it
 
@@ -85,7 +85,7 @@ async def test_bulk_transfer_arrives_intact():
         got = []
 
         async def sink(stream, remote):
-            size = int((await stream.receive(timeout=5)).decode())
+            size = int((await stream.receive(timeout=30)).decode())
             got.append(await stream.receive_bulk(size, timeout_per_chunk=10))
             await stream.send(b"done")
 
@@ -104,11 +104,12 @@ async def test_handler_crash_is_contained():
             raise RuntimeError("bug")
 
         server.set_handler(CPM_PROTOCOL, broken)
+        # Timeouts are hang bounds for a loaded CI box; the reset itself comes at once.
         with pytest.raises(StreamClosed):
-            await client.request(server.peer_id, CPM_PROTOCOL, b"x", timeout=5)
-        await wait_until(lambda: server.stats.stream_errors[f"{CPM_PROTOCOL} handler-error"] == 1, 5)
+            await client.request(server.peer_id, CPM_PROTOCOL, b"x", timeout=60)
+        await wait_until(lambda: server.stats.stream_errors[f"{CPM_PROTOCOL} handler-error"] == 1, 60)
         server.set_handler(CPM_PROTOCOL, lambda s, r: s.send(b"fine"))
-        assert await client.request(server.peer_id, CPM_PROTOCOL, b"x", timeout=5) == b"fine"
+        assert await client.request(server.peer_id, CPM_PROTOCOL, b"x", timeout=60) == b"fine"
 
 
 async def test_unknown_peer_is_unreachable():
