@@ -37,11 +37,13 @@ def load_node_data(config: Config, *, base: Path | None = None) -> NodeData:
         p = Path(value).expanduser()
         return p if p.is_absolute() or base is None else base / p
 
-    task = None
-    if not (data.train and data.transfer and data.dev and data.test):
-        task = embedded_task(data.seed)
-    if data.train:
-        private = load_jsonl(path(data.train))
+    # Files first: a broken file is reported before seconds are spent drawing the embedded task.
+    files = {name: load_jsonl(path(value)) for name, value in
+             (("train", data.train), ("validation", data.validation), ("transfer", data.transfer),
+              ("dev", data.dev), ("test", data.test)) if value}
+    task = None if len(files.keys() - {"validation"}) == 4 else embedded_task(data.seed)
+    if "train" in files:
+        private = files["train"]
     else:
         assert task is not None
         shards = dirichlet_split(task.train_pool, data.shards, data.dirichlet_alpha, seed=data.seed,
@@ -49,13 +51,13 @@ def load_node_data(config: Config, *, base: Path | None = None) -> NodeData:
         if data.shard >= len(shards):
             raise ValueError(f"data.shard {data.shard} is out of range for data.shards {data.shards}")
         private = shards[data.shard]
-    if data.validation:
-        train, validation = private, load_jsonl(path(data.validation))
+    if "validation" in files:
+        train, validation = private, files["validation"]
     else:
         train, validation = split_validation(private, 0.1, seed=data.seed + data.shard)
-    transfer = load_jsonl(path(data.transfer)) if data.transfer else task.transfer  # type: ignore[union-attr]
-    dev = load_jsonl(path(data.dev)) if data.dev else task.dev  # type: ignore[union-attr]
-    test = load_jsonl(path(data.test)) if data.test else task.test  # type: ignore[union-attr]
+    transfer = files["transfer"] if "transfer" in files else task.transfer  # type: ignore[union-attr]
+    dev = files["dev"] if "dev" in files else task.dev  # type: ignore[union-attr]
+    test = files["test"] if "test" in files else task.test  # type: ignore[union-attr]
     # Public transfer/dev/test must never contain a private training prompt.
     assert_disjoint(train + validation, transfer, test)
     assert_disjoint(train + validation, dev)

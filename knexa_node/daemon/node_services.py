@@ -9,7 +9,9 @@ from knexa_node.daemon.datasets import load_node_data
 from knexa_node.daemon.exchanges import ExchangeService
 from knexa_node.daemon.learner import Learner
 from knexa_node.daemon.participant import Participant
-from knexa_node.learn.agent import Agent
+from knexa_node.learn.agent import Agent, default_train_mode
+from knexa_node.learn.embedded import EMBEDDED_PREFIX, resolve_model_path
+from knexa_node.learn.memory import check_model_memory
 
 T = TypeVar("T")
 
@@ -22,6 +24,10 @@ def install_node(daemon: Daemon) -> Participant | None:
     if not daemon.config.model.path:
         daemon.log.event("relay-only", reason="model.path is empty: this node bootstraps and relays but does not learn")
         return None
+    model = daemon.config.model
+    if model.max_memory_gb > 0 and not model.path.startswith(EMBEDDED_PREFIX):
+        # Refuse before start a model that cannot fit (MemoryGuardError names the sizes).
+        check_model_memory(resolve_model_path(model.path), model.max_memory_gb, train_mode=default_train_mode(model.path))
     data = load_node_data(daemon.config, base=daemon.home.root)
     learner = Learner(daemon.config, daemon.home.state_dir, data, on_event=daemon.log.event)
     holder: list[Participant] = []
