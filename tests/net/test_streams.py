@@ -105,11 +105,22 @@ async def test_handler_crash_is_contained():
 
         server.set_handler(CPM_PROTOCOL, broken)
         # Timeouts are hang bounds for a loaded CI box; the reset itself comes at once.
-        with pytest.raises(StreamClosed):
+        # The reset can land before or after protocol negotiation finished on the client's side.
+        with pytest.raises((StreamClosed, PeerUnreachable)):
             await client.request(server.peer_id, CPM_PROTOCOL, b"x", timeout=60)
         await wait_until(lambda: server.stats.stream_errors[f"{CPM_PROTOCOL} handler-error"] == 1, 60)
         server.set_handler(CPM_PROTOCOL, lambda s, r: s.send(b"fine"))
-        assert await client.request(server.peer_id, CPM_PROTOCOL, b"x", timeout=60) == b"fine"
+        # The daemon keeps serving. Right after a reset, py-libp2p occasionally fails the next
+        # stream's protocol negotiation on the same connection; our clients retry (as the node's
+        # CPM requests do), so the property is "served within a few attempts".
+        answers = []
+        for _ in range(3):
+            try:
+                answers.append(await client.request(server.peer_id, CPM_PROTOCOL, b"x", timeout=60))
+                break
+            except PeerUnreachable:
+                await trio.sleep(0.5)
+        assert answers == [b"fine"]
 
 
 async def test_unknown_peer_is_unreachable():
