@@ -18,7 +18,7 @@ import random
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -76,16 +76,21 @@ def load_jsonl(path: Path | str) -> list[Problem]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read: {exc}") from None
+    return problems_from_jsonl(text, str(path))
+
+
+def problems_from_jsonl(text: str, source: str, prepare: Callable[[dict, str], dict] | None = None) -> list[Problem]:
+    """Problems from JSONL text; ``prepare(record, where)`` may check or complete a record first."""
     problems, ids = [], set()
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        where = f"{path}:{number}"
+        where = f"{source}:{number}"
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{where}: invalid JSON: {exc.msg}") from None
-        problem = problem_from_record(record, where)
+        problem = problem_from_record(prepare(record, where) if prepare else record, where)
         if problem.task_id in ids:
             raise DataError(f"{where}: duplicate task_id {problem.task_id!r}")
         ids.add(problem.task_id)

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import json
 import re
 from pathlib import Path
 
-from knexa_node.learn.data import DataError, problem_from_record
+from knexa_node.learn.data import DataError, problems_from_jsonl
 from knexa_node.learn.problems import Problem
 from knexa_node.profile import CATEGORIES
 
@@ -76,19 +75,13 @@ def load_humaneval(path: Path | str | None = None) -> list[Problem]:
         raise DataError(f"{path}: cannot read: {exc}") from None
     if len(raw) > _MAX_BYTES:
         raise DataError(f"{path}: more than {_MAX_BYTES} bytes uncompressed")
-    problems: list[Problem] = []
-    for number, line in enumerate(raw.decode("utf-8", "replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: invalid JSON: {exc.msg}") from None
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-            raise DataError(f"{where}: a record needs a string 'prompt'")
-        problems.append(problem_from_record({**record, "category": categorize(record["prompt"])}, where))
-    return problems
+    return problems_from_jsonl(raw.decode("utf-8", "replace"), str(path), _with_category)
+
+
+def _with_category(record: dict, where: str) -> dict:
+    if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+        raise DataError(f"{where}: a record needs a string 'prompt'")
+    return {**record, "category": categorize(record["prompt"])}
 
 
 assert all(category in CATEGORIES for category, _ in _RULES)
