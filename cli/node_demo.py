@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -51,6 +52,8 @@ def demo(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON summary at the end instead of tables."),
 ) -> None:
     """Run a whole consortium here: a CPM and N nodes as separate processes on 127.0.0.1, R rounds of the protocol."""
+    # SIGTERM (a scheduler, a CI timeout) must still stop the daemons: let `finally` run.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     policies = [p.strip() for p in compare.split(",") if p.strip()] if compare else [policy]
     unknown = [p for p in policies if p not in POLICIES]
     if unknown:
