@@ -62,7 +62,7 @@ async def test_scrape_shows_peers_gossip_drops_bytes_and_round():
 
         net.subscribe(T, on)
         other.subscribe(T, on)
-        await wait_until(lambda: net.gossip.topics()[T]["mesh"] > 0 and other.gossip.topics()[T]["mesh"] > 0, 10)
+        await wait_until(lambda: net.gossip.topics()[T]["mesh"] > 0 and other.gossip.topics()[T]["mesh"] > 0, 60)
         server = MetricsServer("127.0.0.1:0", net.stats, peers=lambda: len(net.connected_peers()), round_=lambda: current["round"])
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve)
@@ -75,7 +75,7 @@ async def test_scrape_shows_peers_gossip_drops_bytes_and_round():
             await other.publish(T, seal_envelope(other.signer, RoundOpen(round=5, deadline=0.0, policy="p")).to_bytes())
             stale = seal_envelope(other.signer, RoundOpen(round=6, deadline=0.0, policy="p"), now=time.time() - 10_000)
             await other.publish(T, stale.to_bytes())
-            await wait_until(lambda: got == [4, 5] and net.stats.dropped["stale"] == 1, 10)
+            await wait_until(lambda: got == [4, 5] and net.stats.dropped["stale"] == 1, 60)
             current["round"] = 7
             body = await scrape(port)
             assert sample(body, f'knexa_gossip_messages_out_total{{topic="{T}"}}') == 1
