@@ -17,7 +17,7 @@ from __future__ import annotations
 from knexa_node.crypto import Signer
 from knexa_node.exchange.errors import MALFORMED, REFUSED_BY_PEER, ExchangeError
 from knexa_node.exchange.sealing import CHUNK_OVERHEAD, CHUNK_SIZE
-from knexa_node.wire import ExchangeRefused, WireError, seal_envelope
+from knexa_node.wire import Envelope, ExchangeRefused, Message, WireError, open_envelope, seal_envelope
 
 PROTOCOL_ID = "/knexa/exchange/1.0.0"
 MAX_CONTROL_FRAME = 64 * 1024
@@ -39,3 +39,21 @@ def peer_refusal(message: ExchangeRefused) -> ExchangeError:
 
 def malformed(exc: WireError, what: str) -> ExchangeError:
     return ExchangeError(MALFORMED, f"{what}: {exc}")
+
+
+def open_peer_frame(frame: bytes, *, remote: str, expect: type[Message], what: str,
+                    wrong_signer: str) -> tuple[Envelope, Message]:
+    """Open a control frame the other side signed: ``expect``, or its refusal.
+
+    Undecodable bytes, a frame signed by anyone but ``remote`` (raised with the code
+    ``wrong_signer``) and the peer's ``ExchangeRefused`` all become :class:`ExchangeError`.
+    """
+    try:
+        envelope, message = open_envelope(frame, max_size=MAX_CONTROL_FRAME, expect=(expect, ExchangeRefused))
+    except WireError as exc:
+        raise malformed(exc, what) from None
+    if envelope.sender != remote:
+        raise ExchangeError(wrong_signer, f"{what} signed by {envelope.sender}, not {remote}")
+    if isinstance(message, ExchangeRefused):
+        raise peer_refusal(message)
+    return envelope, message

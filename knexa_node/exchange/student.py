@@ -17,7 +17,7 @@ import hashlib
 
 from knexa_node.crypto import Signer
 from knexa_node.exchange.errors import BAD_HEADER, TAMPERED, TOO_LARGE, WRONG_RECIPIENT, ExchangeError
-from knexa_node.exchange.frames import MAX_CHUNK_FRAME, MAX_CONTROL_FRAME, malformed, peer_refusal
+from knexa_node.exchange.frames import MAX_CHUNK_FRAME, MAX_CONTROL_FRAME, open_peer_frame
 from knexa_node.exchange.policy import ExchangePolicy
 from knexa_node.exchange.proposals import check_proposal
 from knexa_node.exchange.sealing import (
@@ -29,7 +29,7 @@ from knexa_node.exchange.sealing import (
     chunk_count,
     student_package_key,
 )
-from knexa_node.wire import ExchangeRefused, ExchangeRequest, PackageHeader, PairingProposal, Receipt, WireError, open_envelope, seal_envelope
+from knexa_node.wire import ExchangeRequest, PackageHeader, PairingProposal, Receipt, seal_envelope
 
 
 class StudentSession:
@@ -92,14 +92,8 @@ class StudentSession:
         assert self.state == "await-header" and self._ephemeral is not None, self.state
         proposal = self.proposal
         try:
-            try:
-                envelope, message = open_envelope(frame, max_size=MAX_CONTROL_FRAME, expect=(PackageHeader, ExchangeRefused))
-            except WireError as exc:
-                raise malformed(exc, "package header") from None
-            if envelope.sender != self.remote:
-                raise ExchangeError(WRONG_RECIPIENT, f"header signed by {envelope.sender}, not the teacher {self.remote}")
-            if isinstance(message, ExchangeRefused):
-                raise peer_refusal(message)
+            envelope, message = open_peer_frame(frame, remote=self.remote, expect=PackageHeader, what="package header",
+                                                wrong_signer=WRONG_RECIPIENT)
             assert isinstance(message, PackageHeader)
             header = message
             if header.student != self.signer.peer_id:

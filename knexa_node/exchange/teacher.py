@@ -23,14 +23,13 @@ from knexa_node.exchange.errors import (
     WRONG_RECIPIENT,
     ExchangeError,
 )
-from knexa_node.exchange.frames import MAX_CONTROL_FRAME, malformed, peer_refusal
+from knexa_node.exchange.frames import MAX_CONTROL_FRAME, malformed, open_peer_frame
 from knexa_node.exchange.policy import ExchangePolicy
 from knexa_node.exchange.proposals import check_proposal
 from knexa_node.exchange.replay import ReplayCache
 from knexa_node.exchange.sealing import CHUNK_SIZE, EphemeralKey, SealingError, chunk_count, sealed_size, teacher_package_key
 from knexa_node.privacy.budget import BudgetExceeded, PrivacyBudget
 from knexa_node.wire import (
-    ExchangeRefused,
     ExchangeRequest,
     PackageHeader,
     PairingProposal,
@@ -166,14 +165,7 @@ class TeacherSession:
         assert self.state == "await-receipt" and self.header is not None, self.state
         header = self.header
         try:
-            try:
-                envelope, message = open_envelope(frame, max_size=MAX_CONTROL_FRAME, expect=(Receipt, ExchangeRefused))
-            except WireError as exc:
-                raise malformed(exc, "receipt") from None
-            if envelope.sender != self.remote:
-                raise ExchangeError(BAD_RECEIPT, f"receipt signed by {envelope.sender}, not the student")
-            if isinstance(message, ExchangeRefused):
-                raise peer_refusal(message)
+            _, message = open_peer_frame(frame, remote=self.remote, expect=Receipt, what="receipt", wrong_signer=BAD_RECEIPT)
             assert isinstance(message, Receipt)
             expected = (header.proposal_id, header.round, header.teacher, header.student, header.payload_hash, header.payload_size)
             got = (message.proposal_id, message.round, message.teacher, message.student, message.payload_hash, message.payload_size)
