@@ -31,7 +31,7 @@ from knexa_node.crypto import sha256
 from knexa_node.daemon.learner import Learner
 from knexa_node.fsutil import atomic_write_text
 from knexa_node.learn.agent import Agent, DistillReport
-from knexa_node.net.protocols import CPM_PROTOCOL, PROPOSALS, ROUNDS, topic
+from knexa_node.net.protocols import CPM_PROTOCOL, PROPOSALS, topic
 from knexa_node.wire import (
     Ack,
     Envelope,
@@ -77,7 +77,8 @@ class Participant:
 
     def install(self) -> None:
         consortium = self.config.consortium.name
-        self.net.subscribe(topic(consortium, ROUNDS), self._on_round)
+        # The daemon's RoundWatcher already checks the CPM's signature and drops old rounds.
+        self.daemon.rounds.add_listener(self._on_round)
         self.net.subscribe(topic(consortium, PROPOSALS), self._on_proposal)
         self.daemon.add_service(self.serve, name="rounds")
         self.daemon.add_status("learner", self.status)
@@ -87,8 +88,8 @@ class Participant:
     def _trusted(self, envelope: Envelope) -> bool:
         return not self.cpm or envelope.sender == self.cpm
 
-    async def _on_round(self, envelope: Envelope, message: Message, origin: str) -> None:
-        if isinstance(message, RoundOpen) and self._trusted(envelope) and message.round > self.current_round:
+    def _on_round(self, message: RoundOpen) -> None:
+        if message.round > self.current_round:
             self._pending_round = message
             self._round_open.set()
 

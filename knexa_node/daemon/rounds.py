@@ -9,7 +9,7 @@ signer and says so in its status.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 from knexa_node.net.network import Network
 from knexa_node.net.protocols import ROUNDS, topic
@@ -21,7 +21,12 @@ class RoundWatcher:
         self.net, self.trusted_cpm, self.on_event = net, trusted_cpm, on_event
         self.topic = topic(consortium, ROUNDS)
         self.last: dict[str, Any] | None = None
+        self._listeners: list[Callable[[RoundOpen], None]] = []
         net.subscribe(self.topic, self._on_message)
+
+    def add_listener(self, listener: Callable[[RoundOpen], None]) -> None:
+        """Call ``listener(round_open)`` for every announcement this watcher accepts (trusted CPM, not old)."""
+        self._listeners.append(listener)
 
     async def _on_message(self, envelope: Envelope, message: Message, origin: str) -> None:
         if not isinstance(message, RoundOpen):
@@ -44,6 +49,8 @@ class RoundWatcher:
             "digest": envelope.digest.hex(),
         }
         self.on_event("round-open", round=message.round, cpm=envelope.sender, policy=message.policy)
+        for listener in self._listeners:
+            listener(message)
 
     def status(self) -> dict[str, Any] | None:
         return self.last
