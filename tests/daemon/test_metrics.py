@@ -75,7 +75,8 @@ async def test_scrape_shows_peers_gossip_drops_bytes_and_round():
             await other.publish(T, seal_envelope(other.signer, RoundOpen(round=5, deadline=0.0, policy="p")).to_bytes())
             stale = seal_envelope(other.signer, RoundOpen(round=6, deadline=0.0, policy="p"), now=time.time() - 10_000)
             await other.publish(T, stale.to_bytes())
-            await wait_until(lambda: got == [4, 5] and net.stats.dropped["stale"] == 1, 60)
+            # Two publishers: their messages may arrive in either order.
+            await wait_until(lambda: sorted(got) == [4, 5] and net.stats.dropped["stale"] == 1, 60)
             current["round"] = 7
             body = await scrape(port)
             assert sample(body, f'knexa_gossip_messages_out_total{{topic="{T}"}}') == 1
