@@ -113,6 +113,7 @@ class ModelSection:
     path: str = opt("", "A local Hugging Face causal-LM directory, or embedded:<name> for a built-in model (llama-tiny, qwen2-tiny, neox-tiny, gpt2-tiny). Empty: this node relays and bootstraps but does not learn.")
     lora_rank: int = opt(8, "LoRA rank.", _range(1, 512))
     device: str = opt("auto", "auto, cpu or cuda.", _choice("auto", "cpu", "cuda"))
+    prompt_format: str = opt("auto", "How the model is prompted: raw (continue the code), chat (one user turn, the answer a code block), or auto (chat when the tokenizer has a chat template).", _choice("auto", "raw", "chat"))
     max_memory_gb: float = opt(0.0, "Refuse a model whose weights need more than this (0: no limit).", _range(0, 4096))
 
 

@@ -31,6 +31,7 @@ def agent_config(config: Config, *, total_rounds: int) -> AgentConfig:
         batch_size=learning.batch_size,
         grad_accumulation=learning.grad_accumulation,
         device=config.model.device,
+        prompt_format=config.model.prompt_format,
         total_rounds=max(total_rounds, 1),
         alpha_start=learning.alpha_start,
         alpha_end=learning.alpha_end,

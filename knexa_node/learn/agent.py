@@ -18,7 +18,7 @@ import hashlib
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -28,10 +28,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from knexa_node.learn.data import category_counts
+from knexa_node.learn.dialect import RAW, answer_body, model_answer, model_prompt, pick_dialect
 from knexa_node.learn.distill import sparse_kl
 from knexa_node.learn.embedded import EMBEDDED_PREFIX, resolve_model_path
 from knexa_node.learn.encoding import Example, collate, encode_pair, encode_prompt, encode_with_ids
-from knexa_node.learn.generation import generate
+from knexa_node.learn.generation import STOP_SEQUENCES, Generation, generate
 from knexa_node.learn.lora import attach_lora
 from knexa_node.learn.package import KnowledgePackage, LogitItem, PackageError, decode_package, encode_package
 from knexa_node.learn.passk import PassAtK, summarize
@@ -71,6 +72,8 @@ class AgentConfig:
     reward_gamma: float = 1.0
     reward_delta: float = 1e-6  # per kilobyte
     max_new_tokens: int = 64
+    prompt_format: str = "auto"  # raw, chat, or auto: chat when the tokenizer has a template (learn.dialect)
+    chat_max_new_tokens: int = 192  # a chat answer holds the whole function in a code block, then prose
     generation_batch_size: int = 32
     top_k_logits: int = 16
     sandbox: SandboxLimits = field(default_factory=SandboxLimits)
@@ -147,6 +150,7 @@ class Agent:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.dialect = pick_dialect(self.tokenizer, config.prompt_format)
         base = AutoModelForCausalLM.from_pretrained(self.model_dir)
         self.model_type: str = base.config.model_type
         self.model = (attach_lora(base, config.lora_rank, alpha=config.lora_alpha, targets=config.lora_targets)
@@ -204,7 +208,12 @@ class Agent:
         return torch.autocast("cpu", enabled=False)
 
     def _examples(self, problems: Sequence[Problem]) -> list[Example]:
-        return [encode_pair(self.tokenizer, p.prompt, p.solution, self.config.max_length) for p in problems if p.solution]
+        return [self._pair(p, p.solution) for p in problems if p.solution]
+
+    def _pair(self, problem: Problem, body: str) -> Example:
+        """A training example: the problem as this model reads it, the body as this model writes it."""
+        return encode_pair(self.tokenizer, model_prompt(self.tokenizer, problem, self.dialect),
+                           model_answer(problem, body, self.dialect), self.config.max_length)
 
     def _loss(self, examples: Sequence[Example]) -> torch.Tensor:
         batch = {k: v.to(self.device) for k, v in collate(examples, self.tokenizer.pad_token_id).items()}
@@ -263,19 +272,23 @@ class Agent:
 
     # --- evaluation --------------------------------------------------------------------------
 
-    def generate(self, prompts: Sequence[str], *, temperature: float = 0.0, top_k_logits: int = 0, seed: int = 0):
+    def generate(self, problems: Sequence[Problem], *, temperature: float = 0.0, top_k_logits: int = 0,
+                 seed: int = 0) -> list[Generation]:
+        """Answers to ``problems`` in this model's dialect; each ``text`` is the canonical body."""
+        raw = self.dialect == RAW
         with self._autocast():
-            return generate(self.model, self.tokenizer, prompts, max_new_tokens=self.config.max_new_tokens,
-                            batch_size=self.config.generation_batch_size, temperature=temperature,
-                            top_k_logits=top_k_logits, max_prompt_tokens=self.config.max_length, device=self.device,
-                            seed=seed)
+            outputs = generate(self.model, self.tokenizer, [model_prompt(self.tokenizer, p, self.dialect) for p in problems],
+                               max_new_tokens=self.config.max_new_tokens if raw else self.config.chat_max_new_tokens,
+                               batch_size=self.config.generation_batch_size, temperature=temperature,
+                               top_k_logits=top_k_logits, max_prompt_tokens=self.config.max_length, device=self.device,
+                               seed=seed, stop_sequences=STOP_SEQUENCES if raw else ())
+        return [replace(g, text=answer_body(g.text, p, self.dialect)) for p, g in zip(problems, outputs)]
 
     def evaluate(self, problems: Sequence[Problem], *, samples: int = 1, temperature: float = 0.8,
                  ks: Sequence[int] = (1, 5, 10), backend: str = "auto") -> EvalReport:
         """Pass@k (Chen et al.) over the whole set; one greedy sample when ``samples`` is 1."""
         started = time.monotonic()
-        prompts = [p.prompt for p in problems for _ in range(samples)]
-        completions = self.generate(prompts, temperature=0.0 if samples == 1 else temperature, seed=self.round)
+        completions = self.generate([p for p in problems for _ in range(samples)], temperature=0.0 if samples == 1 else temperature, seed=self.round)
         programs = [check_program(problems[i // samples].prompt, g.text, problems[i // samples].tests,
                                   problems[i // samples].entry_point) for i, g in enumerate(completions)]
         results = run_programs(programs, self.config.sandbox, backend=backend)
@@ -295,7 +308,7 @@ class Agent:
         if protocol not in ("text", "logits"):
             raise ValueError(f"unknown protocol {protocol!r}")
         k = self.config.top_k_logits if protocol == "logits" else 0
-        outputs = self.generate([p.prompt for p in transfer], top_k_logits=k)
+        outputs = self.generate(transfer, top_k_logits=k)
         eos = self.tokenizer.eos_token_id
         if protocol == "text":
             package = KnowledgePackage("text", self.tokenizer_fingerprint(), self.round,
@@ -365,12 +378,14 @@ class Agent:
     def _kd_loss(self, kind: str, batch: Sequence[tuple[Problem, object]], temperature: float) -> torch.Tensor:
         if kind == "text":
             # Re-tokenize the teacher's answer with our own tokenizer (works across families).
-            examples = [encode_pair(self.tokenizer, p.prompt, str(text), self.config.max_length) for p, text in batch]
+            examples = [self._pair(p, str(text)) for p, text in batch]
             return self._loss(examples)
         examples, targets = [], []
         for problem, item in batch:
             assert isinstance(item, LogitItem)
-            prompt_ids = encode_prompt(self.tokenizer, problem.prompt, self.config.max_length)
+            # Same tokenizer, so the same dialect: the teacher's tokens follow the prompt as this model reads it.
+            prompt_ids = encode_prompt(self.tokenizer, model_prompt(self.tokenizer, problem, self.dialect),
+                                       self.config.max_length)
             example = encode_with_ids(prompt_ids, item.tokens.tolist(), self.config.max_length)
             kept = sum(1 for t in example.labels if t != -100)
             examples.append(example)

@@ -18,6 +18,7 @@ pytest.importorskip("gguf")
 
 from knexa_node.learn.agent import Agent, AgentConfig  # noqa: E402
 from knexa_node.learn.data import embedded_task  # noqa: E402
+from knexa_node.learn.evaluate import load_benchmark  # noqa: E402
 from knexa_node.learn.gguf_import import IMPORT_RECORD  # noqa: E402
 from knexa_node.learn.memory import MemoryGuardError, check_model_memory  # noqa: E402
 from knexa_node.learn.pretrained import available, ensure_pretrained, locate  # noqa: E402
@@ -51,11 +52,12 @@ def test_memory_guard_on_the_real_model(smollm2: Path) -> None:
 
 def test_agent_runs_a_round_in_lora_mode(smollm2: Path, tmp_path: Path) -> None:
     task = embedded_task(0, train_per_category=1, transfer_per_category=1, dev_per_category=1, test_per_category=1)
-    config = AgentConfig(train_mode="lora", batch_size=2, max_length=96, max_new_tokens=12,
+    config = AgentConfig(train_mode="lora", batch_size=2, max_length=160, max_new_tokens=12, chat_max_new_tokens=24,
                          generation_batch_size=4, device="cpu")
     agent = Agent(str(smollm2), tmp_path / "state", config, train=task.train_pool[:4],
                   validation=task.train_pool[4:6])
     described = agent.describe()
+    assert agent.dialect == "chat"
     assert described["model_type"] == "llama" and 0 < described["trainable"] < described["parameters"] // 100
 
     trained = agent.local_epoch()
@@ -67,3 +69,14 @@ def test_agent_runs_a_round_in_lora_mode(smollm2: Path, tmp_path: Path) -> None:
     assert all(math.isfinite(v) for v in (report.loss_pre, report.loss_post, report.reward))
     saved = agent.finish_round()
     assert saved.exists() and agent.round == 1
+
+
+def test_the_instruct_model_answers_in_chat_and_its_bodies_pass(smollm2: Path, tmp_path: Path) -> None:
+    """Greedy and deterministic: in chat it solves embedded problems it cannot continue raw (0/64 measured)."""
+    problems = load_benchmark("embedded", limit=4)
+    config = AgentConfig(train_mode="lora", chat_max_new_tokens=96, generation_batch_size=4, device="cpu")
+    agent = Agent(str(smollm2), tmp_path / "state", config, train=problems[:1], validation=problems[:1])
+    answers = agent.generate(problems)
+    assert all(not a.text.lstrip().startswith("```") for a in answers)  # canonical bodies, not the chat shape
+    report = agent.evaluate(problems)
+    assert report.pass_at[1].value >= 0.25
