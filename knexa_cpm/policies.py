@@ -466,3 +466,40 @@ def make_policy(name: str, **options: Any) -> Policy:
         return cls(**options)
     except TypeError as exc:
         raise PolicyError(f"bad options for policy {name!r}: {exc}") from None
+
+
+# Policies that pair nobody: the LocalOnly baseline runs the whole protocol without exchanges.
+NO_PAIRING = "local-only"
+
+
+class _NoPairing:
+    name = NO_PAIRING
+
+    def propose(self, profiles: Any, budget: int, round: int) -> list[Pairing]:
+        return []
+
+    def feedback(self, pairing: Pairing, reward: float) -> None:
+        raise PolicyError("local-only proposes nothing, so it takes no feedback")
+
+    def validate_feedback(self, pairing: Pairing, reward: float) -> None:
+        self.feedback(pairing, reward)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": NO_PAIRING}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def build_policy(name: str, seed: int) -> Any:
+    """A policy by name, seeded where it draws; ``local-only`` pairs nobody."""
+    if name == NO_PAIRING:
+        return _NoPairing()
+    options: dict[str, Any] = {"seed": seed} if name in ("random", "knexa", "linucb") else {}
+    try:
+        return make_policy(name, **options)
+    except PolicyError:
+        return make_policy(name)

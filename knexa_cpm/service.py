@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 import trio
 
-from knexa_cpm.policies import Pairing, PolicyError, make_policy
+from knexa_cpm.policies import PolicyError, build_policy
 from knexa_cpm.rounds import CLOSED, COLLECTING, Refusal, RoundBook, RoundSettings
 from knexa_cpm.state import PolicyStore
 from knexa_node.config import Config
@@ -50,42 +50,6 @@ from knexa_node.wire import (
 REQUEST_TIMEOUT_S = 30.0
 MAX_REQUEST = 256 * 1024
 TICK_S = 0.2
-# Policies that pair nobody: the LocalOnly baseline runs the whole protocol without exchanges.
-NO_PAIRING = "local-only"
-
-
-class _NoPairing:
-    name = NO_PAIRING
-
-    def propose(self, profiles: Any, budget: int, round: int) -> list[Pairing]:
-        return []
-
-    def feedback(self, pairing: Pairing, reward: float) -> None:
-        raise PolicyError("local-only proposes nothing, so it takes no feedback")
-
-    def validate_feedback(self, pairing: Pairing, reward: float) -> None:
-        self.feedback(pairing, reward)
-
-    def config(self) -> dict[str, Any]:
-        return {"name": NO_PAIRING}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-
-def build_policy(name: str, seed: int) -> Any:
-    if name == NO_PAIRING:
-        return _NoPairing()
-    options: dict[str, Any] = {"seed": seed} if name in ("random", "knexa", "linucb") else {}
-    try:
-        return make_policy(name, **options)
-    except PolicyError:
-        return make_policy(name)
-
-
 class CpmService:
     def __init__(self, signer: Signer, config: Config, state_dir: Path, *, publish: Callable[[str, bytes], Any],
                  on_event: Callable[..., None], policy_name: str | None = None, seed: int = 0,

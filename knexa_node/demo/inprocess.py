@@ -1,0 +1,93 @@
+"""The demo's consortium built in one process: the same homes, models, shards and agent settings.
+
+For the runs that do without daemons (the Central-KD baseline, and the
+lock-step runner used to measure on machines where the network cannot run):
+each node's config is written by :func:`lay_out` exactly as for the networked
+demo, then read back, so both paths train identical agents on identical data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from knexa_node.config import load_config
+from knexa_node.daemon.datasets import NodeData, load_node_data
+from knexa_node.daemon.learner import agent_config
+from knexa_node.demo.orchestrate import DemoResult, _build_models
+from knexa_node.demo.plan import DemoLayout, DemoSettings, lay_out
+from knexa_node.learn.agent import Agent
+
+
+@dataclass
+class LocalNode:
+    name: str
+    peer_id: str
+    model: str
+    agent: Agent
+    data: NodeData
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. another benchmark before/after
+    as_student: int = 0
+    as_teacher: int = 0
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    rewards: list[dict[str, Any]] = field(default_factory=list)
+
+
+def measure(node: LocalNode, round_: int, phase: str) -> dict[str, Any]:
+    """The participant's evaluation: greedy Pass@1 on the test set, private and public losses."""
+    report = node.agent.evaluate(node.data.test, samples=1)
+    point = {"round": round_, "phase": phase, "pass1": report.pass_at[1].value,
+             "pass1_ci": [report.pass_at[1].low, report.pass_at[1].high],
+             "val_loss": node.agent.validation_loss(), "dev_loss": node.agent.validation_loss(node.data.dev),
+             "per_category": report.per_category}
+    node.curve.append(point)
+    return point
+
+
+def prepare_nodes(workdir: Path, settings: DemoSettings, say: Callable[[str], None],
+                  *, state_name: str = "agent-local") -> tuple[DemoLayout, list[LocalNode]]:
+    """Lay out the homes, build the embedded models, load every agent and run its warm-up."""
+    layout = lay_out(workdir, settings)
+    _build_models(settings)
+    nodes = []
+    for i, home in enumerate(layout.nodes):
+        config = load_config(home.config_file)
+        data = load_node_data(config, base=home.root)
+        agent = Agent(config.model.path, home.state_dir / state_name, agent_config(config, total_rounds=settings.rounds),
+                      train=data.train, validation=data.validation)
+        node = LocalNode(f"node-{i}", layout.node_peers[i], config.model.path, agent, data)
+        for _ in range(settings.warmup_epochs):
+            agent.local_epoch()
+        measure(node, 0, "warm-up" if settings.warmup_epochs else "initial")
+        nodes.append(node)
+        say(f"{node.name} ready ({agent.model_type}, {len(data.train)} private problems)")
+    return layout, nodes
+
+
+def node_entry(node: LocalNode, *, audit_note: str) -> dict[str, Any]:
+    """The node's line of the demo summary, in the networked demo's shape."""
+    before, final = node.curve[0], node.curve[-1]
+    return {
+        "name": node.name, "peer_id": node.peer_id, "home": "", "model": node.model,
+        "model_type": node.agent.model_type, "parameters": node.agent.total_parameters,
+        "pass1_before": before["pass1"], "pass1_after": final["pass1"], "pass1_after_ci": final.get("pass1_ci"),
+        "val_loss_before": before["val_loss"], "val_loss_after": final["val_loss"],
+        "dev_loss_before": before["dev_loss"], "dev_loss_after": final["dev_loss"],
+        "exchanges_as_student": node.as_student, "exchanges_as_teacher": node.as_teacher, "failed_exchanges": 0,
+        "bytes_received": node.bytes_received, "bytes_sent": node.bytes_sent, "epsilon_spent": 0.0,
+        "rewards": node.rewards, "curve": node.curve, "extra": node.extra,
+        "audit": {"ok": None, "entries": 0, "problem": audit_note},
+        "status": {"round": node.agent.round, "phase": "done"},
+    }
+
+
+def finish(result: DemoResult, layout: DemoLayout, nodes: list[LocalNode], *, audit_note: str) -> DemoResult:
+    for node, home in zip(nodes, layout.nodes):
+        measure(node, result.settings.rounds, "final")
+        entry = node_entry(node, audit_note=audit_note)
+        entry["home"] = str(home.root)
+        result.nodes.append(entry)
+    return result
