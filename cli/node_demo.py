@@ -46,7 +46,8 @@ def demo(
     protocol: str = typer.Option("text", "--protocol", help="Package kind: text or logits (logits only between nodes sharing a tokenizer)."),
     alpha: float = typer.Option(0.3, "--dirichlet-alpha", help="Skew of the private shards over categories."),
     shard_size: int = typer.Option(0, "--shard-size", min=0, help="Private problems per node (0: an equal share of the embedded pool)."),
-    lr: float = typer.Option(2e-3, "--lr", help="Learning rate (tiny from-scratch models need ~2e-3; the paper's 3e-5 suits pretrained ones)."),
+    lr: float = typer.Option(2e-3, "--lr", help="Learning rate of the embedded (tiny, from-scratch) models."),
+    pretrained_lr: float = typer.Option(2e-4, "--pretrained-lr", help="Learning rate of the LoRA adapter on a node whose --model is a pretrained directory."),
     warmup_epochs: int = typer.Option(1, "--warmup-epochs", min=0, help="Local epochs each node trains before round 1 (its starting model)."),
     dp: bool = typer.Option(False, "--dp", help="Turn on the differential-privacy layer."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON summary at the end instead of tables."),
@@ -67,7 +68,8 @@ def demo(
     results = []
     for name in policies:
         settings = DemoSettings(nodes=nodes, rounds=rounds, policy=name, seed=seed, models=tuple(model) or DEFAULT_MODELS,
-                                protocol=protocol, dirichlet_alpha=alpha, shard_size=shard_size, lr=lr, warmup_epochs=warmup_epochs, dp=dp)
+                                protocol=protocol, dirichlet_alpha=alpha, shard_size=shard_size, lr=lr, pretrained_lr=pretrained_lr,
+                                warmup_epochs=warmup_epochs, dp=dp)
         where = root / name if len(policies) > 1 else root
         if not as_json:
             console.rule(f"policy {name}: {nodes} nodes, {rounds} rounds, homes in {where}")

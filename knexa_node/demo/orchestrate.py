@@ -16,10 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from knexa_node.audit import AuditError, log_path, verify_file
-from knexa_node.demo.plan import DemoLayout, DemoSettings, lay_out
+from knexa_node.demo.plan import EMBEDDED_PREFIX, DemoLayout, DemoSettings, lay_out
 from knexa_node.demo.processes import DaemonProcess, DemoError
-
-EMBEDDED_PREFIX = "embedded:"
 
 READY_TIMEOUT_S = 180.0
 POLL_S = 1.0

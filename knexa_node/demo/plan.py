@@ -17,6 +17,7 @@ from knexa_node.config import Config, render_config
 from knexa_node.fsutil import atomic_write_text
 from knexa_node.identity import NodeHome, create_identity, load_identity
 
+EMBEDDED_PREFIX = "embedded:"  # as knexa_node.learn.embedded, without importing torch here
 DEFAULT_MODELS = ("embedded:llama-tiny", "embedded:neox-tiny", "embedded:gpt2-tiny", "embedded:qwen2-tiny")
 
 
@@ -29,7 +30,8 @@ class DemoSettings:
     models: tuple[str, ...] = DEFAULT_MODELS
     dirichlet_alpha: float = 0.3
     shard_size: int = 0  # 0: an equal share of the embedded pool
-    lr: float = 2e-3  # tiny from-scratch models; the paper's 3e-5 suits pretrained ones
+    lr: float = 2e-3  # tiny from-scratch (embedded) models
+    pretrained_lr: float = 2e-4  # a LoRA adapter on a pretrained directory: 2e-3 would wash out what it knows
     batch_size: int = 16
     warmup_epochs: int = 1
     epochs_per_round: int = 1
@@ -113,7 +115,7 @@ def lay_out(workdir: Path, settings: DemoSettings) -> DemoLayout:
         config.data.shards = settings.nodes
         config.data.dirichlet_alpha = settings.dirichlet_alpha
         config.data.shard_size = settings.shard_size
-        config.learning.lr = settings.lr
+        config.learning.lr = settings.lr if config.model.path.startswith(EMBEDDED_PREFIX) else settings.pretrained_lr
         config.learning.batch_size = settings.batch_size
         config.learning.warmup_epochs = settings.warmup_epochs
         config.learning.epochs_per_round = settings.epochs_per_round

@@ -1,0 +1,34 @@
+"""The demo's layout: homes, identities, and each node's config (read back through the real loader)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from knexa_node.config import load_config
+from knexa_node.demo.plan import DemoSettings, lay_out
+
+
+def test_configs_name_the_cpm_members_and_a_shard_each(tmp_path: Path) -> None:
+    layout = lay_out(tmp_path, DemoSettings(nodes=3, seed=7, shard_size=50))
+    configs = [load_config(home.config_file) for home in layout.nodes]
+    assert [c.data.shard for c in configs] == [0, 1, 2] and {c.data.shards for c in configs} == {3}
+    assert all(c.consortium.cpm == layout.cpm_peer and c.consortium.members == layout.node_peers for c in configs)
+    assert configs[0].node.bootstrap == [] and all(layout.node_peers[0] in c.node.bootstrap[0] for c in configs[1:])
+    assert len(set(layout.ports)) == 4
+    again = lay_out(tmp_path, DemoSettings(nodes=3))
+    assert again.node_peers == layout.node_peers  # identities are kept across runs in one workdir
+
+
+def test_a_pretrained_directory_gets_the_adapter_learning_rate(tmp_path: Path) -> None:
+    settings = DemoSettings(nodes=2, models=(str(tmp_path / "smollm2"), "embedded:gpt2-tiny"), lr=2e-3,
+                            pretrained_lr=3e-4)
+    pretrained, embedded = (load_config(home.config_file) for home in lay_out(tmp_path / "w", settings).nodes)
+    assert pretrained.model.path.endswith("smollm2") and pretrained.learning.lr == pytest.approx(3e-4)
+    assert embedded.model.path == "embedded:gpt2-tiny" and embedded.learning.lr == pytest.approx(2e-3)
+
+
+def test_too_small_a_consortium_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        lay_out(tmp_path, DemoSettings(nodes=1))
