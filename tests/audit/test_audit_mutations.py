@@ -11,8 +11,7 @@ auditor would.
 from __future__ import annotations
 
 import random
-from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import msgpack
 import pytest
