@@ -66,7 +66,8 @@ def run_one(args: argparse.Namespace) -> None:
     policy, seed = args.one.split(":")
     settings = DemoSettings(nodes=args.nodes or len(args.model), rounds=args.rounds, policy=policy, seed=int(seed),
                             models=tuple(args.model), dirichlet_alpha=args.dirichlet_alpha, shard_size=args.shard_size,
-                            lr=args.lr, pretrained_lr=args.pretrained_lr, protocol=args.protocol)
+                            lr=args.lr, pretrained_lr=args.pretrained_lr, protocol=args.protocol,
+                            generation_batch_size=args.generation_batch)
     checkpoint = (humaneval_checkpoint(args.humaneval_limit, args.humaneval_tokens, args.humaneval_batch)
                   if args.humaneval else None)
     result = run_lockstep(Path(args.workdir), settings, checkpoint=checkpoint,
@@ -153,6 +154,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--pretrained-lr", type=float, default=2e-4)
     parser.add_argument("--protocol", default="text")
+    parser.add_argument("--generation-batch", type=int, default=32, help="prompts decoded together (GPU: 128)")
     parser.add_argument("--humaneval", action="store_true")
     parser.add_argument("--humaneval-limit", type=int, default=None)
     parser.add_argument("--humaneval-tokens", type=int, default=256)

@@ -139,6 +139,7 @@ class LearningSection:
 
     lr: float = opt(3e-5, "AdamW learning rate.", _range(0, 1))
     batch_size: int = opt(8, "Micro-batch size.", _range(1, 4096))
+    generation_batch_size: int = opt(32, "Prompts decoded together when evaluating and building packages (larger is faster on a GPU and needs more memory).", _range(1, 4096))
     grad_accumulation: int = opt(1, "Gradient accumulation steps.", _range(1, 1024))
     warmup_fraction: float = opt(0.02, "Share of steps used for linear warm-up.", _range(0, 1))
     alpha_start: float = opt(0.2, "Distillation weight a_kd in the first round (Eq. 2).", _range(0, 1))

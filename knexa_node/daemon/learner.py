@@ -29,6 +29,7 @@ def agent_config(config: Config, *, total_rounds: int) -> AgentConfig:
         lr=learning.lr,
         warmup_fraction=learning.warmup_fraction,
         batch_size=learning.batch_size,
+        generation_batch_size=learning.generation_batch_size,
         grad_accumulation=learning.grad_accumulation,
         device=config.model.device,
         prompt_format=config.model.prompt_format,

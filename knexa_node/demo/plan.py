@@ -33,6 +33,7 @@ class DemoSettings:
     lr: float = 2e-3  # tiny from-scratch (embedded) models
     pretrained_lr: float = 2e-4  # a LoRA adapter on a pretrained directory: 2e-3 would wash out what it knows
     batch_size: int = 16
+    generation_batch_size: int = 32
     warmup_epochs: int = 1
     epochs_per_round: int = 1
     round_deadline_s: float = 600.0
@@ -117,6 +118,7 @@ def lay_out(workdir: Path, settings: DemoSettings) -> DemoLayout:
         config.data.shard_size = settings.shard_size
         config.learning.lr = settings.lr if config.model.path.startswith(EMBEDDED_PREFIX) else settings.pretrained_lr
         config.learning.batch_size = settings.batch_size
+        config.learning.generation_batch_size = settings.generation_batch_size
         config.learning.warmup_epochs = settings.warmup_epochs
         config.learning.epochs_per_round = settings.epochs_per_round
         config.learning.schedule_rounds = settings.rounds

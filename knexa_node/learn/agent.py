@@ -276,12 +276,13 @@ class Agent:
                  seed: int = 0) -> list[Generation]:
         """Answers to ``problems`` in this model's dialect; each ``text`` is the canonical body."""
         raw = self.dialect == RAW
-        with self._autocast():
-            outputs = generate(self.model, self.tokenizer, [model_prompt(self.tokenizer, p, self.dialect) for p in problems],
-                               max_new_tokens=self.config.max_new_tokens if raw else self.config.chat_max_new_tokens,
-                               batch_size=self.config.generation_batch_size, temperature=temperature,
-                               top_k_logits=top_k_logits, max_prompt_tokens=self.config.max_length, device=self.device,
-                               seed=seed, stop_sequences=STOP_SEQUENCES if raw else ())
+        # In the weights' dtype, not under autocast: the CUDA-graph decoder cannot capture autocast's casts
+        # (it fell back to generate every call), and a small model's decode step is launch-bound anyway.
+        outputs = generate(self.model, self.tokenizer, [model_prompt(self.tokenizer, p, self.dialect) for p in problems],
+                           max_new_tokens=self.config.max_new_tokens if raw else self.config.chat_max_new_tokens,
+                           batch_size=self.config.generation_batch_size, temperature=temperature,
+                           top_k_logits=top_k_logits, max_prompt_tokens=self.config.max_length, device=self.device,
+                           seed=seed, stop_sequences=STOP_SEQUENCES if raw else ())
         return [replace(g, text=answer_body(g.text, p, self.dialect)) for p, g in zip(problems, outputs)]
 
     def evaluate(self, problems: Sequence[Problem], *, samples: int = 1, temperature: float = 0.8,
