@@ -144,7 +144,7 @@ def print_table(table: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", required=True, help="per node, as knexa-node demo --model")
+    parser.add_argument("--model", action="append", default=[], help="per node, as knexa-node demo --model")
     parser.add_argument("--nodes", type=int, default=0, help="default: one per --model")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -163,12 +163,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", default="")
     parser.add_argument("--out", default="")
+    parser.add_argument("--collect", default="", help="only aggregate the per-run results already in this directory")
     parser.add_argument("--one", default="", help=argparse.SUPPRESS)
     parser.add_argument("--result", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         run_one(args)
         return
+    if args.collect:  # e.g. after a run was cut short: every finished (policy, seed) left its JSON
+        runs = [json.loads(f.read_text()) for f in sorted(Path(args.collect).glob("*-[0-9]*.json"))]
+        table = aggregate(runs)
+        print_table(table)
+        print(json.dumps({"collected": args.collect, "by_policy": table, "runs": runs}, indent=1, default=str))
+        return
+    if not args.model:
+        parser.error("--model is required (once per node)")
     root = Path(args.workdir or tempfile.mkdtemp(prefix="knexa-lockstep-"))
     root.mkdir(parents=True, exist_ok=True)
     # Embedded models are built once here, not raced by the runs.

@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--model", default="")
     parser.add_argument("--benchmark", default="humaneval")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--prompt-format", default="auto")
@@ -42,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model_dir = args.model or str(ensure_pretrained("smollm2-135m"))
-    model, tokenizer = load_model(model_dir)
+    model, tokenizer = load_model(model_dir, args.device)
     problems = load_benchmark(args.benchmark, limit=args.limit)
     log = Path(args.log)
     done: dict[str, dict] = {}
@@ -58,7 +59,7 @@ def main() -> None:
         chunk = todo[start:start + args.batch_size]
         result = evaluate_loaded(model, tokenizer, chunk, benchmark=args.benchmark, model_dir=model_dir,
                                  batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                                 prompt_format=args.prompt_format)
+                                 prompt_format=args.prompt_format, device=args.device)
         fmt = result.prompt_format
         with log.open("a", encoding="utf-8") as handle:
             for outcome in result.outcomes:
@@ -82,7 +83,7 @@ def main() -> None:
     print(json.dumps({"benchmark": args.benchmark, "model": model_dir, "problems": len(records), "correct": passed,
                       "pass1": passed / max(len(records), 1), "pass1_ci_low": low, "pass1_ci_high": high,
                       "prompt_format": fmt or args.prompt_format, "batch_size": args.batch_size,
-                      "max_new_tokens": args.max_new_tokens, "threads": args.threads, "generated_tokens": tokens,
+                      "max_new_tokens": args.max_new_tokens, "threads": args.threads, "device": args.device, "generated_tokens": tokens,
                       "generation_seconds": round(seconds, 1),
                       "tokens_per_second": round(tokens / seconds, 2) if seconds else None}, indent=2))
 
