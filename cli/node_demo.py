@@ -42,7 +42,7 @@ def demo(
     policy: str = typer.Option("knexa", "--policy", help=f"Matchmaking policy: {', '.join(POLICIES)}."),
     compare: str = typer.Option("", "--compare", help="Comma-separated policies to run one after the other and print side by side (e.g. knexa,random,local-only)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the task, the shards and the models' training order."),
-    model: list[str] = typer.Option([], "--model", help="Model per node (repeatable, cycled): embedded:<name> or a local HF directory."),
+    model: list[str] = typer.Option([], "--model", help="Model per node (repeatable, cycled): embedded:<name>, pretrained:smollm2-135m, or a local HF directory."),
     protocol: str = typer.Option("text", "--protocol", help="Package kind: text or logits (logits only between nodes sharing a tokenizer)."),
     alpha: float = typer.Option(0.3, "--dirichlet-alpha", help="Skew of the private shards over categories."),
     shard_size: int = typer.Option(0, "--shard-size", min=0, help="Private problems per node (0: an equal share of the embedded pool)."),

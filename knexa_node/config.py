@@ -110,7 +110,7 @@ class ConsortiumSection:
 class ModelSection:
     """The local model and its LoRA adapter."""
 
-    path: str = opt("", "A local Hugging Face causal-LM directory, or embedded:<name> for a built-in model (llama-tiny, qwen2-tiny, neox-tiny, gpt2-tiny). Empty: this node relays and bootstraps but does not learn.")
+    path: str = opt("", "A local Hugging Face causal-LM directory, embedded:<name> for a built-in model (llama-tiny, qwen2-tiny, neox-tiny, gpt2-tiny), or pretrained:smollm2-135m (imported from its installed package into the model cache on first use). Empty: this node relays and bootstraps but does not learn.")
     lora_rank: int = opt(8, "LoRA rank.", _range(1, 512))
     device: str = opt("auto", "auto, cpu or cuda.", _choice("auto", "cpu", "cuda"))
     prompt_format: str = opt("auto", "How the model is prompted: raw (continue the code), chat (one user turn, the answer a code block), or auto (chat when the tokenizer has a chat template).", _choice("auto", "raw", "chat"))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from knexa_node.audit import AuditError, log_path, verify_file
-from knexa_node.demo.plan import EMBEDDED_PREFIX, DemoLayout, DemoSettings, lay_out
+from knexa_node.demo.plan import EMBEDDED_PREFIX, PRETRAINED_PREFIX, DemoLayout, DemoSettings, lay_out
 from knexa_node.demo.processes import DaemonProcess, DemoError
 
 READY_TIMEOUT_S = 180.0
@@ -47,14 +47,14 @@ class DemoResult:
 
 
 def _build_models(settings: DemoSettings) -> None:
-    """Build the embedded models once, before the daemons start, rather than in N racing daemons."""
-    names = sorted({m[len(EMBEDDED_PREFIX):] for m in settings.models[: settings.nodes] if m.startswith(EMBEDDED_PREFIX)})
+    """Build the embedded models and import the pretrained ones once, before the daemons start (not in N racing daemons)."""
+    names = sorted({m for m in settings.models[: settings.nodes] if m.startswith((EMBEDDED_PREFIX, PRETRAINED_PREFIX))})
     if not names:
         return
     done = subprocess.run([sys.executable, "-m", "knexa_node.learn.build_embedded", *names], capture_output=True, text=True,
                           env={**os.environ, **CHILD_ENV}, timeout=900)
     if done.returncode != 0:
-        raise DemoError(f"building the embedded models failed:\n{done.stderr[-2000:]}")
+        raise DemoError(f"preparing the models failed:\n{done.stderr[-2000:]}")
 
 
 def run_demo(workdir: Path, settings: DemoSettings, *, on_snapshot: Callable[[Snapshot], None] | None = None,

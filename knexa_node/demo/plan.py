@@ -18,6 +18,7 @@ from knexa_node.fsutil import atomic_write_text
 from knexa_node.identity import NodeHome, create_identity, load_identity
 
 EMBEDDED_PREFIX = "embedded:"  # as knexa_node.learn.embedded, without importing torch here
+PRETRAINED_PREFIX = "pretrained:"
 DEFAULT_MODELS = ("embedded:llama-tiny", "embedded:neox-tiny", "embedded:gpt2-tiny", "embedded:qwen2-tiny")
 
 

@@ -32,6 +32,7 @@ from knexa_node.profile import CATEGORIES
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 EMBEDDED_PREFIX = "embedded:"
+PRETRAINED_PREFIX = "pretrained:"  # a checkpoint a package ships (knexa_node.learn.pretrained)
 _MARKER = "knexa-embedded.txt"
 
 
@@ -152,9 +153,18 @@ def ensure_embedded(name: str, cache_dir: Path | None = None) -> Path:
 
 
 def resolve_model_path(path: str, cache_dir: Path | None = None) -> Path:
-    """``embedded:<name>`` or a local HF directory holding ``config.json``."""
+    """``embedded:<name>``, ``pretrained:<name>`` (imported into the cache on first use) or a local HF directory."""
     if path.startswith(EMBEDDED_PREFIX):
         return ensure_embedded(path[len(EMBEDDED_PREFIX):], cache_dir)
+    if path.startswith(PRETRAINED_PREFIX):
+        # Imported here, not at the top: pretrained.py builds on this module (and on gguf, an optional extra).
+        from knexa_node.learn.gguf_import import GGUFImportError
+        from knexa_node.learn.pretrained import PretrainedError, ensure_pretrained
+
+        try:
+            return ensure_pretrained(path[len(PRETRAINED_PREFIX):], cache_dir)
+        except (PretrainedError, GGUFImportError) as exc:
+            raise ModelPathError(str(exc)) from None
     directory = Path(path).expanduser()
     if not (directory / "config.json").is_file():
         raise ModelPathError(f"{directory}: not a Hugging Face model directory (no config.json)")

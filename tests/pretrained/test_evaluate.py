@@ -123,3 +123,10 @@ def test_eval_cli_errors(tmp_path: Path) -> None:
 def test_cli_choices_match_the_library() -> None:
     assert node_model.BENCHMARKS == BENCHMARKS and node_model.PROMPT_FORMATS == PROMPT_FORMATS
     assert node_model.PRETRAINED_NAMES == tuple(PRETRAINED)
+
+
+def test_unknown_pretrained_name_is_a_model_path_error() -> None:
+    from knexa_node.learn.embedded import ModelPathError, resolve_model_path
+
+    with pytest.raises(ModelPathError, match="smollm2-135m"):  # the message lists the known names
+        resolve_model_path("pretrained:gpt-5")

@@ -17,7 +17,9 @@ from transformers import AutoTokenizer
 pytest.importorskip("gguf")
 
 from knexa_node.learn.agent import Agent, AgentConfig  # noqa: E402
+from knexa_node.learn.build_embedded import main as build_embedded_main  # noqa: E402
 from knexa_node.learn.data import embedded_task  # noqa: E402
+from knexa_node.learn.embedded import resolve_model_path  # noqa: E402
 from knexa_node.learn.evaluate import load_benchmark  # noqa: E402
 from knexa_node.learn.gguf_import import IMPORT_RECORD  # noqa: E402
 from knexa_node.learn.memory import MemoryGuardError, check_model_memory  # noqa: E402
@@ -80,3 +82,9 @@ def test_the_instruct_model_answers_in_chat_and_its_bodies_pass(smollm2: Path, t
     assert all(not a.text.lstrip().startswith("```") for a in answers)  # canonical bodies, not the chat shape
     report = agent.evaluate(problems)
     assert report.pass_at[1].value >= 0.25
+
+
+def test_pretrained_prefix_resolves_to_the_cached_import(smollm2: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert resolve_model_path("pretrained:smollm2-135m") == smollm2
+    assert build_embedded_main(["pretrained:smollm2-135m"]) == 0  # what the demo runs before its daemons
+    assert capsys.readouterr().out.strip() == str(smollm2)
