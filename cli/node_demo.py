@@ -49,6 +49,7 @@ def demo(
     lr: float = typer.Option(2e-3, "--lr", help="Learning rate of the embedded (tiny, from-scratch) models."),
     pretrained_lr: float = typer.Option(2e-4, "--pretrained-lr", help="Learning rate of the LoRA adapter on a node whose --model is a pretrained directory."),
     warmup_epochs: int = typer.Option(1, "--warmup-epochs", min=0, help="Local epochs each node trains before round 1 (its starting model)."),
+    round_deadline: float = typer.Option(600.0, "--round-deadline", min=30.0, help="Seconds the CPM waits for every profile before pairing, and the life of a proposal (raise it for a pretrained node on a CPU)."),
     dp: bool = typer.Option(False, "--dp", help="Turn on the differential-privacy layer."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON summary at the end instead of tables."),
 ) -> None:
@@ -69,7 +70,8 @@ def demo(
     for name in policies:
         settings = DemoSettings(nodes=nodes, rounds=rounds, policy=name, seed=seed, models=tuple(model) or DEFAULT_MODELS,
                                 protocol=protocol, dirichlet_alpha=alpha, shard_size=shard_size, lr=lr, pretrained_lr=pretrained_lr,
-                                warmup_epochs=warmup_epochs, dp=dp)
+                                warmup_epochs=warmup_epochs, dp=dp, round_deadline_s=round_deadline,
+                                proposal_ttl_s=round_deadline)
         where = root / name if len(policies) > 1 else root
         if not as_json:
             console.rule(f"policy {name}: {nodes} nodes, {rounds} rounds, homes in {where}")
