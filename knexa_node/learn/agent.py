@@ -282,7 +282,7 @@ class Agent:
                            max_new_tokens=self.config.max_new_tokens if raw else self.config.chat_max_new_tokens,
                            batch_size=self.config.generation_batch_size, temperature=temperature,
                            top_k_logits=top_k_logits, max_prompt_tokens=self.config.max_length, device=self.device,
-                           seed=seed, stop_sequences=STOP_SEQUENCES if raw else ())
+                           seed=seed, stop_sequences=STOP_SEQUENCES if raw else (), stop_at_closed_block=not raw)
         return [replace(g, text=answer_body(g.text, p, self.dialect)) for p, g in zip(problems, outputs)]
 
     def evaluate(self, problems: Sequence[Problem], *, samples: int = 1, temperature: float = 0.8,

@@ -223,7 +223,8 @@ def evaluate_loaded(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
         chunk = order[start:start + batch_size]
         outputs = generate(model, tokenizer, [prompts[i] for i in chunk], max_new_tokens=max_new_tokens,
                            batch_size=batch_size, temperature=temperature, max_prompt_tokens=max(lengths),
-                           device=device, seed=seed + start, stop_sequences=stops)
+                           device=device, seed=seed + start, stop_sequences=stops,
+                           stop_at_closed_block=fmt == "chat")
         for i, output in zip(chunk, outputs):
             texts[i] = extract_completion(output.text, problems[i // samples], fmt)
             generated += len(output.tokens)

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from knexa_node.learn import fast_decode
 from knexa_node.learn.encoding import encode_prompt
@@ -25,6 +25,22 @@ from knexa_node.learn.encoding import encode_prompt
 log = logging.getLogger(__name__)
 
 STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\nassert ")
+FENCE = "```"
+
+
+class BlockClosed(StoppingCriteria):
+    """Ends a row once its new text holds a closed code block: a chat answer's function is complete.
+
+    An instruct model goes on explaining its code until end-of-sequence; what follows the block is
+    never used, and on a CPU it is most of the decoding time.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_width: int) -> None:
+        self.tokenizer, self.prompt_width = tokenizer, prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
+        return torch.tensor([text.count(FENCE) >= 2 for text in texts], dtype=torch.bool, device=input_ids.device)
 
 
 @dataclass(frozen=True)
@@ -45,10 +61,13 @@ def truncate_at_stop(text: str, stops: Sequence[str] = STOP_SEQUENCES) -> str:
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], *,
              max_new_tokens: int = 64, batch_size: int = 32, temperature: float = 0.0, top_k_logits: int = 0,
              max_prompt_tokens: int = 384, device: torch.device | str = "cpu", seed: int = 0,
-             stop_sequences: Sequence[str] = STOP_SEQUENCES, fast: bool | None = None) -> list[Generation]:
+             stop_sequences: Sequence[str] = STOP_SEQUENCES, stop_at_closed_block: bool = False,
+             fast: bool | None = None) -> list[Generation]:
     """One completion per prompt; ``temperature`` 0 is greedy.
 
     ``stop_sequences`` cut the decoded text (a chat answer holding a whole ``def`` passes ``()``).
+    ``stop_at_closed_block`` ends a row early once its code block is closed (:class:`BlockClosed`;
+    not with ``top_k_logits``, whose rows must end at end-of-sequence or the cap).
     ``fast`` uses :mod:`.fast_decode` for greedy decoding without top-k (None: only on CUDA).
     """
     encoded = [encode_prompt(tokenizer, p, max_prompt_tokens) for p in prompts]
@@ -76,8 +95,10 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
             new = _fast_chunk(decoder, ids, mask) if decoder is not None else None
             if new is None:
                 decoder = None  # a failure is not retried on later chunks
+                stopping = (StoppingCriteriaList([BlockClosed(tokenizer, width)])
+                            if stop_at_closed_block and top_k_logits == 0 else None)
                 out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                     max_new_tokens=max_new_tokens, do_sample=sampling,
+                                     max_new_tokens=max_new_tokens, do_sample=sampling, stopping_criteria=stopping,
                                      temperature=temperature if sampling else None, top_k=None, top_p=None,
                                      pad_token_id=pad, eos_token_id=eos, return_dict_in_generate=True,
                                      output_logits=top_k_logits > 0)
@@ -92,6 +113,9 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
                 ended = eos in tokens
                 if ended:
                     tokens = tokens[: tokens.index(eos)]
+                elif pad is not None:
+                    while tokens and tokens[-1] == pad:  # a row stopped early is padded to the chunk's length
+                        tokens.pop()
                 text = truncate_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stop_sequences)
                 if step_logp is None:
                     results[i] = Generation(text, tokens, ended)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+import torch
 
 from knexa_node.learn.data import embedded_task
 from knexa_node.learn.dialect import CHAT, RAW, answer_body, chat_answer, function_body
+from knexa_node.learn.embedded import TokenizerSpec, train_tokenizer
 from knexa_node.learn.evaluate import extract_completion
+from knexa_node.learn.generation import BlockClosed
 from knexa_node.learn.problems import Problem
 from knexa_node.learn.sandbox import check_program, run_programs
 
@@ -57,3 +60,14 @@ def test_answers_that_are_not_one_plain_function_stay_whole(code: str) -> None:
 def test_body_keeps_nested_indentation() -> None:
     code = 'def f(xs):\n    """Sum."""\n    total = 0\n    for x in xs:\n        total += x\n    return total\n'
     assert function_body(code, "f") == "    total = 0\n    for x in xs:\n        total += x\n    return total\n"
+
+
+def test_block_closed_stops_only_rows_whose_block_is_complete() -> None:
+    tokenizer = train_tokenizer(TokenizerSpec(vocab_size=384, corpus_per_category=30))
+    prompt = tokenizer("def f(x):\n", add_special_tokens=False)["input_ids"]
+    answers = ["```python\ndef f(x):\n    return x\n```\nThis returns x.", "```python\ndef f(x):\n    return", "no code yet"]
+    rows = [prompt + tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    done = BlockClosed(tokenizer, len(prompt))(ids, torch.zeros(1))
+    assert done.tolist() == [True, False, False]

@@ -80,6 +80,8 @@ def test_the_instruct_model_answers_in_chat_and_its_bodies_pass(smollm2: Path, t
     agent = Agent(str(smollm2), tmp_path / "state", config, train=problems[:1], validation=problems[:1])
     answers = agent.generate(problems)
     assert all(not a.text.lstrip().startswith("```") for a in answers)  # canonical bodies, not the chat shape
+    # Decoding ends once the code block is closed, not at the cap after paragraphs of explanation.
+    assert sum(len(a.tokens) < config.chat_max_new_tokens for a in answers) >= 2
     report = agent.evaluate(problems)
     assert report.pass_at[1].value >= 0.25
 
