@@ -6,9 +6,14 @@
 #   3. the SmolLM2-only lock-step consortium: 4 SmolLM2 nodes on skewed shards, 5 rounds, seed 0,
 #      knexa / local-only, HumanEval before and after.
 # Usage: GGUF=path/to/SmolLM2-135M-Instruct.Q4_1.gguf OUT=dir DEADLINE_S=520 bench/gpu_pretrained_consortia.sh
-# Whatever has finished by DEADLINE_S is collected (each run leaves its own JSON).
+# PARTS picks among "humaneval mixed smollm2only" (default all); MIXED_SEEDS and MIXED_POLICIES narrow the
+# mixed part. Whatever has finished by DEADLINE_S is collected (each run leaves its own JSON).
+# Memory: the SmolLM2-only runs hold ~14 GiB each; next to 9 mixed runs two of those died of OOM on an H100.
+# Preparing the carry folders (packages, the GGUF in two parts): bench/gpu_carry_prepare.sh.
 set -u
-OUT=${OUT:?} GGUF=${GGUF:?} DEADLINE_S=${DEADLINE_S:-520}
+OUT=${OUT:?} GGUF=${GGUF:?} DEADLINE_S=${DEADLINE_S:-520} PARTS=${PARTS:-humaneval mixed smollm2only}
+MIXED_SEEDS=${MIXED_SEEDS:-0 1 2} MIXED_POLICIES=${MIXED_POLICIES:-knexa random local-only}
+want() { [[ " $PARTS " == *" $1 "* ]]; }
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
 W=$(mktemp -d)
 start=$(date +%s)
@@ -16,12 +21,12 @@ python3 -c "from knexa_node.learn.gguf_import import import_gguf; print(import_g
   || { cat "$OUT/import.log"; exit 1; }
 echo "imported in $(( $(date +%s) - start )) s"
 S=$W/smollm2
-python3 bench/pretrained_humaneval.py --model "$S" --device cuda --batch-size 64 --max-new-tokens 256 \
+want humaneval && python3 bench/pretrained_humaneval.py --model "$S" --device cuda --batch-size 64 --max-new-tokens 256 \
   --log "$W/he.jsonl" >"$W/humaneval.json" 2>"$W/humaneval.log" &
-python3 bench/consortium_lockstep.py --model "$S" --model embedded:llama-tiny --model embedded:neox-tiny \
-  --model embedded:gpt2-tiny --rounds 5 --seeds 0 1 2 --policies knexa random local-only --shard-size 600 \
+want mixed && python3 bench/consortium_lockstep.py --model "$S" --model embedded:llama-tiny --model embedded:neox-tiny \
+  --model embedded:gpt2-tiny --rounds 5 --seeds $MIXED_SEEDS --policies $MIXED_POLICIES --shard-size 600 \
   --generation-batch 128 --parallel 9 --workdir "$W/mixed" --out "$W/mixed.json" >/dev/null 2>"$W/mixed.log" &
-python3 bench/consortium_lockstep.py --model "$S" --model "$S" --model "$S" --model "$S" --rounds 5 --seeds 0 \
+want smollm2only && python3 bench/consortium_lockstep.py --model "$S" --model "$S" --model "$S" --model "$S" --rounds 5 --seeds 0 \
   --policies knexa local-only --shard-size 600 --humaneval --generation-batch 128 --parallel 2 \
   --workdir "$W/smollm2only" --out "$W/smollm2only.json" >/dev/null 2>"$W/smollm2only.log" &
 while [ -n "$(jobs -rp)" ] && [ $(( $(date +%s) - start )) -lt "$DEADLINE_S" ]; do
@@ -31,6 +36,7 @@ done
 echo "stopped at $(( $(date +%s) - start )) s; still running: $(jobs -rp | wc -l)"
 pkill -f consortium_lockstep.py; pkill -f pretrained_humaneval.py; sleep 2
 for part in mixed smollm2only; do
+  want $part || continue
   [ -s "$W/$part.json" ] || python3 bench/consortium_lockstep.py --collect "$W/$part" >"$W/$part.json" 2>>"$W/$part.log"
 done
 cp "$W/humaneval.json" "$W/mixed.json" "$W/smollm2only.json" "$OUT/" 2>/dev/null
