@@ -9,6 +9,7 @@ ready line or the control socket.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -43,6 +44,20 @@ def agent_config(config: Config, *, total_rounds: int) -> AgentConfig:
         kd_filter=learning.kd_filter,
         seed=config.data.seed * 1000 + config.data.shard,
     )
+
+
+def evaluation_point(agent: Agent, data: NodeData, round_: int, phase: str) -> dict[str, Any]:
+    """A node's measurement: greedy Pass@1 on its test set with its interval, private and public losses."""
+    started = time.monotonic()
+    report = agent.evaluate(data.test, samples=1)
+    return {
+        "round": round_, "phase": phase, "time": time.time(),
+        "pass1": report.pass_at[1].value, "pass1_ci": [report.pass_at[1].low, report.pass_at[1].high],
+        "pass5": report.pass_at[1].value if 5 not in report.pass_at else report.pass_at[5].value,
+        "val_loss": agent.validation_loss(), "dev_loss": agent.validation_loss(data.dev),
+        "per_category": report.per_category, "test_problems": report.problems,
+        "seconds": time.monotonic() - started,
+    }
 
 
 class Learner:

@@ -28,9 +28,9 @@ from typing import Any
 import trio
 
 from knexa_node.crypto import sha256
-from knexa_node.daemon.learner import Learner
+from knexa_node.daemon.learner import Learner, evaluation_point
 from knexa_node.fsutil import atomic_write_text
-from knexa_node.learn.agent import Agent, DistillReport
+from knexa_node.learn.agent import DistillReport
 from knexa_node.net.protocols import CPM_PROTOCOL, PROPOSALS, topic
 from knexa_node.wire import (
     Ack,
@@ -288,20 +288,8 @@ class Participant:
 
     async def _evaluate(self, round_: int, phase: str) -> dict[str, Any]:
         data = self.learner.data
-
-        def run(agent: Agent) -> dict[str, Any]:
-            started = time.monotonic()
-            report = agent.evaluate(data.test, samples=1)
-            return {
-                "round": round_, "phase": phase, "time": time.time(),
-                "pass1": report.pass_at[1].value, "pass1_ci": [report.pass_at[1].low, report.pass_at[1].high],
-                "pass5": report.pass_at[1].value if 5 not in report.pass_at else report.pass_at[5].value,
-                "val_loss": agent.validation_loss(), "dev_loss": agent.validation_loss(data.dev),
-                "per_category": report.per_category, "test_problems": report.problems,
-                "seconds": time.monotonic() - started,
-            }
-
-        metrics = await self.learner.call(run, doing=f"evaluating ({phase})")
+        metrics = await self.learner.call(lambda agent: evaluation_point(agent, data, round_, phase),
+                                          doing=f"evaluating ({phase})")
         self.metrics.append(metrics)
         atomic_write_text(self.metrics_path, "".join(json.dumps(m) + "\n" for m in self.metrics))
         self.daemon.log.event("evaluated", round=round_, phase=phase, pass1=round(metrics["pass1"], 4),

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from knexa_node.config import load_config
 from knexa_node.daemon.datasets import NodeData, load_node_data
-from knexa_node.daemon.learner import agent_config
+from knexa_node.daemon.learner import agent_config, evaluation_point
 from knexa_node.demo.orchestrate import DemoResult, _build_models
 from knexa_node.demo.plan import DemoLayout, DemoSettings, lay_out
 from knexa_node.learn.agent import Agent
@@ -37,12 +37,8 @@ class LocalNode:
 
 
 def measure(node: LocalNode, round_: int, phase: str) -> dict[str, Any]:
-    """The participant's evaluation: greedy Pass@1 on the test set, private and public losses."""
-    report = node.agent.evaluate(node.data.test, samples=1)
-    point = {"round": round_, "phase": phase, "pass1": report.pass_at[1].value,
-             "pass1_ci": [report.pass_at[1].low, report.pass_at[1].high],
-             "val_loss": node.agent.validation_loss(), "dev_loss": node.agent.validation_loss(node.data.dev),
-             "per_category": report.per_category}
+    """The participant's evaluation (:func:`evaluation_point`), added to the node's curve."""
+    point = evaluation_point(node.agent, node.data, round_, phase)
     node.curve.append(point)
     return point
 
