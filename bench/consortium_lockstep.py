@@ -188,7 +188,7 @@ def main() -> None:
     jobs = [(p, s) for s in args.seeds for p in args.policies]
     pending, running, runs, failed = list(jobs), [], [], []
     started = time.monotonic()
-    passthrough = [a for a in sys.argv[1:]]
+    passthrough = sys.argv[1:]
     while pending or running:
         while pending and len(running) < args.parallel:
             policy, seed = pending.pop(0)

@@ -44,26 +44,26 @@ def model_answer(problem: Problem, body: str, dialect: str) -> str:
 
 
 def function_body(code: str, entry_point: str) -> str | None:
-    """The statements of ``entry_point`` when ``code`` is that one function alone (imports aside), else None."""
+    """The statements of ``entry_point`` when ``code`` is that one function and nothing else, else None.
+
+    Anything beside it (imports, helpers) would be lost in a body, so such code stays whole.
+    """
+    source = textwrap.dedent(code)
     try:
-        tree = ast.parse(textwrap.dedent(code))
+        tree = ast.parse(source)
     except SyntaxError:
         return None
-    others = [n for n in tree.body if not isinstance(n, (ast.Import, ast.ImportFrom))]
-    if len(others) != 1 or not isinstance(others[0], ast.FunctionDef) or others[0].name != entry_point:
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.FunctionDef) or tree.body[0].name != entry_point:
         return None
-    if len(others) != len(tree.body):
-        return None  # imports at the top would be lost in a body
-    statements = others[0].body
-    if isinstance(statements[0], ast.Expr) and isinstance(getattr(statements[0], "value", None), ast.Constant) \
-            and isinstance(statements[0].value.value, str):
+    statements = tree.body[0].body
+    first = statements[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
         statements = statements[1:]  # the docstring is already in the prompt
     if not statements:
         return None
-    lines = textwrap.dedent(code).splitlines()
+    lines = source.splitlines()
     start, end = statements[0].lineno - 1, statements[-1].end_lineno or statements[-1].lineno
-    body = textwrap.dedent("\n".join(lines[start:end]))
-    return textwrap.indent(body, "    ") + "\n"
+    return textwrap.indent(textwrap.dedent("\n".join(lines[start:end])), "    ") + "\n"
 
 
 def answer_body(text: str, problem: Problem, dialect: str) -> str:
