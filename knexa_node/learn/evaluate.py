@@ -38,7 +38,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.utils import logging as hf_logging
 
 from knexa_node.learn.data import embedded_task
-from knexa_node.learn.generation import STOP_SEQUENCES, generate
+from knexa_node.learn.generation import FENCE, STOP_SEQUENCES, generate
 from knexa_node.learn.humaneval import load_humaneval
 from knexa_node.learn.passk import PassAtK, summarize
 from knexa_node.learn.problems import Problem
@@ -47,7 +47,7 @@ from knexa_node.learn.sandbox import RunResult, SandboxLimits, check_program, de
 BENCHMARKS = ("humaneval", "embedded")
 PROMPT_FORMATS = ("auto", "chat", "raw")
 CHAT_INSTRUCTION = "Complete the following Python function. Reply with the complete function in one Python code block."
-CODE_FENCE = "```"
+CODE_FENCE = FENCE  # the chat prompt's fence is the one decoding stops at (generation.BlockClosed)
 # Per benchmark: how long a completion may grow (HumanEval bodies reach ~300 tokens).
 DEFAULT_MAX_NEW_TOKENS = {"humaneval": 384, "embedded": 64}
 
