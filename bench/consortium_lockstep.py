@@ -1,4 +1,4 @@
-"""Policies on real agents, many seeds: the lock-step consortium (knexa_cpm.lockstep), one process per run.
+"""Policies on real agents, many seeds: the lock-step consortium (knexa_lab.lockstep), one process per run.
 
     .venv/bin/python bench/consortium_lockstep.py --model DIR --model embedded:llama-tiny \\
         --model embedded:neox-tiny --model embedded:gpt2-tiny --rounds 5 --seeds 0 1 2 \\
@@ -58,9 +58,9 @@ def humaneval_checkpoint(limit: int | None, max_new_tokens: int, batch_size: int
 def run_one(args: argparse.Namespace) -> None:
     import torch
 
-    from knexa_cpm.lockstep import run_lockstep
-    from knexa_node.demo.plan import DemoSettings
-    from knexa_node.demo.report import summary
+    from knexa_lab.lockstep import run_lockstep
+    from knexa_lab.plan import DemoSettings
+    from knexa_lab.report import summary
 
     torch.set_num_threads(args.threads)
     policy, seed = args.one.split(":")
@@ -181,8 +181,8 @@ def main() -> None:
     root = Path(args.workdir or tempfile.mkdtemp(prefix="knexa-lockstep-"))
     root.mkdir(parents=True, exist_ok=True)
     # Embedded models are built once here, not raced by the runs.
-    from knexa_node.demo.orchestrate import _build_models
-    from knexa_node.demo.plan import DemoSettings
+    from knexa_lab.orchestrate import _build_models
+    from knexa_lab.plan import DemoSettings
 
     _build_models(DemoSettings(nodes=len(args.model), models=tuple(args.model)))
     jobs = [(p, s) for s in args.seeds for p in args.policies]

@@ -14,23 +14,23 @@ from rich.live import Live
 
 from knexa_cli.common import fail, print_json
 from knexa_cli.lazy import load
-from knexa_node.demo.orchestrate import DemoResult, run_demo
-from knexa_node.demo.plan import DEFAULT_MODELS, DemoSettings
-from knexa_node.demo.processes import DemoError
+from knexa_lab.orchestrate import DemoResult, run_demo
+from knexa_lab.plan import DEFAULT_MODELS, DemoSettings
+from knexa_lab.processes import DemoError
 
 POLICIES = ("knexa", "linucb", "random", "heuristic", "local-only", "central-kd")
 
 
 def _run_one(workdir: Path, settings: DemoSettings, console: Console, quiet: bool) -> DemoResult:
     if settings.policy == "central-kd":
-        run_central_kd = load("knexa_node.demo.central").run_central_kd  # torch: only for this baseline
+        run_central_kd = load("knexa_lab.central").run_central_kd  # torch: only for this baseline
         if quiet:
             return run_central_kd(workdir, settings)
         with console.status("central-kd baseline (one process)") as spinner:
             return run_central_kd(workdir, settings, on_progress=lambda m: spinner.update(f"central-kd: {m}"))
     if quiet:
         return run_demo(workdir, settings)
-    live_table = load("knexa_node.demo.report").live_table
+    live_table = load("knexa_lab.report").live_table
     with Live(console=console, refresh_per_second=2, transient=False) as live:
         return run_demo(workdir, settings, on_snapshot=lambda snap: live.update(live_table(snap, settings.rounds)))
 
@@ -62,7 +62,7 @@ def demo(
         fail(f"--policy/--compare: unknown policy {unknown[0]!r} (choose from {', '.join(POLICIES)})")
     if protocol not in ("text", "logits"):
         fail("--protocol must be text or logits")
-    report = load("knexa_node.demo.report")  # matplotlib and rich tables
+    report = load("knexa_lab.report")  # matplotlib and rich tables
     root = workdir or Path(tempfile.mkdtemp(prefix="knexa-demo-"))
     # Wide tables when writing to a file or pipe (rich would wrap them at 80 columns).
     console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 150)

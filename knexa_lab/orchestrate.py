@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from knexa_node.audit import AuditError, log_path, verify_file
-from knexa_node.demo.plan import EMBEDDED_PREFIX, PRETRAINED_PREFIX, DemoLayout, DemoSettings, lay_out
-from knexa_node.demo.processes import DaemonProcess, DemoError
+from knexa_lab.plan import EMBEDDED_PREFIX, PRETRAINED_PREFIX, DemoLayout, DemoSettings, lay_out
+from knexa_lab.processes import DaemonProcess, DemoError
 
 READY_TIMEOUT_S = 180.0
 POLL_S = 1.0

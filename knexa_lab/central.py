@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from knexa_node.demo.inprocess import finish, measure, prepare_nodes
-from knexa_node.demo.orchestrate import DemoResult
-from knexa_node.demo.plan import DemoSettings
+from knexa_lab.inprocess import finish, measure, prepare_nodes
+from knexa_lab.orchestrate import DemoResult
+from knexa_lab.plan import DemoSettings
 from knexa_node.learn.central import ensemble_packages
 
 

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from knexa_node.demo.orchestrate import DemoResult, Snapshot, served_as_teacher  # noqa: E402
+from knexa_lab.orchestrate import DemoResult, Snapshot, served_as_teacher  # noqa: E402
 
 
 def summary(result: DemoResult) -> dict[str, Any]:

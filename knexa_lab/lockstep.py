@@ -1,7 +1,7 @@
 """The matchmaker against real learning agents, in one process, rounds in lock-step.
 
 What the networked demo does, without the network: the same homes, models,
-shards and agent settings (:mod:`knexa_node.demo.inprocess`), the same
+shards and agent settings (:mod:`knexa_lab.inprocess`), the same
 profile vectors, the same :class:`RoundBook` (budget, protocol downgrade
 between tokenizers) and the same policy objects, fed the same dev-set rewards.
 What it leaves out: libp2p, sealing, signatures, the audit log, timing and
@@ -22,9 +22,9 @@ from typing import Any, Callable
 
 from knexa_cpm.policies import PolicyError, build_policy
 from knexa_cpm.rounds import RoundBook, RoundSettings
-from knexa_node.demo.inprocess import LocalNode, finish, measure, prepare_nodes
-from knexa_node.demo.orchestrate import DemoResult
-from knexa_node.demo.plan import DemoSettings
+from knexa_lab.inprocess import LocalNode, finish, measure, prepare_nodes
+from knexa_lab.orchestrate import DemoResult
+from knexa_lab.plan import DemoSettings
 from knexa_node.wire import Profile
 
 # Called with each node before round 1 and after the last round ("before", "after").

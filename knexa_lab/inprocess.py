@@ -15,8 +15,8 @@ from typing import Any, Callable
 from knexa_node.config import load_config
 from knexa_node.daemon.datasets import NodeData, load_node_data
 from knexa_node.daemon.learner import agent_config, evaluation_point
-from knexa_node.demo.orchestrate import DemoResult, _build_models
-from knexa_node.demo.plan import DemoLayout, DemoSettings, lay_out
+from knexa_lab.orchestrate import DemoResult, _build_models
+from knexa_lab.plan import DemoLayout, DemoSettings, lay_out
 from knexa_node.learn.agent import Agent
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from knexa_node.config import load_config
-from knexa_node.demo.plan import DemoSettings, lay_out
+from knexa_lab.plan import DemoSettings, lay_out
 
 
 def test_configs_name_the_cpm_members_and_a_shard_each(tmp_path: Path) -> None:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from knexa_cpm.lockstep import run_lockstep
+from knexa_lab.lockstep import run_lockstep
 from knexa_node.daemon.datasets import NodeData, load_node_data
-from knexa_node.demo import inprocess
-from knexa_node.demo.plan import DemoSettings
+from knexa_lab import inprocess
+from knexa_lab.plan import DemoSettings
 
 pytestmark = pytest.mark.slow
 
