@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Protocol
+from typing import Awaitable, Callable, Protocol, cast
 
 import trio
 
@@ -37,10 +37,11 @@ from knexa_node.exchange.errors import (
 from knexa_node.exchange.frames import MAX_CONTROL_FRAME, refusal_frame
 from knexa_node.exchange.policy import ExchangePolicy
 from knexa_node.exchange.replay import ReplayCache
+from knexa_node.exchange.states import StudentState, TeacherState
 from knexa_node.exchange.student import StudentSession
 from knexa_node.exchange.teacher import TeacherSession
 from knexa_node.privacy.budget import PrivacyBudget
-from knexa_node.wire import PairingProposal, WireError
+from knexa_node.wire import PackageHeader, PairingProposal, WireError
 
 log = logging.getLogger("knexa.exchange")
 
@@ -171,16 +172,16 @@ async def serve_exchange(
                     await _send(stream, frame)
                 session.receive_receipt(await _receive(stream, MAX_CONTROL_FRAME, deadline))
             except ExchangeError as error:
-                session.state = "failed"
+                session.abort()
                 await _refuse(stream, signer, session.proposal_id, error)
                 outcome = _failed("teacher", remote, error, session, started)
-        if outcome is None and session.state != "done":
+        if outcome is None and session.state is not TeacherState.DONE:
+            session.abort()
             outcome = _failed("teacher", remote, ExchangeError(TIMEOUT, f"exchange took over {policy.timeout_s} s"), session, started)
     finally:
         await _close(stream)
     if outcome is None:
-        header = session.header
-        assert header is not None
+        header = cast(PackageHeader, session.header)  # DONE is reached only after the header was sent
         outcome = ExchangeOutcome(
             status="done", role="teacher", peer=remote, proposal_id=header.proposal_id, round=header.round,
             protocol=header.protocol, payload_hash=header.payload_hash, payload_size=header.payload_size,
@@ -221,18 +222,21 @@ async def fetch_package(
                     pass
                 payload, receipt = session.finish()
                 await _send(stream, receipt)
+                session.receipt_sent()
             except ExchangeError as error:
                 if session is not None:
-                    session.state = "failed"
+                    session.abort()
                     await _refuse(stream, signer, session.proposal_id, error)
                 outcome = _failed("student", remote, error, session, started)
-        if outcome is None and (session is None or session.state != "done"):
+        if outcome is None and (session is None or session.state is not StudentState.DONE):
+            if session is not None:
+                session.abort()
             outcome = _failed("student", remote, ExchangeError(TIMEOUT, f"exchange took over {policy.timeout_s} s"), session, started)
     finally:
         await _close(stream)
     if outcome is None:
-        assert session is not None and session.header is not None
-        header = session.header
+        session = cast(StudentSession, session)  # DONE above
+        header = cast(PackageHeader, session.header)  # DONE is reached only after the header was accepted
         outcome = ExchangeOutcome(
             status="done", role="student", peer=remote, proposal_id=header.proposal_id, round=header.round,
             protocol=header.protocol, payload_hash=header.payload_hash, payload_size=header.payload_size,
