@@ -15,7 +15,7 @@ proposal it lists each disagreement:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from knexa_node.audit.entry import OK, PACKAGE_RECEIVED, PACKAGE_SENT, Entry
 from knexa_node.audit.verify import LogView
@@ -110,8 +110,7 @@ def _transfer(pid: bytes, sent: Entry | None, received: Entry | None, *, sender:
     if sent is None and received is None:
         return []
     if sent is None or received is None:
-        present = sent or received
-        assert present is not None
+        present = cast(Entry, sent or received)  # one of them is set (checked just above)
         if present.event.outcome != OK:
             return []  # a failed transfer on one side need not exist on the other
         what = (f"log {sender} sent a package that log {receiver} never logged receiving" if received is None

@@ -9,6 +9,8 @@ and match the entry's proposal, round, package hash and size.
 
 from __future__ import annotations
 
+from typing import cast
+
 from knexa_node.audit.entry import MAX_RECEIPT, PACKAGE_RECEIVED, PACKAGE_SENT, Event
 from knexa_node.wire import Envelope, PackageHeader, Receipt, WireError, open_envelope
 
@@ -30,7 +32,7 @@ def check_proof(owner: str, ev: Event) -> Envelope | None:
         raise ProofError(f"counterpart receipt does not verify: {exc}") from None
     if envelope.sender != ev.peer:
         raise ProofError(f"receipt is signed by {envelope.sender}, not by the counterpart {ev.peer}")
-    assert isinstance(message, (Receipt, PackageHeader))
+    message = cast("Receipt | PackageHeader", message)  # open_envelope's `expect` guarantees the type
     teacher, student = (owner, ev.peer) if ev.kind == PACKAGE_SENT else (ev.peer, owner)
     if (message.teacher, message.student) != (teacher, student):
         raise ProofError("receipt names other parties than the entry (teacher, student)")

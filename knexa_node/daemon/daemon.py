@@ -154,7 +154,8 @@ class Daemon:
             self.log.ready(self.signer.peer_id, self.net.dialable_addrs(), role=self.role,
                            control=str(self.home.control_socket))
             await self._stop_requested.wait()
-            assert self._cancel is not None
+            if self._cancel is None:  # run() sets it before starting the services
+                raise RuntimeError("Daemon._run_services runs only inside Daemon.run")
             self._cancel.deadline = trio.current_time() + STOP_GRACE_S
             # Let the control client read the answer to `stop` before everything is cancelled.
             await trio.sleep(0.05)

@@ -176,7 +176,8 @@ class Participant:
             pass1=metrics["pass1"], pass5=metrics["pass5"], val_loss=metrics["val_loss"], dev_loss=metrics["dev_loss"]),
             doing="profile")
         agent = self.learner.agent
-        assert agent is not None
+        if agent is None:  # learner.call above succeeded, so the model is loaded
+            raise RuntimeError("the learner has no agent")
         profile = Profile(round=round_, vector=tuple(float(x) for x in vector), model_type=agent.model_type,
                           tokenizer_id=agent.tokenizer_fingerprint(), addrs=tuple(self.net.dialable_addrs()))
         answer = await self._ask_cpm(profile)

@@ -383,7 +383,8 @@ class Agent:
             return self._loss(examples)
         examples, targets = [], []
         for problem, item in batch:
-            assert isinstance(item, LogitItem)
+            if not isinstance(item, LogitItem):  # decode_package builds a logits package of LogitItems only
+                raise PackageError(f"a logits package holds a {type(item).__name__}")
             # Same tokenizer, so the same dialect: the teacher's tokens follow the prompt as this model reads it.
             prompt_ids = encode_prompt(self.tokenizer, model_prompt(self.tokenizer, problem, self.dialect),
                                        self.config.max_length)

@@ -94,7 +94,8 @@ def detect_backend() -> str:
 
 def _nsjail_command(workdir: Path, limits: SandboxLimits, total_s: float) -> list[str]:
     binary = _nsjail_binary()
-    assert binary is not None
+    if binary is None:
+        raise FileNotFoundError("the nsjail backend was chosen but no nsjail binary is installed")
     python = _interpreter()
     prefix = Path(sys.base_prefix).resolve()
     command = [binary, "-Mo", "--quiet", "--disable_clone_newuser", "-u", str(NOBODY), "-g", str(NOBODY),
