@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Awaitable, Callable, Protocol, cast
 
 import trio
@@ -159,7 +160,9 @@ async def serve_exchange(
         with trio.move_on_after(policy.timeout_s):
             try:
                 session.check_remote()  # before reading a byte: non-members cost nothing
-                proposal = session.receive_request(await _receive(stream, MAX_CONTROL_FRAME, deadline))
+                request = await _receive(stream, MAX_CONTROL_FRAME, deadline)
+                # In a worker thread: accepting the request persists it in the replay cache (fsync).
+                proposal = await trio.to_thread.run_sync(session.receive_request, request)
                 try:
                     built = await build_package(proposal)
                 except Exception as exc:  # the learning engine's failure must not kill the daemon
@@ -167,7 +170,9 @@ async def serve_exchange(
                     raise ExchangeError(BUILD_FAILED, f"{type(exc).__name__}: {exc}"[:300]) from None
                 if not isinstance(built, BuiltPackage):
                     raise ExchangeError(BUILD_FAILED, f"build_package returned {type(built).__name__}, not BuiltPackage")
-                frames = session.package_frames(built.payload, dp_epsilon=built.dp_epsilon, redactions=built.redactions)
+                # In a worker thread: spending the DP budget persists it (fsync); the chunks are sealed as they go.
+                frames = await trio.to_thread.run_sync(
+                    partial(session.package_frames, built.payload, dp_epsilon=built.dp_epsilon, redactions=built.redactions))
                 for frame in frames:
                     await _send(stream, frame)
                 session.receive_receipt(await _receive(stream, MAX_CONTROL_FRAME, deadline))
