@@ -19,6 +19,7 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -100,11 +101,19 @@ class EvalReport:
 
 @dataclass(frozen=True)
 class BuiltPackage:
-    payload: bytes  # encode_package(...) bytes, msgpack, see knexa_node.learn.package
-    nbytes: int
+    package: KnowledgePackage  # the object: the daemon filters and noises it, then encodes it once
     protocol: str
     items: int
     seconds: float
+
+    @cached_property
+    def payload(self) -> bytes:
+        """``encode_package(package)``, msgpack (see knexa_node.learn.package), encoded on first use."""
+        return encode_package(self.package)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.payload)
 
 
 @dataclass(frozen=True)
@@ -318,8 +327,7 @@ class Agent:
             logits = {p.task_id: LogitItem(np.asarray(g.tokens + ([eos] if g.ended else []), dtype=np.int32),
                                            g.topk_ids, g.topk_logp) for p, g in zip(transfer, outputs)}
             package = KnowledgePackage("logits", self.tokenizer_fingerprint(), self.round, logits=logits, k=k)
-        payload = encode_package(package)
-        return BuiltPackage(payload, len(payload), protocol, len(transfer), time.monotonic() - started)
+        return BuiltPackage(package, protocol, len(transfer), time.monotonic() - started)
 
     # --- learning from a teacher -------------------------------------------------------------
 
