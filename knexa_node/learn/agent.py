@@ -31,7 +31,7 @@ from transformers.utils import logging as hf_logging
 from knexa_node.learn.data import category_counts
 from knexa_node.learn.dialect import RAW, answer_body, model_answer, model_prompt, pick_dialect
 from knexa_node.learn.distill import sparse_kl
-from knexa_node.learn.embedded import EMBEDDED_PREFIX, resolve_model_path
+from knexa_node.learn.embedded import resolve_model_path
 from knexa_node.learn.encoding import Example, collate, encode_pair, encode_prompt, encode_with_ids
 from knexa_node.learn.generation import STOP_SEQUENCES, Generation, generate
 from knexa_node.learn.lora import attach_lora
@@ -41,6 +41,7 @@ from knexa_node.learn.problems import Problem
 from knexa_node.learn.sandbox import SandboxLimits, check_program, detect_backend, run_programs
 from knexa_node.learn.schedule import eq3_reward, linear_schedule, warmup_factor
 from knexa_node.learn.state import StateError, load_state, save_state
+from knexa_node.models import EMBEDDED_PREFIX
 from knexa_node.profile import CATEGORIES, ProfileInputs, build_profile, squash_loss
 
 hf_logging.disable_progress_bar()
