@@ -33,6 +33,7 @@ from knexa_node.daemon.lock import DaemonLock
 from knexa_node.daemon.logs import EventLog
 from knexa_node.daemon.metrics import MetricsServer, round_from_status
 from knexa_node.daemon.rounds import RoundWatcher
+from knexa_node.daemon.sdnotify import SystemdNotifier
 from knexa_node.identity import NodeHome
 from knexa_node.net.network import Network
 from knexa_node.net.params import NetParams
@@ -61,6 +62,7 @@ class Daemon:
         self._cancel: trio.CancelScope | None = None
         self._stop_requested = trio.Event()
         self.metrics: MetricsServer | None = None
+        self.systemd = SystemdNotifier.from_environ()
         if config.metrics.enabled:
             self.add_service(self._serve_metrics, name="metrics")
 
@@ -153,7 +155,9 @@ class Daemon:
                 self.log.event("service-started", service=name)
             self.log.ready(self.signer.peer_id, self.net.dialable_addrs(), role=self.role,
                            control=str(self.home.control_socket))
+            self.systemd.ready(f"{self.role} {self.signer.peer_id} listening on {', '.join(self.net.listen_addrs())}")
             await self._stop_requested.wait()
+            self.systemd.stopping()
             assert self._cancel is not None
             self._cancel.deadline = trio.current_time() + STOP_GRACE_S
             # Let the control client read the answer to `stop` before everything is cancelled.
