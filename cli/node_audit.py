@@ -7,14 +7,13 @@ in agreement, 1 a problem found in a log, 2 a usage or I/O error.
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from knexa_cli.audit_layout import entry_row, print_entries
 from knexa_cli.common import HomeOption, JsonOption, fail, print_json, resolve_home
 from knexa_node.audit import (
     AuditError,
@@ -80,20 +79,12 @@ def verify(file: Path = FileArgument, home: Path = HomeOption, checkpoints: list
         raise typer.Exit(EXIT_PROBLEM)
 
 
-def _when(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _metrics_text(metrics: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-
-
 @audit_app.command()
 def show(file: Path = FileArgument, home: Path = HomeOption,
          round_: int = typer.Option(None, "--round", help="Only entries of this round."),
          peer: str = typer.Option(None, "--peer", help="Only entries with this counterpart peer ID."),
          as_json: bool = JsonOption) -> None:
-    """The log as a table (verified entries; a problem is named below the table)."""
+    """The log as a table, or one record per entry where the terminal is narrow (a problem is named below)."""
     path = _log_file(file, home)
     view = _read(path)
     entries = [e for e in view.entries
@@ -101,17 +92,7 @@ def show(file: Path = FileArgument, home: Path = HomeOption,
     if as_json:
         print_json({"file": str(path), "verify": view.report.to_json(), "entries": [e.to_json() for e in entries]})
     else:
-        table = Table(title=f"{path} — owner {view.report.owner}")
-        for column in ("seq", "time (UTC)", "round", "kind", "outcome", "peer", "proposal", "protocol", "package",
-                       "bytes", "receipt", "metrics"):
-            table.add_column(column, overflow="fold")
-        for e in entries:
-            ev = e.event
-            table.add_row(str(e.seq), _when(e.time), str(ev.round), ev.kind, ev.outcome,
-                          ev.peer[-8:] if ev.peer else "", ev.proposal_id.hex()[:8], ev.protocol,
-                          ev.package_hash.hex()[:12], str(ev.package_size) if ev.package_size else "",
-                          "signed" if ev.receipt else "", _metrics_text(dict(ev.metrics)))
-        Console().print(table)
+        print_entries(Console(), f"{path}\nowner {view.report.owner}", [entry_row(e) for e in entries])
         if not view.report.ok:
             typer.echo(f"NOT intact: {view.report.problem}")
     if not view.report.ok:
