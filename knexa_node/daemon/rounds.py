@@ -46,6 +46,7 @@ class RoundWatcher:
             "cpm": envelope.sender,
             "trusted": bool(self.trusted_cpm),
             "received_at": time.time(),
+            "sent_at": envelope.timestamp,  # the CPM's clock: doctor reads the skew from the two
             "digest": envelope.digest.hex(),
         }
         self.on_event("round-open", round=message.round, cpm=envelope.sender, policy=message.policy)
