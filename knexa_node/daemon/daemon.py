@@ -28,6 +28,8 @@ import trio
 
 from knexa_node.config import Config
 from knexa_node.crypto import Signer
+from knexa_node.dashboard.server import DashboardServer
+from knexa_node.dashboard.views import DashboardData
 from knexa_node.daemon.control import CommandHandler, ControlServer
 from knexa_node.daemon.lock import DaemonLock
 from knexa_node.daemon.logs import EventLog
@@ -65,6 +67,9 @@ class Daemon:
         self.systemd = SystemdNotifier.from_environ()
         if config.metrics.enabled:
             self.add_service(self._serve_metrics, name="metrics")
+        self.dashboard: DashboardServer | None = None
+        if config.dashboard.enabled:
+            self.add_service(self._serve_dashboard, name="dashboard")
 
     # --- extension points ------------------------------------------------------------------------
 
@@ -89,7 +94,8 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         out = {"role": self.role, "name": self.config.node.name, "consortium": self.config.consortium.name,
-               "pid": os.getpid(), **self.net.status(), "last_round": self.rounds.status()}
+               "pid": os.getpid(), **self.net.status(), "last_round": self.rounds.status(),
+               "dashboard": self.dashboard.url if self.dashboard else None}
         for name, provider in self._status.items():
             try:
                 out[name] = provider()
@@ -117,6 +123,13 @@ class Daemon:
                                      peers=lambda: len(self.net.host.get_connected_peers()),
                                      round_=self.current_round, on_event=self.log.event)
         await self.metrics.serve(task_status=task_status)
+
+    async def _serve_dashboard(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        section = self.config.dashboard
+        data = DashboardData(self.role, self.home, self.status)
+        self.dashboard = DashboardServer(section.address, data.snapshot, allow_remote=section.allow_remote,
+                                         token=section.token, on_event=self.log.event)
+        await self.dashboard.serve(task_status=task_status)
 
     def current_round(self) -> int | None:
         """The learner's round (node) or the last round (CPM), read from the status providers."""
