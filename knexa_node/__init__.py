@@ -13,6 +13,8 @@ Rooms, each with one job (layers point down; nothing here imports ``knexa_cpm``)
 - ``audit``     the signed hash-chained exchange log and its verifier
 - ``learn``     models, LoRA, local training, distillation, evaluation, data
 - ``daemon``    the trio main loop tying the rooms together, control endpoint
+- ``dashboard`` the daemon's opt-in read-only web page and its JSON
+- ``doctor``    ``knexa-node doctor``: checks of a home, its peers and its CPM
 
 Keep this file light: importing ``knexa_node`` must not import libp2p or torch.
 """
