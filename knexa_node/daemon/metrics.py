@@ -26,7 +26,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import trio
 
@@ -189,11 +188,3 @@ def _http(status: int, content_type: str, body: bytes) -> bytes:
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
     return head.encode("latin-1") + body
 
-
-def round_from_status(status: dict[str, Any]) -> int | None:
-    """The round to export from the daemon's status providers: the learner's (node) or the CPM's last."""
-    for section, key in (("learner", "round"), ("cpm", "last_round")):
-        value = status.get(section, {}).get(key) if isinstance(status.get(section), dict) else None
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
