@@ -6,8 +6,8 @@ Off by default; with ``[metrics] enabled = true`` the daemon runs
 about, since the figures say who the node talks to).
 
 Every value is read at scrape time from what the daemon already keeps (the
-network's :class:`~knexa_node.net.stats.NetStats`, its connections, and the
-round from the status providers), so nothing has to be kept in step:
+network's :class:`~knexa_node.net.stats.NetStats`, its connections, and its
+current round from ``daemon.rounds``), so nothing has to be kept in step:
 
 - ``knexa_connected_peers``                    gauge
 - ``knexa_gossip_messages_in_total{topic}``     counter (delivered to handlers)
@@ -15,7 +15,7 @@ round from the status providers), so nothing has to be kept in step:
 - ``knexa_gossip_dropped_total{reason}``        counter (refused: bad signature, stale, duplicate, ...)
 - ``knexa_stream_bytes_in_total`` / ``_out_total`` counters (framed stream bytes)
 - ``knexa_stream_errors_total{protocol,reason}`` counter
-- ``knexa_round``                               gauge (the learner's round on a node, the last round on the CPM; absent before the first)
+- ``knexa_round``                               gauge (the node's round, or the CPM's last opened; absent before the first)
 
 ``prometheus-client`` is the ``metrics`` extra; enabling metrics without it
 is a :class:`MetricsError` at start, not an import error of the daemon.
