@@ -17,6 +17,7 @@ The node's learning role (installed by :func:`.node_services.install_node`; the 
 - :mod:`.node_services`  installs the role: learner, exchanges, participant
 - :mod:`.round_machine`  :class:`NodeRound`: the node's round as a pure state machine (events in, actions out)
 - :mod:`.participant`    :class:`Participant`: the trio driver of :class:`NodeRound`
+- :mod:`.lessons`        one exchange as student, step by step: fetch, distil, report the feedback
 - :mod:`.cpm_link`       signed requests to the CPM, retried with backoff
 - :mod:`.curve`          the learning curve (``state/metrics.jsonl``)
 - :mod:`.learner`        the agent behind one lock, its work in worker threads; ``evaluation_point``

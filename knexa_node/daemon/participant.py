@@ -15,7 +15,8 @@ One round t, as this node lives it (DESIGN.md, "Protocol"):
 
 The machine decides what happens next; this module only performs its
 actions (network requests, learner calls, sleeps, logs) and feeds their
-results back as events. Every step is an event line and an audit entry;
+results back as events. The steps of one lesson (step 3 as student) are
+:mod:`.lessons`. Every step is an event line and an audit entry;
 every wait is bounded.
 """
 
@@ -24,54 +25,39 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
-from knexa_node.crypto import sha256
 from knexa_node.daemon.cpm_link import CpmLink, describe
 from knexa_node.daemon.curve import LearningCurve
 from knexa_node.daemon.learner import Learner, evaluation_point
+from knexa_node.daemon.lessons import Lessons, StudentSide
 from knexa_node.daemon.role import RoleHost
 from knexa_node.daemon.round_machine import (
-    AbandonExchange, Action, CloseRound, Distil, Distilled, Event, ExchangeFailed, FeedbackReported, FetchFailed,
-    FetchPackage, GiveUp, ModelFailed, ModelLoaded, NodeRound, NoteProposal, PackageFetched, PollAnswered,
-    PollProposals, ProfileAccepted, ProfileRefused, ProposalSeen, ReportFeedback, RoundClosed, RoundLimits,
-    RoundOpened, SendProfile, ServePackage, StepFailed, Train, TrainingDone, WarmedUp, WarmUp,
+    AbandonExchange, Action, CloseRound, Distil, Event, FetchPackage, GiveUp, ModelFailed, ModelLoaded, NodeRound,
+    NoteProposal, PollAnswered, PollProposals, ProfileAccepted, ProfileRefused, ProposalSeen, ReportFeedback,
+    RoundClosed, RoundLimits, RoundOpened, SendProfile, ServePackage, StepFailed, Train, TrainingDone, WarmedUp,
+    WarmUp,
 )
-from knexa_node.exchange.errors import ExchangeOutcome
-from knexa_node.learn.agent import DistillReport
 from knexa_node.net.protocols import PROPOSALS, topic
 from knexa_node.wire import (
-    Ack, Envelope, Feedback, Message, PairingProposal, Profile, ProposalList, ProposalQuery, RoundOpen, WireError,
-    open_envelope,
+    Ack, Envelope, Message, PairingProposal, Profile, ProposalList, ProposalQuery, RoundOpen, WireError, open_envelope,
 )
 
 logger = logging.getLogger(__name__)
 PAIRED_PHASES = ("paired", "closed", "unknown")  # ProposalList phases after which the CPM pairs no more
 
 
-class StudentSide(Protocol):
-    """What the driver needs of :class:`~knexa_node.daemon.exchanges.ExchangeService`."""
-
-    async def fetch(self, proposal_envelope: bytes, proposal: PairingProposal) -> ExchangeOutcome: ...
-    async def record_distillation(self, outcome: ExchangeOutcome, report: Any, *, error: str | None = None) -> Any: ...
-    async def record_reward(self, proposal: PairingProposal, feedback: Feedback, *, outcome: str = ...) -> Any: ...
-
-
 class Participant:
     def __init__(self, host: RoleHost, learner: Learner, exchanges: StudentSide, *,
                  limits: RoundLimits | None = None, clock: Callable[[], float] = time.time) -> None:
-        self.host, self.learner, self.exchanges, self.clock = host, learner, exchanges, clock
+        self.host, self.learner, self.clock = host, learner, clock
         self.config = host.config
         self.cpm = CpmLink(host.net, host.signer, self.config.consortium.cpm, host.log.event)
         self.machine = NodeRound(me=host.signer.peer_id, limits=limits or RoundLimits())
         self.curve = LearningCurve(host.home.state_dir / "metrics.jsonl")
-        self.counts = {"as_student": 0, "as_teacher": 0, "failed": 0, "bytes_received": 0}
-        self.rewards: list[dict[str, Any]] = []
-        self._fetched: dict[bytes, ExchangeOutcome] = {}  # packages fetched, until their feedback is sent
-        self._reports: dict[bytes, DistillReport] = {}
+        self.lessons = Lessons(learner, exchanges, self.cpm, self.config, host.log.event)
         self._nursery: trio.Nursery | None = None
 
     def install(self) -> None:
@@ -139,11 +125,11 @@ class Participant:
         elif isinstance(action, CloseRound):
             self._round_task(self._close(action))
         elif isinstance(action, FetchPackage):
-            self._exchange_task(action.proposal, self._fetch(action))
+            self._lesson_task(action.proposal, self.lessons.fetch(action.proposal, action.raw))
         elif isinstance(action, Distil):
-            self._exchange_task(action.proposal, self._distil(action.proposal))
+            self._lesson_task(action.proposal, self.lessons.distil(action.proposal))
         elif isinstance(action, ReportFeedback):
-            self._exchange_task(action.proposal, self._report_feedback(action))
+            self._lesson_task(action.proposal, self.lessons.report(action.proposal, failed=action.failed))
         else:
             raise TypeError(f"no driver for {action!r}")
 
@@ -166,14 +152,12 @@ class Participant:
             self.feed(event)
         self._spawn(run)
 
-    def _exchange_task(self, proposal: PairingProposal, work: Awaitable[Event]) -> None:
+    def _lesson_task(self, proposal: PairingProposal, work: Awaitable[Event]) -> None:
         async def run() -> None:
             try:
                 event = await work
             except Exception as exc:  # distillation or reporting failed: logged and reported, never fatal
-                self.counts["failed"] += 1
-                self.host.log.event("exchange-error", round=proposal.round, error=f"{type(exc).__name__}: {exc}"[:300])
-                event = ExchangeFailed(proposal.proposal_id, f"{type(exc).__name__}: {exc}")
+                event = self.lessons.failed(proposal, exc)
             self.feed(event)
         self._spawn(run)
 
@@ -238,61 +222,6 @@ class Participant:
             self.host.log.event("round-done", round=action.round, seconds=round(self.clock() - started, 1))
         return RoundClosed(action.round)
 
-    # --- one exchange as student -------------------------------------------------------------------
-
-    async def _fetch(self, action: FetchPackage) -> Event:
-        pid = action.proposal.proposal_id
-        outcome = await self.exchanges.fetch(action.raw, action.proposal)
-        if not outcome.ok:
-            self.counts["failed"] += 1
-            return FetchFailed(pid)
-        self.counts["as_student"] += 1
-        self.counts["bytes_received"] += outcome.payload_size
-        self._fetched[pid] = outcome
-        return PackageFetched(pid)
-
-    async def _distil(self, proposal: PairingProposal) -> Event:
-        outcome, data = self._fetched[proposal.proposal_id], self.learner.data
-        payload, limit = outcome.payload or b"", int(self.config.exchange.max_package_mb * 1024 * 1024)
-        try:
-            report: DistillReport = await self.learner.call(
-                lambda agent: agent.distill(payload, data.transfer, dev=data.dev, max_package_bytes=limit),
-                doing=f"distilling (round {proposal.round})")
-        except Exception as exc:  # a package the learner cannot use: audited, reported as failed
-            await self.exchanges.record_distillation(outcome, None, error=f"{type(exc).__name__}: {exc}")
-            raise
-        await self.exchanges.record_distillation(outcome, report)
-        self._reports[proposal.proposal_id] = report
-        return Distilled(proposal.proposal_id)
-
-    async def _report_feedback(self, action: ReportFeedback) -> Event:
-        proposal, pid = action.proposal, action.proposal.proposal_id
-        outcome, report = self._fetched.pop(pid, None), self._reports.pop(pid, None)
-        if action.failed or outcome is None or report is None:
-            await self._report(Feedback.failure(pid, proposal.round))
-            return FeedbackReported(pid)
-        on_dev = self.config.learning.reward_on == "dev" and report.reward_dev is not None
-        reward = report.reward_dev if on_dev else report.reward
-        before = report.dev_loss_pre if on_dev else report.loss_pre
-        after = report.dev_loss_post if on_dev else report.loss_post
-        self.host.log.event("distilled", round=proposal.round, teacher=proposal.teacher, reward=round(reward, 5),
-                            loss_before=round(before, 4), loss_after=round(after, 4), items=report.items_used,
-                            seconds=round(report.seconds, 2))
-        feedback = Feedback(pid, proposal.round, float(reward), float(before), float(after),
-                            int(outcome.payload_size), sha256(outcome.receipt_envelope))
-        answer = await self._report(feedback)
-        accepted = isinstance(answer, Ack) and answer.ok
-        await self.exchanges.record_reward(proposal, feedback, outcome="ok" if accepted else "refused")
-        self.rewards.append({"round": proposal.round, "teacher": proposal.teacher, "reward": reward, "accepted": accepted,
-                             **{k: v for k, v in asdict(report).items() if isinstance(v, (int, float))}})
-        return FeedbackReported(pid)
-
-    async def _report(self, feedback: Feedback) -> Message | None:
-        answer = await self.cpm.ask(feedback)
-        self.host.log.event("feedback-sent", round=feedback.round, reward=round(feedback.reward, 5),
-                            failed=feedback.package_bytes == 0, answer=describe(answer))
-        return answer
-
     # --- evaluation and status ---------------------------------------------------------------------
 
     async def _evaluate(self, round_: int, phase: str) -> dict[str, Any]:
@@ -308,7 +237,7 @@ class Participant:
         return await self._evaluate(self.host.rounds.current or 0, str(args.get("phase", "final"))[:32])
 
     async def _cmd_metrics(self, args: dict[str, Any]) -> Any:
-        return {"metrics": self.curve.points, "rewards": self.rewards, "counts": self.counts}
+        return {"metrics": self.curve.points, "rewards": self.lessons.rewards, "counts": self.lessons.counts}
 
     def status(self) -> dict[str, Any]:
         machine = self.machine
@@ -319,6 +248,6 @@ class Participant:
             "round_running_s": round(running, 1),
             "learner": self.learner.status(),
             "last_metrics": self.curve.last,
-            "counts": dict(self.counts),
-            "rewards": self.rewards[-20:],
+            "counts": dict(self.lessons.counts),
+            "rewards": self.lessons.rewards[-20:],
         }

@@ -11,7 +11,7 @@ import knexa_node.daemon as daemon_package
 
 DAEMON = Path(daemon_package.__file__).parent
 NEUTRAL = ("daemon", "role", "rounds", "control", "lock", "logs", "metrics")
-NODE_ROLE = ("node_services", "round_machine", "participant", "cpm_link", "curve", "learner", "datasets", "exchanges",
+NODE_ROLE = ("node_services", "round_machine", "participant", "lessons", "cpm_link", "curve", "learner", "datasets", "exchanges",
              "packaging")
 
 

@@ -81,6 +81,7 @@ class FakeAgent:
 
     def __init__(self) -> None:
         self.rounds_finished = 0
+        self.bad_packages = False
 
     def local_epoch(self) -> Any:
         return SimpleNamespace(steps=3, mean_loss=1.25, seconds=0.5)
@@ -99,6 +100,8 @@ class FakeAgent:
         return 1.0
 
     def distill(self, payload: bytes, transfer: Any, *, dev: Any, max_package_bytes: int) -> DistillReport:
+        if self.bad_packages:
+            raise ValueError("package is not JSON")
         return DistillReport(protocol="text", items_received=2, items_used=2, steps=1, alpha=0.5, temperature=1.0,
                              loss_pre=1.0, loss_post=0.9, reward=0.1, dev_loss_pre=None, dev_loss_post=None,
                              reward_dev=None, package_bytes=len(payload), seconds=1.0)
@@ -209,13 +212,36 @@ async def test_a_round_in_memory_trains_profiles_exchanges_reports_and_closes(tm
             assert names.index("round-start") < names.index("profile-sent") < names.index("round-done")
             assert host.rounds.current == 1 and participant.status()["round"] == 1
             assert learner.agent.rounds_finished == 1
-        students = [p for p in c.participants if p.counts["as_student"]]
+        students = [p for p in c.participants if p.lessons.counts["as_student"]]
         assert students, "the CPM paired nobody"
         for student in students:
-            assert student.rewards and all(r["accepted"] for r in student.rewards)
+            assert student.lessons.rewards and all(r["accepted"] for r in student.lessons.rewards)
             assert "distilled" in student.host.names() and "feedback-sent" in student.host.names()
-        assert c.service.status()["counters"]["feedback"] == sum(p.counts["as_student"] for p in c.participants)
+            exchanges = student.lessons.exchanges
+            assert [error for _, error in exchanges.distilled] == [None] and exchanges.rewards[0][1] == "ok"
+        assert c.service.status()["counters"]["feedback"] == sum(p.lessons.counts["as_student"] for p in c.participants)
         assert c.cpm.rounds.current == 1  # the CPM's round, through the same owner
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_package_that_does_not_distil_is_reported_as_failed_and_the_round_ends(tmp_path, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        c = await start(nursery, tmp_path)
+        for learner in c.learners:
+            learner.agent.bad_packages = True
+        await settle(c, lambda: all(p.machine.phase == "waiting" and p.learner.agent for p in c.participants))
+        await c.service.open_round()
+        await settle(c, lambda: c.service.status()["rounds_closed"] == 1
+                     and all(p.machine.state.value == "waiting" for p in c.participants))
+        students = [p for p in c.participants if p.lessons.counts["as_student"]]
+        assert students
+        for student in students:
+            errors = [e for e in student.host.events() if e["event"] == "exchange-error"]
+            sent = [e for e in student.host.events() if e["event"] == "feedback-sent"]
+            assert errors and "not JSON" in errors[0]["error"] and student.lessons.counts["failed"] == 1
+            assert sent and all(e["failed"] for e in sent) and "round-done" in student.host.names()
+            assert "not JSON" in student.lessons.exchanges.distilled[0][1]
+        assert c.service.status()["counters"].get("failed_exchanges") == len(students)
         nursery.cancel_scope.cancel()
 
 
