@@ -130,7 +130,11 @@ class RoundClosed:
 
 @dataclass(frozen=True)
 class Tick:
-    """Time passes (the deadlines are checked against ``now``)."""
+    """Time passes: only the deadlines are checked against ``now``.
+
+    Every event brings ``now``; the trio driver's poll answers bring it each
+    second while a round is followed, so it needs no ticks of its own.
+    """
 
 
 @dataclass(frozen=True)
