@@ -343,7 +343,7 @@ any_event = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(any_event, st.floats(0, 500)), max_size=40))
 def test_any_event_order_is_taken_or_refused_with_a_typed_error_and_nothing_moved(events):
     machine = NodeRound(me=ME, limits=LIMITS)
@@ -395,7 +395,7 @@ class SimulatedDriver:
                 self.feed(FeedbackReported(pid))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(st.data())
 def test_a_driver_completing_actions_in_any_order_always_gets_back_to_waiting(data):
     machine = NodeRound(me=ME, limits=LIMITS)
