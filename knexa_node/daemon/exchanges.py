@@ -44,8 +44,8 @@ from knexa_node.audit import (
     events,
 )
 from knexa_node.audit.entry import FAILED, OK
-from knexa_node.daemon.daemon import Daemon
 from knexa_node.daemon.packaging import Packager
+from knexa_node.daemon.role import RoleHost
 from knexa_node.exchange.driver import BuiltPackage, fetch_package, serve_exchange
 from knexa_node.exchange.errors import (
     FORGED_PROPOSAL,
@@ -148,7 +148,7 @@ class ExchangeStats:
 class ExchangeService:
     """One node's exchanges: both roles, their audit trail, and their status."""
 
-    def __init__(self, daemon: Daemon, agent_call: AgentCall, transfer: Sequence[Problem], private_texts: Iterable[str],
+    def __init__(self, daemon: RoleHost, agent_call: AgentCall, transfer: Sequence[Problem], private_texts: Iterable[str],
                  current_round: CurrentRound, *, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
                  packager: Packager | None = None, clock: Callable[[], float] = time.time) -> None:
         self.daemon = daemon
