@@ -249,9 +249,11 @@ class ExchangeService:
         except NetError as exc:
             outcome = _student_failure(proposal, TIMEOUT if isinstance(exc, StreamTimeout) else STREAM_ERROR, str(exc), started)
         else:
+            async with self._audit_lock:  # the receipt pins the log's head: read both halves of it together
+                head = (self.audit.count, self.audit.head_hash)
             outcome = await fetch_package(
                 Libp2pExchangeStream(stream), remote=teacher, signer=self.signer, policy=self.policy,
-                proposal_envelope=proposal_envelope, current_round=current, clock=self.clock,
+                proposal_envelope=proposal_envelope, current_round=current, clock=self.clock, log_head=head,
             )
             sent, received = stream.bytes_sent, stream.bytes_received
         if outcome.ok:
