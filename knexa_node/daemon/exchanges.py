@@ -58,6 +58,7 @@ from knexa_node.exchange.errors import (
 from knexa_node.exchange.policy import ExchangePolicy
 from knexa_node.exchange.proposals import check_proposal
 from knexa_node.exchange.replay import ReplayCache
+from knexa_node.fsutil import private_dir
 from knexa_node.learn.problems import Problem
 from knexa_node.net.errors import NetError, StreamClosed, StreamTimeout
 from knexa_node.net.protocols import CHECKPOINTS, EXCHANGE_PROTOCOL, topic
@@ -166,7 +167,7 @@ class ExchangeService:
         self._audit_lock = trio.Lock()
         self._installed = False
         self._closed = False
-        home.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(home.state_dir)
         with ExitStack() as stack:
             self.replay = ReplayCache.in_state_dir(home.state_dir)
             self.budget = PrivacyBudget.in_state_dir(home.state_dir, total=config.privacy.dp_budget_total,
