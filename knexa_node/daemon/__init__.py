@@ -8,4 +8,5 @@ Map:
 - :mod:`.lock`     one daemon per home (flock; survives kill -9)
 - :mod:`.logs`     one structured event line per event (human or JSON), ready and join lines
 - :mod:`.rounds`   the last ``RoundOpen`` a node saw, and the CPM's announcement
+- :mod:`.refusals` how often a refusal of an outsider reaches the audit log (one entry per peer per interval)
 """
