@@ -68,7 +68,7 @@ def receipt_heads(entries: Iterable[Entry]) -> list[tuple[bytes, Envelope, Check
         try:
             envelope, message = open_envelope(entry.event.receipt, max_size=MAX_RECEIPT, expect=(Receipt,))
         except WireError:
-            continue  # a receipt of an older version carries no head
+            continue  # not a receipt this node reads (verify reports it as bad-receipt)
         assert isinstance(message, Receipt)
         if message.log_entries > 0:
             found.append((entry.event.proposal_id, envelope,

@@ -36,6 +36,8 @@ NO_RECEIPT = bytes(32)  # receipt_hash of a Feedback that reports a failed excha
 class Message:
     TYPE: ClassVar[str] = ""
     VERSION: ClassVar[int] = 1
+    # Older versions still read: version -> the fields it lacked and the value they take (signed bytes stay as sent).
+    OLDER: ClassVar[dict[int, dict[str, Any]]] = {}
     # Fields that must hold a peer ID / a 16-byte ID / 32 bytes (a hash or an X25519 key).
     PEER_FIELDS: ClassVar[tuple[str, ...]] = ()
     ID_FIELDS: ClassVar[tuple[str, ...]] = ()
@@ -171,6 +173,7 @@ class Receipt(Message):
 
     TYPE = "receipt"
     VERSION = 2
+    OLDER = {1: {"log_entries": 0, "log_head": bytes(32)}}  # receipts in logs written before the head was added
     ID_FIELDS = ("proposal_id",)
     PEER_FIELDS = ("teacher", "student")
     FIXED32_FIELDS = ("payload_hash", "log_head")
@@ -301,16 +304,18 @@ def _check_time(name: str, value: float) -> None:
 _HINTS: dict[type[Message], dict[str, Any]] = {cls: get_type_hints(cls) for cls in MESSAGE_TYPES.values()}
 
 
-def decode_body(cls: type[Message], body: Any) -> Message:
-    """Build ``cls`` from a decoded msgpack body; raise :class:`WireError` on any mismatch."""
+def decode_body(cls: type[Message], body: Any, version: int | None = None) -> Message:
+    """Build ``cls`` from a decoded msgpack body of ``version`` (default: the current one); raise :class:`WireError`."""
     if not isinstance(body, dict):
         raise WireError("bad-body", "body must be a map")
     hints = _HINTS[cls]
-    names = [f.name for f in dataclasses.fields(cls)]
+    missing_before = cls.OLDER.get(version, {}) if version not in (None, cls.VERSION) else {}
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in missing_before]
     if set(body) != set(names):
         missing, extra = sorted(set(names) - set(body)), sorted(set(body) - set(names), key=str)
         raise WireError("bad-body", f"{cls.TYPE}: missing {missing}, unexpected {extra[:5]}")
     values = {name: _check_value(name, hints[name], body[name]) for name in names}
+    values.update(missing_before)
     for name in cls.PEER_FIELDS:
         if not is_valid_peer_id(values[name]):
             raise WireError("bad-field", f"{name} is not an Ed25519 peer ID")

@@ -8,6 +8,7 @@ the tests say so exactly (docs/threat-model.md, "Audit log").
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -21,7 +22,8 @@ from knexa_node.audit import AuditLog, cross_check, events, receipt_heads, verif
 from knexa_node.audit.framing import scan_frames
 from knexa_node.audit.verify import LOG_MAGIC
 from knexa_node.crypto import Signer
-from knexa_node.wire import Receipt, seal_envelope
+from knexa_node.wire import Envelope, Receipt, open_envelope, seal_envelope
+from knexa_node.wire.codec import pack, unpack
 
 
 def _history(tmp: Path) -> tuple[Signer, Path, Path, Path, int]:
@@ -119,3 +121,19 @@ def test_cli_verify_holds_a_log_against_a_counterparts_receipts(tmp_path: Path) 
     caught = runner.invoke(app, ["audit", "verify", str(fork), "--counterpart-log", str(path_a), "--json"])
     assert caught.exit_code == 1
     assert json.loads(caught.output)["problem"]["reason"] == "checkpoint-mismatch"
+
+
+def test_a_version_1_receipt_still_verifies_and_pins_nothing(tmp_path: Path) -> None:
+    cpm, a, b = Signer.generate(), Signer.generate(), Signer.generate()
+    ex = make_exchange(cpm, a, b, 0)
+    body = {k: v for k, v in unpack(open_envelope(ex.receipt_envelope)[0].body).items()
+            if k not in ("log_entries", "log_head")}
+    old = Envelope(version=1, type="receipt", sender=b.peer_id, timestamp=1.7e9, nonce=bytes(16), body=pack(body),
+                   signature=b"")
+    old = dataclasses.replace(old, signature=b.sign(old.signed_bytes()))
+    envelope, receipt = open_envelope(old.to_bytes())
+    assert envelope.version == 1 and (receipt.log_entries, receipt.log_head) == (0, bytes(32))
+    with AuditLog.open(tmp_path / "a.log", a) as log:
+        log.append(events.package_sent(ex.header, old.to_bytes()))
+    view = verify_file(tmp_path / "a.log")
+    assert view.report.ok and receipt_heads(view.entries) == []
