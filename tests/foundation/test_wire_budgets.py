@@ -37,10 +37,12 @@ HEAD = {"v": 1, "kind": "text", "tokenizer": "t", "round": 0}
 
 
 def _hostile_package(size: int) -> bytes:
-    """A text package whose items are one-byte empty maps: ~72 bytes of Python objects per byte when built."""
+    """A text package of one-byte empty maps (~72 bytes of Python objects per byte when built), in four
+    arrays that each stay under msgpack's own array limit (1 << 20), as the issue's attack did."""
     prefix = b"\x85" + b"".join(msgpack.packb(k) + msgpack.packb(v) for k, v in HEAD.items()) + msgpack.packb("items")
-    count = size - len(prefix) - 5
-    return prefix + b"\xdd" + count.to_bytes(4, "big") + b"\x80" * count
+    per = (size - len(prefix) - 5) // 4 - 5
+    inner = b"\xdd" + per.to_bytes(4, "big") + b"\x80" * per
+    return prefix + b"\x94" + inner * 4
 
 
 def _peak(fn) -> int:  # type: ignore[no-untyped-def]
