@@ -4,7 +4,8 @@
 builds the whole value, and only then is it checked. "after" is
 :func:`knexa_node.learn.package.decode_package`, which checks every count and
 length at its header (under the default limits and under limits sized for a
-192-item transfer set). For each package it prints the median time to
+192-item transfer set). For honest packages "before" is msgpack alone (the old
+decoder's per-item checks came on top of it). For each package it prints the median time to
 refuse (or decode) it and the peak of Python allocations (tracemalloc) while
 doing so (a separate run), also as a multiple of the package's size. Honest packages of both
 kinds show what the streaming decoder costs where nothing is refused.
@@ -93,7 +94,7 @@ def main() -> None:
     args = parser.parse_args()
     sized = PackageLimits.for_transfer(192, 192)
     cases = {**hostile_packages(int(args.mib * 1024 * 1024)), **honest_packages()}
-    print(f"{'package':34} {'MiB':>6}  {'decoder':28} {'seconds':>8} {'peak MiB':>9} {'x size':>7}  result")
+    print(f"{'package':34} {'MiB':>6}  {'decoder':28} {'seconds':>8} {'peak KiB':>9} {'x size':>7}  result")
     for name, data in cases.items():
         mib = len(data) / 2**20
         for label, fn in (("before: unpackb, then check", lambda: _old_decode(data)),
@@ -101,7 +102,7 @@ def main() -> None:
                           ("after: limits for 192 items", lambda: decode_package(data, max_size=256 << 20,
                                                                                  limits=sized))):
             seconds, peak, result = measure(fn, args.repeat)
-            print(f"{name:34} {mib:6.2f}  {label:28} {seconds:8.3f} {peak / 2**20:9.1f} {peak / len(data):7.2f}  {result}")
+            print(f"{name:34} {mib:6.2f}  {label:28} {seconds:8.3f} {peak / 1024:9.1f} {peak / len(data):7.2f}  {result}")
 
 
 if __name__ == "__main__":
