@@ -24,6 +24,7 @@ from knexa_node.audit import (
     cross_check,
     log_path,
     make_checkpoint,
+    receipt_heads,
     verify_file,
 )
 from knexa_node.identity import IdentityError, load_identity
@@ -35,6 +36,8 @@ audit_app = typer.Typer(help="Verify, show, export and cross-check the signed ex
 
 FileArgument = typer.Argument(None, help="A log file (default: the log in the node home).", show_default=False)
 CheckpointsOption = typer.Option([], "--checkpoints", help="Checkpoint store file seen by other nodes (repeatable).")
+CounterpartOption = typer.Option([], "--counterpart-log", help="Another node's log: the log heads this node signed "
+                                 "into its receipts there are checked too (repeatable).")
 
 
 def _log_file(file: Path | None, home: Path | None) -> Path:
@@ -55,6 +58,13 @@ def _load_checkpoints(paths: list[Path]) -> list[tuple[Envelope, Checkpoint]]:
     return found
 
 
+def _receipt_heads(paths: list[Path]) -> list[tuple[Envelope, Checkpoint]]:
+    found: list[tuple[Envelope, Checkpoint]] = []
+    for path in paths:
+        found += [(envelope, head) for _, envelope, head in receipt_heads(_read(path.expanduser()).entries)]
+    return found
+
+
 def _read(path: Path, checkpoints: Sequence[tuple[Envelope, Checkpoint]] = ()) -> LogView:
     try:
         return verify_file(path, checkpoints=checkpoints)
@@ -64,10 +74,14 @@ def _read(path: Path, checkpoints: Sequence[tuple[Envelope, Checkpoint]] = ()) -
 
 @audit_app.command()
 def verify(file: Path = FileArgument, home: Path = HomeOption, checkpoints: list[Path] = CheckpointsOption,
-           as_json: bool = JsonOption) -> None:
-    """Check the hash chain, every signature and receipt, sequence, time, and the checkpoints given."""
+           counterparts: list[Path] = CounterpartOption, as_json: bool = JsonOption) -> None:
+    """Check the hash chain, every signature and receipt, sequence, time, and the checkpoints given.
+
+    Checkpoints come from checkpoint stores (--checkpoints) and from the log heads this node signed into
+    receipts that counterparts keep in their logs (--counterpart-log).
+    """
     path = _log_file(file, home)
-    report = _read(path, _load_checkpoints(checkpoints)).report
+    report = _read(path, _load_checkpoints(checkpoints) + _receipt_heads(counterparts)).report
     if as_json:
         print_json({"file": str(path), **report.to_json()})
     elif report.ok:

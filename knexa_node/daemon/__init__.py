@@ -10,6 +10,7 @@ Map. The role-neutral daemon (imports nothing of a role; tests/daemon/test_layer
 - :mod:`.lock`           one daemon per home (flock; survives kill -9)
 - :mod:`.logs`           one structured event line per event (human or JSON), ready and join lines
 - :mod:`.metrics`        the Prometheus endpoint on loopback
+- :mod:`.sdnotify`       systemd's readiness protocol on ``$NOTIFY_SOCKET`` (``Type=notify``)
 
 The node's learning role (installed by :func:`.node_services.install_node`; the CPM's role is
 ``knexa_cpm.service.install``):
@@ -24,4 +25,5 @@ The node's learning role (installed by :func:`.node_services.install_node`; the 
 - :mod:`.datasets`       the node's data splits from its config
 - :mod:`.exchanges`      both sides of the knowledge exchange, the audit log and checkpoints
 - :mod:`.packaging`      the teacher's package: guardrail, DP, encoding
+- :mod:`.refusals`       how often a refusal of an outsider reaches the audit log (one entry per peer per interval)
 """

@@ -14,7 +14,9 @@ current round from ``daemon.rounds``), so nothing has to be kept in step:
 - ``knexa_gossip_messages_out_total{topic}``    counter (published)
 - ``knexa_gossip_dropped_total{reason}``        counter (refused: bad signature, stale, duplicate, ...)
 - ``knexa_stream_bytes_in_total`` / ``_out_total`` counters (framed stream bytes)
-- ``knexa_stream_errors_total{protocol,reason}`` counter
+- ``knexa_stream_errors_total{protocol,reason}`` counter (``reason="non-member"`` on the exchange protocol:
+  streams from peers outside the consortium, every one of them)
+- ``knexa_refusals_unlogged_total``             counter (those refusals kept out of the audit log by its rate limit)
 - ``knexa_round``                               gauge (the node's round, or the CPM's last opened; absent before the first)
 
 ``prometheus-client`` is the ``metrics`` extra; enabling metrics without it
@@ -107,6 +109,8 @@ class _Collector:
             protocol, _, reason = key.partition(" ")
             errors.add_metric([protocol, reason], count)
         yield errors
+        yield CounterMetricFamily("knexa_refusals_unlogged", "Refusals of outsiders not written to the audit log "
+                                  "(at most one entry per peer per minute).", value=stats.refusals_unlogged)
         current = self.round()
         if current is not None:
             yield GaugeMetricFamily("knexa_round", "Current round (node: the learner's; CPM: the last opened).", value=current)

@@ -200,8 +200,12 @@ async def fetch_package(
     proposal_envelope: bytes,
     current_round: int | None,
     clock: Callable[[], float] = time.time,
+    log_head: tuple[int, bytes] = (0, bytes(32)),
 ) -> ExchangeOutcome:
-    """Student side: fetch the package of ``proposal_envelope`` from the teacher ``remote`` over ``stream``."""
+    """Student side: fetch the package of ``proposal_envelope`` from the teacher ``remote`` over ``stream``.
+
+    ``log_head`` (entries, head hash of this node's audit log) goes into the signed receipt.
+    """
     started = trio.current_time()
     deadline = _Deadline(policy.timeout_s)
     session: StudentSession | None = None
@@ -212,7 +216,8 @@ async def fetch_package(
             try:
                 policy.membership.check(remote)
                 session = StudentSession(
-                    signer, policy, proposal_envelope=proposal_envelope, remote=remote, current_round=current_round, now=clock()
+                    signer, policy, proposal_envelope=proposal_envelope, remote=remote, current_round=current_round, now=clock(),
+                    log_head=log_head,
                 )
                 await _send(stream, session.request_frame())
                 session.receive_header(await _receive(stream, MAX_CONTROL_FRAME, deadline))

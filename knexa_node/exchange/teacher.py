@@ -28,6 +28,7 @@ from knexa_node.exchange.policy import ExchangePolicy
 from knexa_node.exchange.proposals import check_proposal
 from knexa_node.exchange.replay import ReplayCache
 from knexa_node.exchange.sealing import CHUNK_SIZE, EphemeralKey, SealingError, chunk_count, sealed_size, teacher_package_key
+from knexa_node.exchange.sealing import check_public_key
 from knexa_node.privacy.budget import BudgetExceeded, PrivacyBudget
 from knexa_node.wire import (
     ExchangeRequest,
@@ -95,6 +96,10 @@ class TeacherSession:
             assert isinstance(request, ExchangeRequest)
             if envelope.sender != self.remote:
                 raise ExchangeError(WRONG_RECIPIENT, f"request signed by {envelope.sender}, stream is from {self.remote}")
+            try:  # before the budget and the model work: a key nobody can seal for makes both wasted
+                check_public_key(request.ephemeral_key)
+            except SealingError as exc:
+                raise ExchangeError(WRONG_RECIPIENT, f"cannot seal for the student: {exc}") from None
             proposal = check_proposal(
                 request.proposal, cpm=self.policy.cpm, me=self.signer.peer_id, remote=self.remote,
                 my_role="teacher", current_round=self.current_round, now=self.now, clock_skew_s=self.policy.clock_skew_s,
