@@ -144,6 +144,15 @@ def clip_reward(reward: float) -> float:
     return min(max(reward, -REWARD_BOUND), REWARD_BOUND)
 
 
+def _median(values: np.ndarray) -> float:
+    """np.median by one partition (np.median's generic path costs ~10x more on 512 values)."""
+    mid = values.size // 2
+    if values.size % 2:
+        return float(np.partition(values, mid)[mid])
+    part = np.partition(values, (mid - 1, mid))
+    return float(0.5 * (part[mid - 1] + part[mid]))
+
+
 class RobustZScore:
     """Windowed robust z-score: ``z = (r - median) / (sigma + 1e-6)`` over the last ``window`` rewards.
 
@@ -183,9 +192,9 @@ class RobustZScore:
         held = self._held()
         if held.size == 0:
             return 0.0, 0.0
-        centre = float(np.median(held))
+        centre = _median(held)
         deviations = np.abs(held - centre)
-        spread = _MAD_TO_SIGMA * float(np.median(deviations))
+        spread = _MAD_TO_SIGMA * _median(deviations)
         if spread == 0.0:
             spread = _MEAN_ABS_TO_SIGMA * float(deviations.mean())
         return centre, spread
@@ -206,7 +215,7 @@ class RobustZScore:
             z = 0.0
         if not self.update_first:
             self._add(reward)
-        return float(np.clip(z, -self.clip, self.clip))
+        return min(max(z, -self.clip), self.clip)
 
     def state_dict(self) -> dict[str, Any]:
         return {"clip": self.clip, "update_first": self.update_first, "window": self.window, "count": self.count,
