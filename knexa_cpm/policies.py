@@ -23,7 +23,8 @@ Policies:
   vectorized ``expected_reward(teachers, students, protocols) -> ndarray``.
 - ``linucb``: the paper's Algorithm 1 as published: every admissible
   (teacher, student, protocol) tuple, context ``[p_teacher, p_student]``,
-  lambda 0.01, a constant beta0 = 1.0, running z-score of rewards, greedy
+  lambda 0.01, a constant beta0 = 1.0, z-scored rewards (clipped, median/MAD
+  over a window: :class:`knexa_cpm.bandit.RobustZScore`), greedy
   disjoint selection. Its score is additive in the two agents, so it can
   rank good teachers and needy students but cannot see compatibility.
 - ``knexa`` (ours, the default): the same greedy UCB loop on the
@@ -39,7 +40,8 @@ Policies:
   features are bounded and correlated and a weak prior made early rounds
   erratic. Beta decays as ``beta0 / sqrt(1 + t / beta_tau)``: the context
   space is small, so exploration pays off early and costs later. A teacher
-  trust score (:mod:`knexa_cpm.trust`) is a feature and a gate. Large
+  trust score (:mod:`knexa_cpm.trust`) is a feature and a gate; agents the
+  gate leaves unpaired are paired among themselves, so it never costs a pair. Large
   federations get a candidate prefilter (see :meth:`KnexaPolicy._candidates`)
   so that a round stays sub-quadratic.
 """

@@ -23,7 +23,7 @@ Bounds against members who lie (issue 15):
 - **Decay per round.** :meth:`advance` multiplies every count and sum by
   ``decay`` for each round that passes, whether or not the teacher was
   paired: old evidence fades, and a gated teacher drifts back towards 0.5
-  without new observations (with the defaults about 30 rounds after three
+  without new observations (with the defaults 33 rounds after three
   students each reported the worst surprise).
 - **Exploration.** :meth:`allowed` lets a gated teacher back into the
   candidates with probability ``explore`` per round. The draw is a hash of
