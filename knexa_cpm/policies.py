@@ -441,7 +441,8 @@ class KnexaPolicy(_UCBPolicy):
             pairings += self._pairs_among_gated(names, P, trust_scores, allowed, pairings, budget - len(pairings), round, beta)
         return pairings
 
-    def _pairs_among_gated(self, names, P, trust_scores, allowed, pairings, missing: int, round: int, beta: float) -> list[Pairing]:
+    def _pairs_among_gated(self, names: list[str], P: np.ndarray, trust_scores: np.ndarray, allowed: np.ndarray,
+                           pairings: list[Pairing], missing: int, round: int, beta: float) -> list[Pairing]:
         """Pairs that the gate alone would cost: a gated teacher teaches another gated agent left unpaired.
 
         Without this, two gated agents left over can never pair (neither may
