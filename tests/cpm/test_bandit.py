@@ -163,3 +163,21 @@ def test_zscore_state_round_trip_and_refuses_poisoned_state():
                      {**a.state_dict(), "count": 3}):
         with pytest.raises(BanditError):
             RobustZScore().load_state_dict(poisoned)
+
+
+any_finite = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(poison=st.lists(any_finite, max_size=60), honest=st.lists(finite, min_size=17, max_size=40))
+def test_any_poison_is_forgotten_after_one_window(poison, honest):
+    # Whatever finite rewards came before, once a window of honest rewards has passed the z-scores
+    # are exactly those of a normalizer that never saw the poison.
+    window = 16
+    poisoned, clean = RobustZScore(window=window), RobustZScore(window=window)
+    for r in poison:
+        poisoned(r)
+    for r in honest[:window]:
+        poisoned(r)
+        clean(r)
+    assert [poisoned(r) for r in honest[window:]] == [clean(r) for r in honest[window:]]

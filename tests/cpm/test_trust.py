@@ -174,3 +174,15 @@ def test_pair_rewards_never_cost_a_pair_in_a_small_federation(seed):
             reward = effect[index[pairing.teacher], index[pairing.student]] + rng.normal(0.0, 0.3)
             policy.feedback(pairing, float(reward))
     assert counts == [n // 2] * 200
+
+
+@settings(max_examples=60, deadline=None)
+@given(reports=st.lists(st.tuples(st.floats(-1e308, 1e308), st.integers(0, 3)), min_size=1, max_size=40))
+def test_one_student_never_gates_whatever_it_reports(reports):
+    trust = TrustTracker()
+    round_ = 0
+    for surprise, gap in reports:
+        round_ += gap
+        trust.observe("teacher", "hostile", surprise, round_)
+        assert trust.score("teacher") >= 1.0 / (1.0 + np.exp(2.0)) - 1e-12
+        assert not trust.gated(["teacher"])[0]
