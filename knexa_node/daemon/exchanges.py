@@ -171,6 +171,7 @@ class ExchangeService:
         self._audit_lock = trio.Lock()
         self._installed = False
         self._closed = False
+        self._teacher_listeners: list[Callable[[ExchangeOutcome], None]] = []
         private_dir(home.state_dir)
         with ExitStack() as stack:
             self.replay = ReplayCache.in_state_dir(home.state_dir)
@@ -183,6 +184,10 @@ class ExchangeService:
         self.checkpoint_topic = topic(config.consortium.name, CHECKPOINTS)
 
     # --- wiring into the daemon ------------------------------------------------------------------
+
+    def add_teacher_listener(self, listener: Callable[[ExchangeOutcome], None]) -> None:
+        """Call ``listener(outcome)`` once each exchange this node served as teacher has ended (any outcome)."""
+        self._teacher_listeners.append(listener)
 
     def install(self) -> None:
         """Serve ``/knexa/exchange/1.0.0``, add the ``exchanges`` status, follow checkpoints, close on shutdown."""
@@ -343,6 +348,9 @@ class ExchangeService:
         # Counted once on the record, so a status that shows an exchange implies its audit entries.
         self.stats.add(outcome, sent, received)
         await self._checkpoint(round_closed=outcome.ok)
+        if outcome.role == "teacher":
+            for listener in self._teacher_listeners:
+                listener(outcome)
 
     def _events_of(self, outcome: ExchangeOutcome) -> list[Event]:
         try:

@@ -39,6 +39,7 @@ def install_node(daemon: RoleHost) -> Participant | None:
     exchanges = ExchangeService(daemon, build_call, data.transfer, private_texts,
                                 current_round=lambda: daemon.rounds.current)
     participant = Participant(daemon, learner, exchanges)
+    exchanges.add_teacher_listener(participant.on_taught)
     exchanges.install()
     participant.install()
     return participant

@@ -37,9 +37,10 @@ from knexa_node.daemon.role import RoleHost
 from knexa_node.daemon.round_machine import (
     AbandonExchange, Action, CloseRound, Distil, Event, FetchPackage, GiveUp, ModelFailed, ModelLoaded, NodeRound,
     NoteProposal, PollAnswered, PollProposals, ProfileAccepted, ProfileRefused, ProposalSeen, ReportFeedback,
-    RoundClosed, RoundLimits, RoundOpened, SendProfile, ServePackage, StepFailed, Train, TrainingDone, WarmedUp,
-    WarmUp,
+    RoundClosed, RoundLimits, RoundOpened, RoundProtocolError, SendProfile, ServePackage, StepFailed, TeachingFinished,
+    Train, TrainingDone, WarmedUp, WarmUp,
 )
+from knexa_node.exchange.errors import ExchangeOutcome
 from knexa_node.net.protocols import PROPOSALS, topic
 from knexa_node.wire import (
     Ack, Envelope, Message, PairingProposal, Profile, ProposalList, ProposalQuery, RoundOpen, WireError, open_envelope,
@@ -75,6 +76,15 @@ class Participant:
         """Hand ``event`` to the machine and perform what it answers."""
         for action in self.machine.handle(event, self.clock()):
             self._perform(action)
+
+    def on_taught(self, outcome: ExchangeOutcome) -> None:
+        """An exchange this node served as teacher ended: the machine closes it, the counts show it."""
+        if outcome.ok:
+            self.lessons.counts["as_teacher"] += 1
+        try:
+            self.feed(TeachingFinished(outcome.proposal_id))
+        except RoundProtocolError as exc:  # served twice, or after the round moved on: nothing left to close
+            logger.debug("teaching outcome not tracked: %s", exc)
 
     def _on_round(self, message: RoundOpen) -> None:
         self.feed(RoundOpened(message.round, message.deadline))

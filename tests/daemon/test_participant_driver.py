@@ -9,6 +9,7 @@ tests/wiring and the demo.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from knexa_node.config import Config
 from knexa_node.crypto import Signer
 from knexa_node.daemon.logs import EventLog
 from knexa_node.daemon.participant import Participant
-from knexa_node.daemon.round_machine import RoundLimits
+from knexa_node.daemon.round_machine import RoundLimits, Step
 from knexa_node.daemon.rounds import RoundTracker
 from knexa_node.exchange.errors import ExchangeOutcome
 from knexa_node.identity import NodeHome
@@ -221,6 +222,28 @@ async def test_a_round_in_memory_trains_profiles_exchanges_reports_and_closes(tm
             assert [error for _, error in exchanges.distilled] == [None] and exchanges.rewards[0][1] == "ok"
         assert c.service.status()["counters"]["feedback"] == sum(p.lessons.counts["as_student"] for p in c.participants)
         assert c.cpm.rounds.current == 1  # the CPM's round, through the same owner
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_teacher_side_is_closed_by_the_exchange_service_outcome(tmp_path, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        c = await start(nursery, tmp_path)
+        await settle(c, lambda: all(p.machine.phase == "waiting" and p.learner.agent for p in c.participants))
+        await c.service.open_round()
+        await settle(c, lambda: c.service.status()["rounds_closed"] == 1
+                     and all(p.status()["phase"] == "waiting" for p in c.participants))
+        teacher = next(p for p in c.participants
+                       if any(x.role == "teacher" for x in p.machine.exchanges.values()))
+        served = next(x for x in teacher.machine.exchanges.values() if x.role == "teacher")
+        assert served.step is not Step.DONE  # the fake exchange service never served it
+        outcome = ExchangeOutcome(status="done", role="teacher", peer=served.proposal.student,
+                                  proposal_id=served.proposal.proposal_id, round=served.proposal.round)
+        teacher.on_taught(outcome)
+        assert served.step is Step.DONE and teacher.lessons.counts["as_teacher"] == 1
+        teacher.on_taught(dataclasses.replace(outcome, status="refused", code="x"))  # already closed: not an error
+        assert teacher.lessons.counts["as_teacher"] == 1
+        teacher.on_taught(dataclasses.replace(outcome, proposal_id=b"\7" * 32))  # served but never seen on gossip
+        assert teacher.lessons.counts["as_teacher"] == 2 and teacher.machine.phase == "waiting"
         nursery.cancel_scope.cancel()
 
 
