@@ -64,13 +64,14 @@ MAX_DEPTH = 64
 _PR_SET_DUMPABLE = 4
 _CLONE_NEWNET = 0x40000000
 
-# Imported here, before any fork: candidates find them loaded (no per-candidate import cost, and no
-# need to read the library once they run as nobody, which may not be able to).
-_PRELOAD = ("math", "cmath", "re", "string", "collections", "collections.abc", "itertools", "functools",
-            "operator", "heapq", "bisect", "typing", "random", "statistics", "fractions", "decimal", "copy",
-            "hashlib", "datetime", "json", "textwrap", "enum", "dataclasses", "array", "numbers", "time",
-            "calendar", "unicodedata", "struct", "binascii", "base64", "string", "abc", "types", "contextlib",
-            "difflib", "pprint", "zlib", "keyword", "locale", "codecs")
+# Imported here, before any fork: candidates find them loaded (no per-candidate import cost). Candidates that
+# drop to nobody may be unable to read the library at all (an interpreter under /root): for them a wider set.
+_PRELOAD = ("math", "re", "string", "collections", "itertools", "functools", "operator", "heapq", "bisect",
+            "typing", "hashlib")
+_PRELOAD_FOR_NOBODY = ("cmath", "collections.abc", "random", "statistics", "fractions", "decimal", "copy",
+                       "datetime", "json", "textwrap", "enum", "dataclasses", "array", "numbers", "time", "calendar",
+                       "unicodedata", "struct", "binascii", "base64", "abc", "types", "contextlib", "difflib",
+                       "pprint", "zlib", "keyword", "codecs")
 
 _BLOCKED_EVENTS = {
     "os.system", "os.exec", "os.spawn", "os.posix_spawn", "os.fork", "os.forkpty", "os.kill", "os.killpg",
@@ -490,10 +491,22 @@ def _harden(isolate_network: bool) -> None:
         libc.unshare(_CLONE_NEWNET)  # best effort (a container may refuse); nsjail has its own
 
 
+def _others_can_enter(path: str) -> bool:
+    """Every directory from / down to ``path`` is o+x: a candidate dropped to nobody can import from it."""
+    while True:
+        if not os.stat(path).st_mode & 0o001:
+            return False
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent
+
+
 def main() -> None:
     config = json.loads(sys.stdin.buffer.read())
     _harden(bool(config.get("isolate_network")))
-    for name in _PRELOAD:
+    locked_out = os.geteuid() == 0 and not _others_can_enter(os.path.dirname(os.path.realpath(select.__file__)))
+    for name in _PRELOAD + (_PRELOAD_FOR_NOBODY if locked_out else ()):
         try:
             __import__(name)
         except ImportError:
