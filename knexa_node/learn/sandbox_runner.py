@@ -51,6 +51,7 @@ import builtins
 import ctypes
 import fcntl
 import json
+import math
 import os
 import resource
 import select
@@ -61,6 +62,8 @@ import time
 NOBODY = 65534
 MAX_FRAME = 4 << 20  # bytes of one encoded value; test values are small
 MAX_DEPTH = 64
+MAX_VALUES = 100_000  # plain values in one reply
+MAX_MEMBERS = 10_000  # of one set or dict: colliding keys make building it quadratic
 _PR_SET_DUMPABLE = 4
 _CLONE_NEWNET = 0x40000000
 
@@ -123,40 +126,56 @@ def encode(value, depth: int = 0):
     raise Unsupported(f"{kind.__name__} is not plain data")
 
 
-def decode(tree, depth: int = 0):
-    """The plain value of a tree made by :func:`encode`; anything else raises :class:`Unsupported`."""
-    if depth > MAX_DEPTH:
-        raise Unsupported("nested too deep")
-    kind = type(tree)
-    if tree is None or kind is bool or kind is int or kind is float or kind is str:
-        return tree
-    if kind is not dict or len(tree) != 1:
-        raise Unsupported("not a tagged value")
-    ((tag, body),) = tree.items()
-    if tag in ("l", "t", "s", "f") and type(body) is list:
-        items = [decode(v, depth + 1) for v in body]
-        try:
-            return {"l": list, "t": tuple, "s": set, "f": frozenset}[tag](items)
-        except TypeError:
-            raise Unsupported("an unhashable set member") from None
-    if tag == "d" and type(body) is list:
-        out = {}
-        for pair in body:
-            if type(pair) is not list or len(pair) != 2:
-                raise Unsupported("a bad dict entry")
+def decode(tree, deadline: float = math.inf):
+    """The plain value of a tree made by :func:`encode`; anything else raises :class:`Unsupported`.
+
+    Bounded in nesting, in values (:data:`MAX_VALUES`) and in time: a set or dict of keys crafted to
+    collide in one hash bucket costs quadratic time, so the deadline is checked as values are built.
+    """
+    count = [0]
+
+    def build(node, depth: int):
+        count[0] += 1
+        if count[0] > MAX_VALUES or depth > MAX_DEPTH:
+            raise Unsupported("too many or too deeply nested values")
+        if count[0] % 1024 == 0 and time.monotonic() > deadline:
+            raise Unsupported("too slow to decode")
+        kind = type(node)
+        if node is None or kind is bool or kind is int or kind is float or kind is str:
+            return node
+        if kind is not dict or len(node) != 1:
+            raise Unsupported("not a tagged value")
+        ((tag, body),) = node.items()
+        if tag in ("l", "t") and type(body) is list:
+            items = [build(v, depth + 1) for v in body]
+            return items if tag == "l" else tuple(items)
+        if tag in ("s", "f", "d") and type(body) is list:
+            if len(body) > MAX_MEMBERS:
+                raise Unsupported(f"a set or dict of more than {MAX_MEMBERS} members")
+            out = {} if tag == "d" else set()
+            for number, item in enumerate(body):
+                if number % 256 == 255 and time.monotonic() > deadline:  # one insertion may cost len(out)
+                    raise Unsupported("too slow to decode")
+                try:
+                    if tag != "d":
+                        out.add(build(item, depth + 1))
+                    elif type(item) is list and len(item) == 2:
+                        out[build(item[0], depth + 1)] = build(item[1], depth + 1)
+                    else:
+                        raise Unsupported("a bad dict entry")
+                except TypeError:
+                    raise Unsupported("an unhashable set member or dict key") from None
+            return frozenset(out) if tag == "f" else out
+        if tag == "b" and type(body) is str:
             try:
-                out[decode(pair[0], depth + 1)] = decode(pair[1], depth + 1)
-            except TypeError:
-                raise Unsupported("an unhashable dict key") from None
-        return out
-    if tag == "b" and type(body) is str:
-        try:
-            return bytes.fromhex(body)
-        except ValueError:
-            raise Unsupported("bad bytes") from None
-    if tag == "c" and type(body) is list and len(body) == 2 and all(type(v) in (int, float) for v in body):
-        return complex(body[0], body[1])
-    raise Unsupported("an unknown tag")
+                return bytes.fromhex(body)
+            except ValueError:
+                raise Unsupported("bad bytes") from None
+        if tag == "c" and type(body) is list and len(body) == 2 and all(type(v) in (int, float) for v in body):
+            return complex(body[0], body[1])
+        raise Unsupported("an unknown tag")
+
+    return build(tree, 0)
 
 
 def frame(message) -> bytes:
@@ -290,6 +309,9 @@ class Verdict(BaseException):
         self.status, self.detail = status, detail
 
 
+_ENDS_LOOPS = (StopIteration, StopAsyncIteration)
+
+
 class CandidateError(Exception):
     """The candidate raised an exception that is not a builtin one."""
 
@@ -360,13 +382,14 @@ class Channel:
         message = self.receive()
         if "v" in message:
             try:
-                return decode(message["v"])
+                return decode(message["v"], self.deadline)
             except (Unsupported, RecursionError, ValueError) as exc:
                 raise Verdict("failed", f"the candidate returned no plain data: {exc}") from None
         if "e" in message:
             name, text = _error_parts(message["e"])
             kind = self.pristine.get(name)
-            if isinstance(kind, type) and issubclass(kind, Exception):
+            # Not StopIteration: raised from inside map() or a generator it would end a test loop early.
+            if isinstance(kind, type) and issubclass(kind, Exception) and not issubclass(kind, _ENDS_LOOPS):
                 try:
                     error = kind(text)
                 except TypeError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 import pytest
 
@@ -219,3 +220,25 @@ def test_candidates_never_run_as_root(backend: str) -> None:
     completion = "    import os\n    return x * 3 if os.geteuid() != 0 and os.getuid() != 0 else 0\n"
     assert verdicts(completion, backend)[0] == "passed"
 
+
+
+def test_stop_iteration_does_not_end_the_tests_early(backend: str) -> None:
+    """A StopIteration raised from inside map() would end the loop over it without a failed assert."""
+    tests = "def check(candidate):\n    for got, want in zip(map(candidate, [2, 5]), [6, 15]):\n        assert got == want\n"
+    assert verdicts("    raise StopIteration\n", backend, tests=tests)[0] == "failed"
+    assert verdicts("    return x * 3\n", backend, tests=tests)[0] == "passed"
+
+
+def test_a_reply_built_to_be_slow_to_decode(backend: str) -> None:
+    """A raw reply frame: sets of ints that all land in one hash bucket (quadratic to build in the judge)."""
+    completion = '''    import json, os
+    colliding = {"s": [k * (2 ** 61 - 1) for k in range(10000)]}
+    body = json.dumps({"v": {"l": [colliding] * 9}}).encode()
+    os.write(4, len(body).to_bytes(4, "big") + body)
+    import time
+    time.sleep(60)
+'''
+    started = time.monotonic()
+    (result,) = run_programs([check_program(PROMPT, completion, TESTS, "triple")], LIMITS, backend=backend)
+    assert result.status in ("failed", "timeout")
+    assert time.monotonic() - started < 6 * LIMITS.timeout_s  # the job's deadline holds while decoding

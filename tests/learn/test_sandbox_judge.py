@@ -127,3 +127,15 @@ def test_a_non_dumpable_judge_is_out_of_a_neighbours_reach() -> None:
         pytest.skip("this kernel already keeps same-user processes apart (e.g. Yama ptrace_scope >= 1)")
     assert "pidfd_getfd" in exposed and "mem" in exposed  # the attack works on an ordinary process
     assert _what_a_neighbour_can_take(harden=True) == set()
+
+
+def test_decoding_bounds_set_and_dict_sizes() -> None:
+    with pytest.raises(Unsupported):
+        decode({"s": list(range(sandbox_runner.MAX_MEMBERS + 1))})
+    assert len(decode({"s": list(range(sandbox_runner.MAX_MEMBERS))})) == sandbox_runner.MAX_MEMBERS
+
+
+def test_decoding_stops_at_its_deadline() -> None:
+    colliding = {"s": [k * (2 ** 61 - 1) for k in range(sandbox_runner.MAX_MEMBERS)]}
+    with pytest.raises(Unsupported, match="too slow"):
+        decode({"l": [colliding] * 5}, deadline=0.0)
