@@ -71,6 +71,9 @@ class Check:
     tests: str
     entry_point: str
 
+    def __str__(self) -> str:
+        return self.source
+
     @property
     def source(self) -> str:
         """The whole check as one program (for reading; the sandbox runs the parts apart)."""
@@ -169,19 +172,25 @@ def _run_batch(backend: str, programs: Sequence[Program], limits: SandboxLimits)
             command = [str(_interpreter()), "-I", "-S", "runner.py"]
             preexec = lambda: _guard_preexec(total_s)  # noqa: E731
         process = subprocess.Popen(command, cwd=workdir, env={"LANG": "C.UTF-8"}, stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    start_new_session=True, preexec_fn=preexec)
         try:
-            out, _ = process.communicate(batch, timeout=total_s + 5.0)
+            out, err = process.communicate(batch, timeout=total_s + 5.0)
         except subprocess.TimeoutExpired:
-            out = b""
+            out, err = b"", b""
         finally:
             try:
                 os.killpg(process.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             process.wait()
-    results: list[RunResult] = [RunResult("timeout", "the batch was killed")] * len(programs)
+    # Jobs without a line: the batch overran its limit (or a candidate stopped the judge), or the judge failed.
+    # Only the judge writes stderr (candidates have /dev/null there).
+    if process.returncode in (0, -signal.SIGKILL) or not err:
+        missing = RunResult("timeout", "the batch was killed")
+    else:
+        missing = RunResult("error", "the sandbox failed: " + err.decode("utf-8", "replace")[-300:])
+    results: list[RunResult] = [missing] * len(programs)
     for line in out.decode("utf-8", "replace").splitlines():
         try:
             record = json.loads(line)

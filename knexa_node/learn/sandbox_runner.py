@@ -255,7 +255,8 @@ def _candidate(job: dict, calls_fd: int, replies_fd: int, scratch: str, config: 
     high_replies = fcntl.fcntl(replies_fd, fcntl.F_DUPFD, 10)
     os.dup2(high_calls, 3)
     os.dup2(high_replies, 4)
-    os.closerange(5, 1 << 16)  # the judge's stdout, stdin, and every other fd are gone
+    # The judge's stdout, stdin, and every other fd are gone (close_range(2): one call however wide).
+    os.closerange(5, max(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 1 << 16))
     if os.geteuid() == 0:
         os.setgroups([])
         os.setresgid(NOBODY, NOBODY, NOBODY)
