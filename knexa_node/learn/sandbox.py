@@ -203,7 +203,7 @@ def _run_batch(backend: str, programs: Sequence[Program], limits: SandboxLimits)
 
 
 def run_programs(programs: Sequence[Program], limits: SandboxLimits = SandboxLimits(), *,
-                 backend: str = "auto", batch_size: int = 64) -> list[RunResult]:
+                 backend: str = "auto", batch_size: int = 128) -> list[RunResult]:
     """Run each program in the sandbox: a :class:`Check` passes if its tests pass against the candidate,
     a plain program string if it ends without an exception."""
     chosen = detect_backend() if backend == "auto" else backend

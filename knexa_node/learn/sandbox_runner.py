@@ -50,6 +50,7 @@ only jobs with an entry point get a verdict from outside.
 import builtins
 import ctypes
 import fcntl
+import gc
 import json
 import math
 import os
@@ -464,6 +465,7 @@ def run_job(index: int, job: dict, config: dict, pristine: dict) -> dict:
         os.chown(scratch, NOBODY, NOBODY)
     calls_read, calls_write = os.pipe()
     replies_read, replies_write = os.pipe()
+    gc.freeze()  # the child's collections then skip the judge's objects: fewer copy-on-write page faults
     pid = os.fork()
     if pid == 0:
         try:
@@ -497,6 +499,11 @@ def run_job(index: int, job: dict, config: dict, pristine: dict) -> dict:
 
 
 def _remove_tree(path: str) -> None:
+    try:
+        os.rmdir(path)  # most candidates write nothing
+        return
+    except OSError:
+        pass
     for root, dirs, files in os.walk(path, topdown=False):
         for name in files:
             os.unlink(os.path.join(root, name))
