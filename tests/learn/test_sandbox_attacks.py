@@ -242,3 +242,18 @@ def test_a_reply_built_to_be_slow_to_decode(backend: str) -> None:
     (result,) = run_programs([check_program(PROMPT, completion, TESTS, "triple")], LIMITS, backend=backend)
     assert result.status in ("failed", "timeout")
     assert time.monotonic() - started < 6 * LIMITS.timeout_s  # the job's deadline holds while decoding
+
+
+def test_an_extension_copied_into_the_working_directory(backend: str) -> None:
+    """Native code from a file the candidate wrote (a copy of ``cmath``) is refused by path, whatever its name.
+
+    A regression test of the path rule rather than one of the issue's attacks (on main this copy crashed).
+    """
+    source = _extension("cmath")
+    target = os.path.basename(source)
+    completion = (f"    import os\n    os.makedirs('lib', exist_ok=True)\n"
+                  f"    data = open({source!r}, 'rb').read()\n    open('lib/{target}', 'wb').write(data)\n"
+                  + LOAD_AS.format(name="evil.cmath", path="PATH").replace("'PATH'", f"os.path.abspath('lib/{target}')")
+                  + "    return x * 3 if module.sqrt(4) == 2 else 0\n")
+    (result,) = run_programs([check_program(PROMPT, completion, TESTS, "triple")], LIMITS, backend=backend)
+    assert result.status == "failed" and "PermissionError" in result.detail
