@@ -518,6 +518,9 @@ def _harden(isolate_network: bool) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+    # Python's own SIGINT handler is the one signal a namespace's init (the judge in nsjail) would take
+    # from a candidate; without it the kernel drops every signal sent to it from inside.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if isolate_network and os.geteuid() == 0:
         libc.unshare(_CLONE_NEWNET)  # best effort (a container may refuse); nsjail has its own
 
