@@ -6,7 +6,9 @@ A batch is ``--candidates`` answers to embedded-task transfer problems
 ``--timeout`` s). It is checked with :func:`knexa_node.learn.evaluate.check_completions`
 (the call the learning code makes) over ``--workers`` sandboxes, once per
 backend, after one warm-up call. Also prints the pass/fail-only rate (no
-timeouts), which is the per-candidate process cost.
+timeouts), which is the per-candidate process cost, and the CPU time the
+sandbox processes used per candidate (steadier than wall time when the
+machine is shared; a timeout's endless loop counts its CPU second).
 
     .venv/bin/python bench/sandbox_throughput.py [--candidates 200] [--workers 2]
 
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import time
 
 from knexa_node.learn.data import embedded_task
@@ -48,16 +51,25 @@ def batch(n: int, seed: int, timeouts: float) -> tuple[list, list[str], list[str
     return problems, completions, expected
 
 
+def _children_cpu() -> float:
+    """CPU seconds of the sandbox processes so far: steadier than wall time on a shared machine."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure(backend: str, problems: list, completions: list[str], expected: list[str], limits: SandboxLimits,
             workers: int) -> dict[str, object]:
     check_completions(problems[:4], completions[:4], limits, workers=1, backend=backend)  # warm-up
+    cpu_before = _children_cpu()
     started = time.monotonic()
     results = check_completions(problems, completions, limits, workers=workers, backend=backend)
     seconds = time.monotonic() - started
+    cpu = _children_cpu() - cpu_before
     statuses = [r.status for r in results]
     agree = sum(s == e for s, e in zip(statuses, expected))
     return {"backend": backend, "candidates": len(problems), "seconds": round(seconds, 3),
-            "per_second": round(len(problems) / seconds, 1), "agree_with_expected": agree,
+            "per_second": round(len(problems) / seconds, 1), "cpu_ms_per_candidate": round(1000 * cpu / len(problems), 2),
+            "agree_with_expected": agree,
             "statuses": {s: statuses.count(s) for s in sorted(set(statuses))}}
 
 
