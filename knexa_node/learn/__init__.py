@@ -5,7 +5,7 @@ Map (data and checks first, then models, then the agent that ties them):
 - :mod:`.problems`   the embedded task: a seeded generator of one-line functions over 12 categories; :class:`Problem`.
 - :mod:`.data`       HumanEval/MBPP-style JSONL I/O, per-client Dirichlet split, disjoint task splits.
 - :mod:`.sandbox`    contained execution of generated code (nsjail, else an rlimit + audit-hook guard);
-  :mod:`.sandbox_runner` is the stdlib-only script that runs inside it.
+  :mod:`.sandbox_runner` is the stdlib-only judge that runs inside it, one candidate process per answer.
 - :mod:`.passk`      unbiased Pass@k (Chen et al. 2021) and confidence intervals.
 - :mod:`.embedded`   offline-built tiny models and BPE tokenizers, cached as HF dirs; ``embedded:<name>``.
 - :mod:`.lora`       LoRA target modules per family; attaching a PEFT adapter.
