@@ -7,14 +7,13 @@ in agreement, 1 a problem found in a log, 2 a usage or I/O error.
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from knexa_cli.audit_layout import entry_row, print_entries
 from knexa_cli.common import HomeOption, JsonOption, fail, print_json, resolve_home
 from knexa_node.audit import (
     AuditError,
@@ -25,6 +24,7 @@ from knexa_node.audit import (
     cross_check,
     log_path,
     make_checkpoint,
+    receipt_heads,
     verify_file,
 )
 from knexa_node.identity import IdentityError, load_identity
@@ -36,6 +36,8 @@ audit_app = typer.Typer(help="Verify, show, export and cross-check the signed ex
 
 FileArgument = typer.Argument(None, help="A log file (default: the log in the node home).", show_default=False)
 CheckpointsOption = typer.Option([], "--checkpoints", help="Checkpoint store file seen by other nodes (repeatable).")
+CounterpartOption = typer.Option([], "--counterpart-log", help="Another node's log: the log heads this node signed "
+                                 "into its receipts there are checked too (repeatable).")
 
 
 def _log_file(file: Path | None, home: Path | None) -> Path:
@@ -56,6 +58,13 @@ def _load_checkpoints(paths: list[Path]) -> list[tuple[Envelope, Checkpoint]]:
     return found
 
 
+def _receipt_heads(paths: list[Path]) -> list[tuple[Envelope, Checkpoint]]:
+    found: list[tuple[Envelope, Checkpoint]] = []
+    for path in paths:
+        found += [(envelope, head) for _, envelope, head in receipt_heads(_read(path.expanduser()).entries)]
+    return found
+
+
 def _read(path: Path, checkpoints: Sequence[tuple[Envelope, Checkpoint]] = ()) -> LogView:
     try:
         return verify_file(path, checkpoints=checkpoints)
@@ -65,10 +74,14 @@ def _read(path: Path, checkpoints: Sequence[tuple[Envelope, Checkpoint]] = ()) -
 
 @audit_app.command()
 def verify(file: Path = FileArgument, home: Path = HomeOption, checkpoints: list[Path] = CheckpointsOption,
-           as_json: bool = JsonOption) -> None:
-    """Check the hash chain, every signature and receipt, sequence, time, and the checkpoints given."""
+           counterparts: list[Path] = CounterpartOption, as_json: bool = JsonOption) -> None:
+    """Check the hash chain, every signature and receipt, sequence, time, and the checkpoints given.
+
+    Checkpoints come from checkpoint stores (--checkpoints) and from the log heads this node signed into
+    receipts that counterparts keep in their logs (--counterpart-log).
+    """
     path = _log_file(file, home)
-    report = _read(path, _load_checkpoints(checkpoints)).report
+    report = _read(path, _load_checkpoints(checkpoints) + _receipt_heads(counterparts)).report
     if as_json:
         print_json({"file": str(path), **report.to_json()})
     elif report.ok:
@@ -80,20 +93,12 @@ def verify(file: Path = FileArgument, home: Path = HomeOption, checkpoints: list
         raise typer.Exit(EXIT_PROBLEM)
 
 
-def _when(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _metrics_text(metrics: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-
-
 @audit_app.command()
 def show(file: Path = FileArgument, home: Path = HomeOption,
          round_: int = typer.Option(None, "--round", help="Only entries of this round."),
          peer: str = typer.Option(None, "--peer", help="Only entries with this counterpart peer ID."),
          as_json: bool = JsonOption) -> None:
-    """The log as a table (verified entries; a problem is named below the table)."""
+    """The log as a table, or one record per entry where the terminal is narrow (a problem is named below)."""
     path = _log_file(file, home)
     view = _read(path)
     entries = [e for e in view.entries
@@ -101,17 +106,7 @@ def show(file: Path = FileArgument, home: Path = HomeOption,
     if as_json:
         print_json({"file": str(path), "verify": view.report.to_json(), "entries": [e.to_json() for e in entries]})
     else:
-        table = Table(title=f"{path} — owner {view.report.owner}")
-        for column in ("seq", "time (UTC)", "round", "kind", "outcome", "peer", "proposal", "protocol", "package",
-                       "bytes", "receipt", "metrics"):
-            table.add_column(column, overflow="fold")
-        for e in entries:
-            ev = e.event
-            table.add_row(str(e.seq), _when(e.time), str(ev.round), ev.kind, ev.outcome,
-                          ev.peer[-8:] if ev.peer else "", ev.proposal_id.hex()[:8], ev.protocol,
-                          ev.package_hash.hex()[:12], str(ev.package_size) if ev.package_size else "",
-                          "signed" if ev.receipt else "", _metrics_text(dict(ev.metrics)))
-        Console().print(table)
+        print_entries(Console(), f"{path}\nowner {view.report.owner}", [entry_row(e) for e in entries])
         if not view.report.ok:
             typer.echo(f"NOT intact: {view.report.problem}")
     if not view.report.ok:

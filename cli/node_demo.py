@@ -15,10 +15,16 @@ from rich.live import Live
 from knexa_cli.common import fail, print_json
 from knexa_cli.lazy import load
 from knexa_lab.orchestrate import DemoResult, run_demo
-from knexa_lab.plan import DEFAULT_MODELS, DemoSettings
+from knexa_lab.plan import DEFAULT_MODELS, DemoLayout, DemoSettings
 from knexa_lab.processes import DemoError
 
 POLICIES = ("knexa", "linucb", "random", "heuristic", "local-only", "central-kd")
+
+
+def _print_dashboards(console: Console, layout: DemoLayout) -> None:
+    names = ["cpm", *(f"node-{i}" for i in range(len(layout.nodes)))]
+    for name, url in zip(names, layout.dashboards):
+        console.print(f"dashboard {name}: {url}", highlight=False, soft_wrap=True)
 
 
 def _run_one(workdir: Path, settings: DemoSettings, console: Console, quiet: bool) -> DemoResult:
@@ -28,11 +34,13 @@ def _run_one(workdir: Path, settings: DemoSettings, console: Console, quiet: boo
             return run_central_kd(workdir, settings)
         with console.status("central-kd baseline (one process)") as spinner:
             return run_central_kd(workdir, settings, on_progress=lambda m: spinner.update(f"central-kd: {m}"))
+    on_ready = (lambda layout: _print_dashboards(console, layout)) if settings.dashboard else None
     if quiet:
-        return run_demo(workdir, settings)
+        return run_demo(workdir, settings, on_ready=on_ready)
     live_table = load("knexa_lab.report").live_table
     with Live(console=console, refresh_per_second=2, transient=False) as live:
-        return run_demo(workdir, settings, on_snapshot=lambda snap: live.update(live_table(snap, settings.rounds)))
+        return run_demo(workdir, settings, on_snapshot=lambda snap: live.update(live_table(snap, settings.rounds)),
+                        on_ready=on_ready)
 
 
 def demo(
@@ -51,6 +59,7 @@ def demo(
     warmup_epochs: int = typer.Option(1, "--warmup-epochs", min=0, help="Local epochs each node trains before round 1 (its starting model)."),
     round_deadline: float = typer.Option(600.0, "--round-deadline", min=30.0, help="Seconds the CPM waits for every profile before pairing, and the life of a proposal (raise it for a pretrained node on a CPU)."),
     dp: bool = typer.Option(False, "--dp", help="Turn on the differential-privacy layer."),
+    dashboard: bool = typer.Option(False, "--dashboard", help="Every daemon serves its dashboard page on a loopback port; the URLs are printed once they listen."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON summary at the end instead of tables."),
 ) -> None:
     """Run a whole consortium here: a CPM and N nodes as separate processes on 127.0.0.1, R rounds of the protocol."""
@@ -71,7 +80,7 @@ def demo(
         settings = DemoSettings(nodes=nodes, rounds=rounds, policy=name, seed=seed, models=tuple(model) or DEFAULT_MODELS,
                                 protocol=protocol, dirichlet_alpha=alpha, shard_size=shard_size, lr=lr, pretrained_lr=pretrained_lr,
                                 warmup_epochs=warmup_epochs, dp=dp, round_deadline_s=round_deadline,
-                                proposal_ttl_s=round_deadline)
+                                proposal_ttl_s=round_deadline, dashboard=dashboard)
         where = root / name if len(policies) > 1 else root
         if not as_json:
             console.rule(f"policy {name}: {nodes} nodes, {rounds} rounds, homes in {where}")

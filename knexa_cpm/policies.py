@@ -23,7 +23,8 @@ Policies:
   vectorized ``expected_reward(teachers, students, protocols) -> ndarray``.
 - ``linucb``: the paper's Algorithm 1 as published: every admissible
   (teacher, student, protocol) tuple, context ``[p_teacher, p_student]``,
-  lambda 0.01, a constant beta0 = 1.0, running z-score of rewards, greedy
+  lambda 0.01, a constant beta0 = 1.0, z-scored rewards (clipped, median/MAD
+  over a window: :class:`knexa_cpm.bandit.RobustZScore`), greedy
   disjoint selection. Its score is additive in the two agents, so it can
   rank good teachers and needy students but cannot see compatibility.
 - ``knexa`` (ours, the default): the same greedy UCB loop on the
@@ -39,7 +40,8 @@ Policies:
   features are bounded and correlated and a weak prior made early rounds
   erratic. Beta decays as ``beta0 / sqrt(1 + t / beta_tau)``: the context
   space is small, so exploration pays off early and costs later. A teacher
-  trust score (:mod:`knexa_cpm.trust`) is a feature and a gate. Large
+  trust score (:mod:`knexa_cpm.trust`) is a feature and a gate; agents the
+  gate leaves unpaired are paired among themselves, so it never costs a pair. Large
   federations get a candidate prefilter (see :meth:`KnexaPolicy._candidates`)
   so that a round stays sub-quadratic.
 """
@@ -53,7 +55,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from knexa_cpm.bandit import BanditError, LinUCB, RunningZScore
+from knexa_cpm.bandit import BanditError, LinUCB, RobustZScore
 from knexa_cpm.features import (
     CONCAT_DIM, PASS1, concat_features, knexa_dim, knexa_features, pair_js,
 )
@@ -285,7 +287,7 @@ class _UCBPolicy(_BasePolicy):
     def __init__(self, dim: int, *, lam: float, beta0: float, protocols: Sequence[str], clip: float) -> None:
         super().__init__(protocols)
         self.bandit = LinUCB(dim, lam=lam, beta=beta0)
-        self.normalizer = RunningZScore(clip=clip)
+        self.normalizer = RobustZScore(clip=clip)
 
     def beta(self) -> float:
         return self.bandit.beta
@@ -300,8 +302,8 @@ class _UCBPolicy(_BasePolicy):
     def feedback(self, pairing: Pairing, reward: float) -> None:
         super().feedback(pairing, reward)
         z = self.normalizer(float(reward))
+        self._after_feedback(pairing, z)  # before the update: it may compare z with the prediction
         self.bandit.update(pairing.context, z)
-        self._after_feedback(pairing, z)
 
     def _after_feedback(self, pairing: Pairing, z: float) -> None:
         pass
@@ -313,9 +315,9 @@ class _UCBPolicy(_BasePolicy):
         super().load_state_dict(state)
         try:
             self.bandit.load_state_dict(state["bandit"])
+            self.normalizer.load_state_dict(state["normalizer"])
         except BanditError as exc:
             raise PolicyError(str(exc)) from None
-        self.normalizer.load_state_dict(state["normalizer"])
 
 
 class LinUCBPolicy(_UCBPolicy):
@@ -368,7 +370,7 @@ class KnexaPolicy(_UCBPolicy):
         }
         self.raw = bool(raw)
         self.use_trust = bool(trust)
-        self.trust = TrustTracker(floor=trust_floor)
+        self.trust = TrustTracker(floor=trust_floor, seed=seed)
         self.rng = np.random.default_rng(seed)
 
     def config(self) -> dict[str, Any]:
@@ -424,8 +426,9 @@ class KnexaPolicy(_UCBPolicy):
         budget = _check_budget(budget, len(names))
         if budget == 0:
             return []
+        self.trust.advance(round)
         trust_scores = self.trust.scores(names) if self.use_trust else np.ones(len(names))
-        allowed = self.trust.trusted(trust_scores) if self.use_trust else np.ones(len(names), dtype=bool)
+        allowed = self.trust.allowed(names, round) if self.use_trust else np.ones(len(names), dtype=bool)
         beta = self.beta()
         t, s = self._candidates(P, trust_scores, allowed, beta)
         t, s, proto = with_protocols(P, t, s, self.protocols)
@@ -433,10 +436,37 @@ class KnexaPolicy(_UCBPolicy):
         n = len(names)
         scores = self.bandit.score(X, beta, fast=n * (n - 1) > self.options["max_candidates"])
         taken = greedy_disjoint(scores, t, s, budget)
+        pairings = self._pairings(names, P, t, s, proto, scores, taken, round, X)
+        if len(pairings) < budget and not allowed.all():
+            pairings += self._pairs_among_gated(names, P, trust_scores, allowed, pairings, budget - len(pairings), round, beta)
+        return pairings
+
+    def _pairs_among_gated(self, names: list[str], P: np.ndarray, trust_scores: np.ndarray, allowed: np.ndarray,
+                           pairings: list[Pairing], missing: int, round: int, beta: float) -> list[Pairing]:
+        """Pairs that the gate alone would cost: a gated teacher teaches another gated agent left unpaired.
+
+        Without this, two gated agents left over can never pair (neither may
+        teach), and a small federation loses a pair every round (issue 15).
+        A gated teacher never teaches a trusted student here.
+        """
+        used = {name for p in pairings for name in (p.teacher, p.student)}
+        left = np.array([k for k, name in enumerate(names) if not allowed[k] and name not in used], dtype=int)
+        limit = int(math.isqrt(self.options["max_candidates"]))
+        left = left[:limit]
+        if len(left) < 2:
+            return []
+        t, s = all_directed(len(left))
+        t, s, proto = with_protocols(P, left[t], left[s], self.protocols)
+        X = self._features(P, t, s, proto, trust_scores)
+        scores = self.bandit.score(X, beta)
+        taken = greedy_disjoint(scores, t, s, missing)
         return self._pairings(names, P, t, s, proto, scores, taken, round, X)
 
     def _after_feedback(self, pairing: Pairing, z: float) -> None:
-        self.trust.observe(pairing.teacher, z)
+        # Trust sees only the part of z that the pairing's context does not predict, so that what
+        # belongs to the pair (incompatible families, a weak student) is not blamed on the teacher.
+        predicted = float(self.bandit.mean(np.asarray(pairing.context, dtype=np.float64)[None, :])[0])
+        self.trust.observe(pairing.teacher, pairing.student, z - predicted, pairing.round)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "trust": self.trust.state_dict(), "rng": json.dumps(self.rng.bit_generator.state)}

@@ -5,7 +5,8 @@ Phases: ``collecting`` profiles -> ``paired`` (proposals out, feedback coming in
 and acts on what it returns; tests drive it in memory.
 
 Rules enforced here (DESIGN.md, "Protocol"):
-- profiles only from members, for the open round, one per member (a later one replaces it);
+- profiles only from members, for the open round, one per member (a later one replaces it),
+  and only within the layout's ranges (:func:`knexa_node.profile.validate_profile`, ``bad-profile``);
 - pairing on quorum, or at the deadline with at least two profiles;
 - feedback only for a proposal of this round, only from its named student, only once,
   and only before the proposal expires.

@@ -32,6 +32,7 @@ from knexa_cpm.rounds import CLOSED, COLLECTING, Refusal, RoundBook, RoundSettin
 from knexa_cpm.state import PolicyStore
 from knexa_node.config import Config
 from knexa_node.crypto import Signer
+from knexa_node.daemon.role import RoleHost
 from knexa_node.net.protocols import CPM_PROTOCOL, PROPOSALS, ROUNDS, topic
 from knexa_node.wire import (
     Ack,
@@ -53,8 +54,9 @@ TICK_S = 0.2
 class CpmService:
     def __init__(self, signer: Signer, config: Config, state_dir: Path, *, publish: Callable[[str, bytes], Any],
                  on_event: Callable[..., None], policy_name: str | None = None, seed: int = 0,
-                 topic_peers: Callable[[str], int] = lambda topic: 1, clock: Callable[[], float] = time.time) -> None:
-        self.signer, self.config, self.clock, self.on_event = signer, config, clock, on_event
+                 topic_peers: Callable[[str], int] = lambda topic: 1, clock: Callable[[], float] = time.time,
+                 on_round: Callable[[int], None] = lambda round_: None) -> None:
+        self.signer, self.config, self.clock, self.on_event, self.on_round = signer, config, clock, on_event, on_round
         self.publish, self.topic_peers = publish, topic_peers
         self.policy_name = policy_name or config.cpm.policy
         self.policy = build_policy(self.policy_name, seed)
@@ -176,6 +178,7 @@ class CpmService:
         self.book = RoundBook(round=number, opened_at=self.clock(), settings=settings, expected_members=expected,
                               members=self.members)
         self.last_round = number
+        self.on_round(number)
         self.proposal_envelopes = {}
         self.counters["rounds"] += 1
         self.store.checkpoint({"round": number})
@@ -295,13 +298,15 @@ def _trust_of(policy: Any) -> dict[str, Any]:
             "bottom": [[agent, round(float(score), 4)] for agent, score in trust.bottom(5)]}
 
 
-def install(daemon: Any, *, policy_name: str | None = None, seed: int = 0) -> CpmService:
+def install(daemon: RoleHost, *, policy_name: str | None = None, seed: int = 0) -> CpmService:
     """Wire a :class:`CpmService` into a CPM daemon (handler, service, commands, status)."""
     def topic_peers(name: str) -> int:
         return int(daemon.net.gossip.topics().get(name, {}).get("peers", 0))
 
     service = CpmService(daemon.signer, daemon.config, daemon.home.state_dir / "cpm", publish=daemon.net.publish,
-                         on_event=daemon.log.event, policy_name=policy_name, seed=seed, topic_peers=topic_peers)
+                         on_event=daemon.log.event, policy_name=policy_name, seed=seed, topic_peers=topic_peers,
+                         on_round=daemon.rounds.enter)
+    daemon.rounds.enter(service.last_round)  # the daemon's current round is the CPM's, restored from its state
     daemon.net.set_handler(CPM_PROTOCOL, service.serve_stream)
     daemon.add_service(service.serve, name="cpm")
     daemon.add_status("cpm", service.status)

@@ -59,7 +59,11 @@ def _build_models(settings: DemoSettings) -> None:
 
 
 def run_demo(workdir: Path, settings: DemoSettings, *, on_snapshot: Callable[[Snapshot], None] | None = None,
-             timeout_s: float = 3600.0) -> DemoResult:
+             on_ready: Callable[[DemoLayout], None] | None = None, timeout_s: float = 3600.0) -> DemoResult:
+    """Start the consortium, follow it through ``settings.rounds`` rounds, evaluate, stop it.
+
+    ``on_ready(layout)`` is called once every daemon listens (e.g. to print the dashboards' URLs).
+    """
     started = time.monotonic()
     phases: dict[str, float] = {}
     layout = lay_out(workdir, settings)
@@ -80,6 +84,8 @@ def run_demo(workdir: Path, settings: DemoSettings, *, on_snapshot: Callable[[Sn
         for process in [*nodes[1:], cpm]:
             process.wait_ready(READY_TIMEOUT_S)
         phases["start_daemons"] = time.monotonic() - mark
+        if on_ready:
+            on_ready(layout)
         mark = time.monotonic()
         cpm_status = _wait_for_rounds(layout, settings, cpm, nodes, started, on_snapshot, timeout_s)
         phases["rounds"] = time.monotonic() - mark

@@ -40,6 +40,7 @@ class DemoSettings:
     protocol: str = "text"
     dp: bool = False
     consortium: str = "demo"
+    dashboard: bool = False  # every daemon serves its dashboard on a loopback port (DemoLayout.dashboards)
 
 
 @dataclass
@@ -50,6 +51,7 @@ class DemoLayout:
     cpm_peer: str
     node_peers: list[str]
     ports: list[int] = field(default_factory=list)  # CPM first, then nodes
+    dashboards: list[str] = field(default_factory=list)  # dashboard URLs, CPM first, then nodes (if asked)
 
 
 def free_ports(count: int) -> list[int]:
@@ -83,7 +85,8 @@ def lay_out(workdir: Path, settings: DemoSettings) -> DemoLayout:
     node_homes = [NodeHome(workdir / f"node-{i}") for i in range(settings.nodes)]
     cpm_peer = _identity(cpm_home)
     node_peers = [_identity(home) for home in node_homes]
-    ports = free_ports(settings.nodes + 1)
+    ports = free_ports((settings.nodes + 1) * (2 if settings.dashboard else 1))
+    dashboard_ports = ports[settings.nodes + 1:]
     addr = lambda port: f"/ip4/127.0.0.1/tcp/{port}"  # noqa: E731
     bootstrap = [f"{addr(ports[1])}/p2p/{node_peers[0]}"]
 
@@ -98,6 +101,7 @@ def lay_out(workdir: Path, settings: DemoSettings) -> DemoLayout:
     cpm_config.cpm.round_deadline_s = settings.round_deadline_s
     cpm_config.cpm.proposal_ttl_s = settings.proposal_ttl_s
     cpm_config.cpm.quorum = 1.0
+    _dashboard(cpm_config, dashboard_ports[:1])
     cpm_home.create_dirs()
     atomic_write_text(cpm_home.config_file, render_config(cpm_config), mode=0o600)
 
@@ -124,6 +128,15 @@ def lay_out(workdir: Path, settings: DemoSettings) -> DemoLayout:
         config.exchange.protocol = settings.protocol
         config.exchange.timeout_s = settings.proposal_ttl_s
         config.privacy.dp_enabled = settings.dp
+        _dashboard(config, dashboard_ports[i + 1:i + 2])
         home.create_dirs()
         atomic_write_text(home.config_file, render_config(config), mode=0o600)
-    return DemoLayout(workdir, cpm_home, node_homes, cpm_peer, node_peers, ports)
+    dashboards = [f"http://127.0.0.1:{port}/" for port in dashboard_ports]
+    return DemoLayout(workdir, cpm_home, node_homes, cpm_peer, node_peers, ports[:settings.nodes + 1], dashboards)
+
+
+def _dashboard(config: Config, port: list[int]) -> None:
+    """Serve the daemon's dashboard on ``127.0.0.1:port[0]`` (no port: off)."""
+    if port:
+        config.dashboard.enabled = True
+        config.dashboard.address = f"127.0.0.1:{port[0]}"

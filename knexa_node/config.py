@@ -187,6 +187,16 @@ class MetricsSection:
 
 
 @dataclass
+class DashboardSection:
+    """A read-only web page of this daemon's state (optional)."""
+
+    enabled: bool = opt(False, "Serve the dashboard page and its JSON (read-only).")
+    address: str = opt("127.0.0.1:8470", "host:port of the dashboard (loopback; port 0 picks a free one).")
+    allow_remote: bool = opt(False, "Allow a non-loopback address (then a token is required).")
+    token: str = opt("", "Secret that requests must carry (?token= or Authorization: Bearer); required off loopback.")
+
+
+@dataclass
 class CpmSection:
     """Matchmaker settings (used by knexa-cpm only)."""
 
@@ -209,6 +219,7 @@ class Config:
     exchange: ExchangeSection = field(default_factory=ExchangeSection)
     privacy: PrivacySection = field(default_factory=PrivacySection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    dashboard: DashboardSection = field(default_factory=DashboardSection)
     cpm: CpmSection = field(default_factory=CpmSection)
 
 

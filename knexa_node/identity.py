@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from knexa_node.crypto import CryptoError, Signer
-from knexa_node.fsutil import atomic_write_bytes
+from knexa_node.fsutil import atomic_write_bytes, private_dir
 
 KEY_FILE = "identity.key"
 CONFIG_FILE = "config.toml"
@@ -69,10 +69,9 @@ class NodeHome:
         return self.root / "logs"
 
     def create_dirs(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)
-        for sub in (self.state_dir, self.audit_dir, self.logs_dir):
-            sub.mkdir(mode=0o700, exist_ok=True)
+        """The home and its subdirectories, all 0700 (also those that existed with a looser mode)."""
+        for directory in (self.root, self.state_dir, self.audit_dir, self.logs_dir):
+            private_dir(directory)
 
 
 def create_identity(home: NodeHome, *, force: bool = False) -> Signer:

@@ -5,9 +5,15 @@ Defined once here, on the node's side, so that `knexa_cpm` imports it and
 
 - ``[0:8]``   one-hot model family (:data:`FAMILIES`);
 - ``[8:20]``  six recent metrics and their deltas since the previous round
-  (:data:`METRICS`), each metric scaled to roughly ``[0, 1]``;
+  (:data:`METRICS`), each metric scaled into ``[0, 1]`` (so each delta lies
+  in ``[-1, 1]``);
 - ``[20:32]`` normalized histogram of the local data over the 12 problem
-  categories (:data:`CATEGORIES`).
+  categories (:data:`CATEGORIES`): entries in ``[0, 1]`` summing to 1.
+
+:func:`validate_profile` enforces exactly these ranges on what the CPM
+receives: an honest node never sends anything else, and a profile outside
+them (say Pass@1 = 1000, which made its sender the teacher of every round)
+is refused with the field named.
 
 Pure numpy; no I/O.
 """
@@ -36,8 +42,9 @@ FAMILIES: tuple[str, ...] = (
 # - pass1 / pass5: Pass@k on the node's local test split, in [0, 1].
 # - val_loss / dev_loss: mean token CE on the private validation split and on
 #   the consortium's public dev set, squashed by l / (1 + l) into [0, 1).
-# - capacity: log10(trainable-or-total parameters) / 12, a model-size hint.
-# - data_size: log10(private examples) / 6.
+# - capacity: log10(trainable-or-total parameters) / 12, a model-size hint (saturates at 1e12).
+# - data_size: log10(private examples) / 6 (saturates at a million examples).
+# build_profile clips every metric into [0, 1]; validate_profile refuses anything outside.
 METRICS: tuple[str, ...] = ("pass1", "pass5", "val_loss", "dev_loss", "capacity", "data_size")
 
 # The 12 problem categories of the embedded task and of HumanEval/MBPP tagging.
@@ -55,6 +62,10 @@ CATEGORIES: tuple[str, ...] = (
     "set",
     "matrix",
 )
+
+METRIC_RANGE = (0.0, 1.0)
+DELTA_RANGE = (-1.0, 1.0)
+HISTOGRAM_TOLERANCE = 1e-6  # |sum - 1| allowed for rounding
 
 FAMILY_SLICE = slice(0, 8)
 METRIC_SLICE = slice(8, 20)
@@ -88,6 +99,11 @@ class ProfileInputs:
     category_counts: Sequence[float] = field(default_factory=lambda: [0.0] * len(CATEGORIES))
 
 
+def _clip_metric(value: float) -> float:
+    # NaN stays NaN, for validate_profile to name; out-of-range sizes saturate.
+    return float(np.clip(value, *METRIC_RANGE))
+
+
 def build_profile(inputs: ProfileInputs) -> np.ndarray:
     """Build the 32-dim profile vector from a node's own measurements."""
     vector = np.zeros(PROFILE_DIM, dtype=np.float64)
@@ -96,8 +112,8 @@ def build_profile(inputs: ProfileInputs) -> np.ndarray:
     for k, name in enumerate(METRICS):
         if name not in inputs.metrics:
             raise ProfileError(f"missing metric {name!r}")
-        value = float(inputs.metrics[name])
-        delta = value - float(previous[name]) if name in previous else 0.0
+        value = _clip_metric(float(inputs.metrics[name]))
+        delta = value - _clip_metric(float(previous[name])) if name in previous else 0.0
         vector[METRIC_SLICE.start + 2 * k] = value
         vector[METRIC_SLICE.start + 2 * k + 1] = delta
     counts = np.asarray(inputs.category_counts, dtype=np.float64)
@@ -109,20 +125,31 @@ def build_profile(inputs: ProfileInputs) -> np.ndarray:
 
 
 def validate_profile(vector: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Check a profile received from the network; return it as a float64 array."""
-    array = np.asarray(vector, dtype=np.float64)
+    """Check a profile received from the network against the layout's ranges; return it as float64.
+
+    Family: exactly one 1, the rest 0. Metrics: in ``[0, 1]``; deltas: in
+    ``[-1, 1]``. Histogram: entries in ``[0, 1]`` summing to 1 within
+    :data:`HISTOGRAM_TOLERANCE`. The :class:`ProfileError` names the field.
+    """
+    try:
+        array = np.asarray(vector, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ProfileError("profile must be a vector of numbers") from None
     if array.shape != (PROFILE_DIM,):
         raise ProfileError(f"profile must have {PROFILE_DIM} entries, got shape {array.shape}")
     if not np.all(np.isfinite(array)):
         raise ProfileError("profile holds NaN or infinity")
-    if np.any(np.abs(array) > 1e3):
-        raise ProfileError("profile entry out of range (|x| > 1000)")
     family = array[FAMILY_SLICE]
     if not (np.all((family == 0) | (family == 1)) and family.sum() == 1):
-        raise ProfileError("family block must be one-hot")
+        raise ProfileError("family block [0:8] must be one-hot")
+    for k, name in enumerate(METRICS):
+        for offset, (low, high), label in ((0, METRIC_RANGE, name), (1, DELTA_RANGE, f"{name} delta")):
+            value = float(array[METRIC_SLICE.start + 2 * k + offset])
+            if not low <= value <= high:
+                raise ProfileError(f"{label} = {value:.6g} is outside [{low:g}, {high:g}]")
     histogram = array[HISTOGRAM_SLICE]
-    if np.any(histogram < 0) or abs(histogram.sum() - 1.0) > 1e-6:
-        raise ProfileError("category histogram must be non-negative and sum to 1")
+    if np.any(histogram < 0) or np.any(histogram > 1) or abs(histogram.sum() - 1.0) > HISTOGRAM_TOLERANCE:
+        raise ProfileError("category histogram [20:32] must be entries in [0, 1] that sum to 1")
     return array
 
 

@@ -62,7 +62,7 @@ class AppendFile:
         path = Path(path)
         if path.exists():
             raise AuditError("exists", f"{path}: already exists")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         atomic_write_bytes(path, magic + (encode_frame(first_payload) if first_payload else b""), mode=0o600)
 
     @classmethod

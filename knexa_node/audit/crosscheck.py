@@ -9,7 +9,10 @@ proposal it lists each disagreement:
 - ``missing-transfer``: a successful ``package-sent`` without the matching
   ``package-received`` on the other side, or the reverse;
 - ``package_hash`` / ``package_size`` / ``protocol``: the sent and received
-  entries disagree on that field.
+  entries disagree on that field;
+- ``rewritten`` / ``truncated``: a receipt in one log carries the other
+  owner's signed log head (seq, hash), and the other log's entry at that seq
+  hashes differently, or the log ends before it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, cast
 
-from knexa_node.audit.entry import OK, PACKAGE_RECEIVED, PACKAGE_SENT, Entry
+from knexa_node.audit.entry import OK, PACKAGE_RECEIVED, PACKAGE_SENT, Entry, Header
+from knexa_node.audit.proof import receipt_heads
 from knexa_node.audit.verify import LogView
 
 
@@ -79,7 +83,25 @@ def cross_check(a: LogView, b: LogView) -> CrossCheck:
                                        ea[0].seq, eb[0].seq, sorted(rounds_a), sorted(rounds_b)))
         mismatches += _transfer(pid, _last(ea, PACKAGE_SENT), _last(eb, PACKAGE_RECEIVED), sender="a")
         mismatches += _transfer(pid, _last(eb, PACKAGE_SENT), _last(ea, PACKAGE_RECEIVED), sender="b")
+    mismatches += _pinned_heads(a, b, side="b") + _pinned_heads(b, a, side="a")
     return CrossCheck(a_owner, b_owner, common, mismatches)
+
+
+def _pinned_heads(holder: LogView, owned: LogView, *, side: str) -> list[Mismatch]:
+    """Check ``owned`` (log ``side``) against the log heads its owner signed into receipts that ``holder`` keeps."""
+    owner = cast(Header, owned.header).owner  # cross_check refuses logs without a header
+    found = []
+    for pid, envelope, head in receipt_heads(holder.entries):
+        if envelope.sender != owner:
+            continue
+        if head.seq < len(owned.entries):
+            if owned.entries[head.seq].hash != head.head_hash:
+                found.append(Mismatch(pid, "rewritten", f"log {side}'s entry {head.seq} differs from the head its owner "
+                                      "signed into a receipt the other log holds", **{f"{side}_seq": head.seq}))
+        elif owned.report.ok:  # a log that failed verification was already cut short; that is reported
+            found.append(Mismatch(pid, "truncated", f"log {side} ends at seq {len(owned.entries) - 1}, but its owner "
+                                  f"signed a receipt over seq {head.seq}", **{f"{side}_seq": head.seq}))
+    return found
 
 
 def _by_proposal(entries: list[Entry], counterpart: str) -> dict[bytes, list[Entry]]:

@@ -34,6 +34,7 @@ from knexa_node.audit.proof import ProofError, check_proof
 from knexa_node.audit.framing import Scan
 from knexa_node.audit.verify import LOG_MAGIC
 from knexa_node.crypto import CryptoError, Signer, verify
+from knexa_node.fsutil import private_dir
 from knexa_node.identity import NodeHome
 
 LOG_FILE = "exchange.log"
@@ -94,7 +95,7 @@ class AuditLog:
 
     @classmethod
     def open_home(cls, home: NodeHome, signer: Signer, **kwargs: object) -> "AuditLog":
-        home.audit_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(home.audit_dir)
         return cls.open(log_path(home), signer, **kwargs)  # type: ignore[arg-type]
 
     @property

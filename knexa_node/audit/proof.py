@@ -5,14 +5,20 @@ On a ``package-sent`` entry the proof is the student's signed
 signed :class:`~knexa_node.wire.PackageHeader`. Either must be signed by the
 entry's counterpart, name the log owner and the counterpart in their roles,
 and match the entry's proposal, round, package hash and size.
+
+A student's Receipt also carries the head of the student's own log when it
+signed (:class:`~knexa_node.wire.Receipt` ``log_entries``/``log_head``):
+:func:`receipt_heads` turns the receipts in a teacher's log into checkpoints
+of its students' logs, which :func:`~knexa_node.audit.verify_bytes` and
+:func:`~knexa_node.audit.cross_check` hold those logs against.
 """
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Iterable, cast
 
-from knexa_node.audit.entry import MAX_RECEIPT, PACKAGE_RECEIVED, PACKAGE_SENT, Event
-from knexa_node.wire import Envelope, PackageHeader, Receipt, WireError, open_envelope
+from knexa_node.audit.entry import MAX_RECEIPT, PACKAGE_RECEIVED, PACKAGE_SENT, Entry, Event
+from knexa_node.wire import Checkpoint, Envelope, PackageHeader, Receipt, WireError, open_envelope
 
 
 class ProofError(Exception):
@@ -47,3 +53,24 @@ def check_proof(owner: str, ev: Event) -> Envelope | None:
     if isinstance(message, PackageHeader) and message.protocol != ev.protocol:
         raise ProofError(f"package header says protocol {message.protocol}, entry says {ev.protocol}")
     return envelope
+
+
+def receipt_heads(entries: Iterable[Entry]) -> list[tuple[bytes, Envelope, Checkpoint]]:
+    """(proposal id, receipt envelope, the student's log head as a checkpoint) for each receipt in ``entries``.
+
+    ``entries`` are verified entries (their receipts checked); a receipt
+    signed over an empty log (``log_entries`` 0) pins nothing and is skipped.
+    """
+    found = []
+    for entry in entries:
+        if entry.event.kind != PACKAGE_SENT or not entry.event.receipt:
+            continue
+        try:
+            envelope, message = open_envelope(entry.event.receipt, max_size=MAX_RECEIPT, expect=(Receipt,))
+        except WireError:
+            continue  # not a receipt this node reads (verify reports it as bad-receipt)
+        message = cast(Receipt, message)  # open_envelope's `expect` guarantees the type
+        if message.log_entries > 0:
+            found.append((entry.event.proposal_id, envelope,
+                          Checkpoint(seq=message.log_entries - 1, head_hash=message.log_head, round=message.round)))
+    return found

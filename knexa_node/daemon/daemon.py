@@ -1,9 +1,13 @@
-"""The daemon's main loop: one nursery, one task per concern, and the hooks other rooms plug into.
+"""The role-neutral daemon: one nursery, one task per concern, and the hooks a role plugs into.
+
+A role (the node's learning, the CPM's matchmaking) sees this class as a
+:class:`~knexa_node.daemon.role.RoleHost`:
 
     daemon = Daemon(home, config, signer, role="node", log=EventLog("json"))
     daemon.add_service(my_service)                 # async def my_service(task_status=...)
     daemon.add_command("profile", handle_profile)  # async def handle_profile(args) -> JSON-able
     daemon.add_status("learner", learner_status)   # def learner_status() -> JSON-able
+    daemon.rounds.enter(3)                         # the one owner of the current round (rounds.py)
     daemon.net.set_handler(EXCHANGE_PROTOCOL, ...) # the Network API (knexa_node.net.network)
     await daemon.run()                             # until SIGINT/SIGTERM or `stop`
 
@@ -17,7 +21,6 @@ that overruns 5 s, exits at once.
 from __future__ import annotations
 
 import ipaddress
-import logging
 import os
 import signal
 import time
@@ -28,16 +31,17 @@ import trio
 
 from knexa_node.config import Config
 from knexa_node.crypto import Signer
+from knexa_node.dashboard.server import DashboardServer
+from knexa_node.dashboard.views import DashboardData
 from knexa_node.daemon.control import CommandHandler, ControlServer
 from knexa_node.daemon.lock import DaemonLock
 from knexa_node.daemon.logs import EventLog
-from knexa_node.daemon.metrics import MetricsServer, round_from_status
-from knexa_node.daemon.rounds import RoundWatcher
+from knexa_node.daemon.metrics import MetricsServer
+from knexa_node.daemon.rounds import RoundTracker
+from knexa_node.daemon.sdnotify import SystemdNotifier
 from knexa_node.identity import NodeHome
 from knexa_node.net.network import Network
 from knexa_node.net.params import NetParams
-
-logger = logging.getLogger(__name__)
 
 Service = Callable[..., Awaitable[None]]
 """``async def serve(*, task_status=trio.TASK_STATUS_IGNORED)``: call ``task_status.started()`` when ready."""
@@ -50,7 +54,7 @@ class Daemon:
         self.home, self.config, self.signer, self.role = home, config, signer, role
         self.log = log or EventLog()
         self.net = Network(signer, params or NetParams.from_config(config), on_event=self.log.event)
-        self.rounds = RoundWatcher(self.net, config.consortium.name, config.consortium.cpm, self.log.event)
+        self.rounds = RoundTracker(self.net, config.consortium.name, config.consortium.cpm, self.log.event)
         self._services: list[tuple[str, Service]] = []
         self._status: dict[str, Callable[[], Any]] = {}
         self.commands: dict[str, CommandHandler] = {
@@ -61,8 +65,12 @@ class Daemon:
         self._cancel: trio.CancelScope | None = None
         self._stop_requested = trio.Event()
         self.metrics: MetricsServer | None = None
+        self.systemd = SystemdNotifier.from_environ()
         if config.metrics.enabled:
             self.add_service(self._serve_metrics, name="metrics")
+        self.dashboard: DashboardServer | None = None
+        if config.dashboard.enabled:
+            self.add_service(self._serve_dashboard, name="dashboard")
 
     # --- extension points ------------------------------------------------------------------------
 
@@ -87,7 +95,8 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         out = {"role": self.role, "name": self.config.node.name, "consortium": self.config.consortium.name,
-               "pid": os.getpid(), **self.net.status(), "last_round": self.rounds.status()}
+               "pid": os.getpid(), **self.net.status(), "last_round": self.rounds.status(),
+               "dashboard": self.dashboard.url if self.dashboard else None}
         for name, provider in self._status.items():
             try:
                 out[name] = provider()
@@ -113,19 +122,15 @@ class Daemon:
         # surfaces from run() as a NetError that the CLI reports.
         self.metrics = MetricsServer(self.config.metrics.address, self.net.stats,
                                      peers=lambda: len(self.net.host.get_connected_peers()),
-                                     round_=self.current_round, on_event=self.log.event)
+                                     round_=lambda: self.rounds.current, on_event=self.log.event)
         await self.metrics.serve(task_status=task_status)
 
-    def current_round(self) -> int | None:
-        """The learner's round (node) or the last round (CPM), read from the status providers."""
-        sections = {}
-        for name in ("learner", "cpm"):
-            if name in self._status:
-                try:
-                    sections[name] = self._status[name]()
-                except Exception:  # a broken provider must not break a scrape; the round is then unknown
-                    logger.debug("status provider %s failed", name, exc_info=True)
-        return round_from_status(sections)
+    async def _serve_dashboard(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        section = self.config.dashboard
+        data = DashboardData(self.role, self.home, self.status)
+        self.dashboard = DashboardServer(section.address, data.snapshot, allow_remote=section.allow_remote,
+                                         token=section.token, on_event=self.log.event)
+        await self.dashboard.serve(task_status=task_status)
 
     # --- main loop -------------------------------------------------------------------------------
 
@@ -153,7 +158,9 @@ class Daemon:
                 self.log.event("service-started", service=name)
             self.log.ready(self.signer.peer_id, self.net.dialable_addrs(), role=self.role,
                            control=str(self.home.control_socket))
+            self.systemd.ready(f"{self.role} {self.signer.peer_id} listening on {', '.join(self.net.listen_addrs())}")
             await self._stop_requested.wait()
+            self.systemd.stopping()
             if self._cancel is None:  # run() sets it before starting the services
                 raise RuntimeError("Daemon._run_services runs only inside Daemon.run")
             self._cancel.deadline = trio.current_time() + STOP_GRACE_S

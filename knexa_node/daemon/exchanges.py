@@ -24,6 +24,7 @@ can later hold each node's log against what others saw.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -44,12 +45,14 @@ from knexa_node.audit import (
     events,
 )
 from knexa_node.audit.entry import FAILED, OK
-from knexa_node.daemon.daemon import Daemon
 from knexa_node.daemon.packaging import Packager
+from knexa_node.daemon.refusals import RefusalGate
+from knexa_node.daemon.role import RoleHost
 from knexa_node.exchange.driver import BuiltPackage, fetch_package, serve_exchange
 from knexa_node.exchange.errors import (
     FORGED_PROPOSAL,
     MALFORMED,
+    NON_MEMBER,
     STREAM_ERROR,
     TIMEOUT,
     ExchangeError,
@@ -58,6 +61,7 @@ from knexa_node.exchange.errors import (
 from knexa_node.exchange.policy import ExchangePolicy
 from knexa_node.exchange.proposals import check_proposal
 from knexa_node.exchange.replay import ReplayCache
+from knexa_node.fsutil import private_dir
 from knexa_node.learn.problems import Problem
 from knexa_node.net.errors import NetError, StreamClosed, StreamTimeout
 from knexa_node.net.protocols import CHECKPOINTS, EXCHANGE_PROTOCOL, topic
@@ -148,7 +152,7 @@ class ExchangeStats:
 class ExchangeService:
     """One node's exchanges: both roles, their audit trail, and their status."""
 
-    def __init__(self, daemon: Daemon, agent_call: AgentCall, transfer: Sequence[Problem], private_texts: Iterable[str],
+    def __init__(self, daemon: RoleHost, agent_call: AgentCall, transfer: Sequence[Problem], private_texts: Iterable[str],
                  current_round: CurrentRound, *, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
                  packager: Packager | None = None, clock: Callable[[], float] = time.time) -> None:
         self.daemon = daemon
@@ -161,12 +165,14 @@ class ExchangeService:
         self.packager = packager or Packager(config.privacy, transfer, private_texts,
                                              max_package_bytes=self.policy.max_package_bytes)
         self.stats = ExchangeStats()
+        self.refusals = RefusalGate()  # outsiders' refusals reach the audit log at most once per peer per minute
         self._pending: OrderedDict[bytes, PairingProposal] = OrderedDict()
         # AuditLog and CheckpointStore are not thread-safe; appends (fsync) run in a thread, one at a time.
         self._audit_lock = trio.Lock()
         self._installed = False
         self._closed = False
-        home.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._teacher_listeners: list[Callable[[ExchangeOutcome], None]] = []
+        private_dir(home.state_dir)
         with ExitStack() as stack:
             self.replay = ReplayCache.in_state_dir(home.state_dir)
             self.budget = PrivacyBudget.in_state_dir(home.state_dir, total=config.privacy.dp_budget_total,
@@ -178,6 +184,10 @@ class ExchangeService:
         self.checkpoint_topic = topic(config.consortium.name, CHECKPOINTS)
 
     # --- wiring into the daemon ------------------------------------------------------------------
+
+    def add_teacher_listener(self, listener: Callable[[ExchangeOutcome], None]) -> None:
+        """Call ``listener(outcome)`` once each exchange this node served as teacher has ended (any outcome)."""
+        self._teacher_listeners.append(listener)
 
     def install(self) -> None:
         """Serve ``/knexa/exchange/1.0.0``, add the ``exchanges`` status, follow checkpoints, close on shutdown."""
@@ -221,7 +231,21 @@ class ExchangeService:
             Libp2pExchangeStream(stream), remote=remote, signer=self.signer, policy=self.policy, replay=self.replay,
             build_package=self._build, current_round=self.current_round(), budget=self.budget, clock=self.clock,
         )
+        if outcome.code == NON_MEMBER:
+            await self._refused_outsider(outcome, stream)
+            return
         await self._finish(outcome, stream.bytes_sent, stream.bytes_received)
+
+    async def _refused_outsider(self, outcome: ExchangeOutcome, stream: FramedStream) -> None:
+        """A stream from outside the consortium: always counted, logged and audited at most once per peer per interval."""
+        net_stats = self.daemon.net.stats
+        net_stats.stream_errors[f"{EXCHANGE_PROTOCOL} {NON_MEMBER}"] += 1
+        suppressed = self.refusals.admit(outcome.peer, trio.current_time())
+        if suppressed is None:
+            net_stats.refusals_unlogged += 1
+            self.stats.add(outcome, stream.bytes_sent, stream.bytes_received)
+            return
+        await self._finish(outcome, stream.bytes_sent, stream.bytes_received, extra={"suppressed": suppressed})
 
     async def _build(self, proposal: PairingProposal) -> BuiltPackage:
         return await self.agent_call(lambda agent: self.packager.build(agent, proposal))
@@ -249,9 +273,11 @@ class ExchangeService:
         except NetError as exc:
             outcome = _student_failure(proposal, TIMEOUT if isinstance(exc, StreamTimeout) else STREAM_ERROR, str(exc), started)
         else:
+            async with self._audit_lock:  # the receipt pins the log's head: read both halves of it together
+                head = (self.audit.count, self.audit.head_hash)
             outcome = await fetch_package(
                 Libp2pExchangeStream(stream), remote=teacher, signer=self.signer, policy=self.policy,
-                proposal_envelope=proposal_envelope, current_round=current, clock=self.clock,
+                proposal_envelope=proposal_envelope, current_round=current, clock=self.clock, log_head=head,
             )
             sent, received = stream.bytes_sent, stream.bytes_received
         if outcome.ok:
@@ -307,18 +333,24 @@ class ExchangeService:
 
     # --- outcome, audit, checkpoints ----------------------------------------------------------------
 
-    async def _finish(self, outcome: ExchangeOutcome, sent: int, received: int) -> None:
+    async def _finish(self, outcome: ExchangeOutcome, sent: int, received: int, *,
+                      extra: dict[str, int] | None = None) -> None:
         self.daemon.log.event(
             "exchange", role=outcome.role, peer=outcome.peer, status=outcome.status, code=outcome.code or "-",
             reason=outcome.reason[:200], proposal_id=outcome.proposal_id.hex() or "-", round=outcome.round,
             protocol=outcome.protocol or "-", package_bytes=outcome.payload_size, dp_epsilon=outcome.dp_epsilon,
-            redactions=outcome.redactions, seconds=round(outcome.elapsed_s, 3),
+            redactions=outcome.redactions, seconds=round(outcome.elapsed_s, 3), **(extra or {}),
         )
         for event in self._events_of(outcome):
+            if extra:
+                event = dataclasses.replace(event, metrics={**event.metrics, **extra})
             await self._append(event)
         # Counted once on the record, so a status that shows an exchange implies its audit entries.
         self.stats.add(outcome, sent, received)
         await self._checkpoint(round_closed=outcome.ok)
+        if outcome.role == "teacher":
+            for listener in self._teacher_listeners:
+                listener(outcome)
 
     def _events_of(self, outcome: ExchangeOutcome) -> list[Event]:
         try:

@@ -6,16 +6,18 @@ Off by default; with ``[metrics] enabled = true`` the daemon runs
 about, since the figures say who the node talks to).
 
 Every value is read at scrape time from what the daemon already keeps (the
-network's :class:`~knexa_node.net.stats.NetStats`, its connections, and the
-round from the status providers), so nothing has to be kept in step:
+network's :class:`~knexa_node.net.stats.NetStats`, its connections, and its
+current round from ``daemon.rounds``), so nothing has to be kept in step:
 
 - ``knexa_connected_peers``                    gauge
 - ``knexa_gossip_messages_in_total{topic}``     counter (delivered to handlers)
 - ``knexa_gossip_messages_out_total{topic}``    counter (published)
 - ``knexa_gossip_dropped_total{reason}``        counter (refused: bad signature, stale, duplicate, ...)
 - ``knexa_stream_bytes_in_total`` / ``_out_total`` counters (framed stream bytes)
-- ``knexa_stream_errors_total{protocol,reason}`` counter
-- ``knexa_round``                               gauge (the learner's round on a node, the last round on the CPM; absent before the first)
+- ``knexa_stream_errors_total{protocol,reason}`` counter (``reason="non-member"`` on the exchange protocol:
+  streams from peers outside the consortium, every one of them)
+- ``knexa_refusals_unlogged_total``             counter (those refusals kept out of the audit log by its rate limit)
+- ``knexa_round``                               gauge (the node's round, or the CPM's last opened; absent before the first)
 
 ``prometheus-client`` is the ``metrics`` extra; enabling metrics without it
 is a :class:`MetricsError` at start, not an import error of the daemon.
@@ -26,7 +28,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import trio
 
@@ -108,6 +109,8 @@ class _Collector:
             protocol, _, reason = key.partition(" ")
             errors.add_metric([protocol, reason], count)
         yield errors
+        yield CounterMetricFamily("knexa_refusals_unlogged", "Refusals of outsiders not written to the audit log "
+                                  "(at most one entry per peer per minute).", value=stats.refusals_unlogged)
         current = self.round()
         if current is not None:
             yield GaugeMetricFamily("knexa_round", "Current round (node: the learner's; CPM: the last opened).", value=current)
@@ -189,11 +192,3 @@ def _http(status: int, content_type: str, body: bytes) -> bytes:
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
     return head.encode("latin-1") + body
 
-
-def round_from_status(status: dict[str, Any]) -> int | None:
-    """The round to export from the daemon's status providers: the learner's (node) or the CPM's last."""
-    for section, key in (("learner", "round"), ("cpm", "last_round")):
-        value = status.get(section, {}).get(key) if isinstance(status.get(section), dict) else None
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None

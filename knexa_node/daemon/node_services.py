@@ -1,14 +1,14 @@
-"""What ``knexa-node start`` adds to the bare daemon: the learner, the exchanges and the rounds."""
+"""The node's learning role, installed into the role-neutral daemon: the learner, the exchanges and the rounds."""
 
 from __future__ import annotations
 
 from typing import Callable, TypeVar
 
-from knexa_node.daemon.daemon import Daemon
 from knexa_node.daemon.datasets import load_node_data
 from knexa_node.daemon.exchanges import ExchangeService
 from knexa_node.daemon.learner import Learner
 from knexa_node.daemon.participant import Participant
+from knexa_node.daemon.role import RoleHost
 from knexa_node.learn.agent import Agent, default_train_mode
 from knexa_node.learn.embedded import resolve_model_path
 from knexa_node.learn.memory import check_model_memory
@@ -17,7 +17,7 @@ from knexa_node.models import EMBEDDED_PREFIX
 T = TypeVar("T")
 
 
-def install_node(daemon: Daemon) -> Participant | None:
+def install_node(daemon: RoleHost) -> Participant | None:
     """Wire learning, exchange and round participation into a node daemon (data errors raise here, before start).
 
     A node without a model (``model.path = ""``) only relays: bootstrap, DHT and gossip.
@@ -31,15 +31,16 @@ def install_node(daemon: Daemon) -> Participant | None:
         check_model_memory(resolve_model_path(model.path), model.max_memory_gb, train_mode=default_train_mode(model.path))
     data = load_node_data(daemon.config, base=daemon.home.root)
     learner = Learner(daemon.config, daemon.home.state_dir, data, on_event=daemon.log.event)
-    holder: list[Participant] = []
     private_texts = [p.prompt + p.solution for p in (*data.train, *data.validation)]
+
     async def build_call(fn: Callable[[Agent], T]) -> T:
         return await learner.call(fn, doing="building package")
 
+    # The teacher checks a proposal's round against the daemon's current round (its one owner: daemon.rounds).
     exchanges = ExchangeService(daemon, build_call, data.transfer, private_texts,
-                                current_round=lambda: holder[0].current_round if holder else None)
+                                current_round=lambda: daemon.rounds.current)
     participant = Participant(daemon, learner, exchanges)
-    holder.append(participant)
+    exchanges.add_teacher_listener(participant.on_taught)
     exchanges.install()
     participant.install()
     return participant

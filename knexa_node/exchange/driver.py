@@ -19,7 +19,7 @@ import logging
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Awaitable, Callable, Protocol, cast
+from typing import Any, Awaitable, Callable, Protocol, TypeVar, cast
 
 import trio
 
@@ -45,6 +45,7 @@ from knexa_node.privacy.budget import PrivacyBudget
 from knexa_node.wire import PackageHeader, PairingProposal, WireError
 
 log = logging.getLogger("knexa.exchange")
+T = TypeVar("T")
 
 # A refusal is a courtesy to the other side; never let it hold the stream open long.
 REFUSAL_SEND_TIMEOUT_S = 2.0
@@ -124,6 +125,20 @@ async def _close(stream: FramedStream) -> None:
             pass
 
 
+def _on_disk(replay: ReplayCache, budget: PrivacyBudget | None) -> bool:
+    return replay.path is not None or (budget is not None and budget.path is not None)
+
+
+async def _in_worker_thread(step: Callable[..., T], *args: Any) -> T:
+    return await trio.to_thread.run_sync(step, *args)
+
+
+async def _inline(step: Callable[..., T], *args: Any) -> T:
+    # Nothing to fsync (in-memory cache and budget: tests, simulations): no thread hop, and a
+    # MockClock cannot jump ahead while the trio thread waits for a worker.
+    return step(*args)
+
+
 def _status_of(code: str) -> str:
     return "timed-out" if code == TIMEOUT else "refused"
 
@@ -155,14 +170,15 @@ async def serve_exchange(
     started = trio.current_time()
     deadline = _Deadline(policy.timeout_s)
     session = TeacherSession(signer, policy, remote=remote, current_round=current_round, now=clock(), replay=replay, budget=budget)
+    persisting = _in_worker_thread if _on_disk(replay, budget) else _inline
     outcome: ExchangeOutcome | None = None
     try:
         with trio.move_on_after(policy.timeout_s):
             try:
                 session.check_remote()  # before reading a byte: non-members cost nothing
                 request = await _receive(stream, MAX_CONTROL_FRAME, deadline)
-                # In a worker thread: accepting the request persists it in the replay cache (fsync).
-                proposal = await trio.to_thread.run_sync(session.receive_request, request)
+                # Accepting the request persists it in the replay cache (fsync): off the trio thread.
+                proposal = await persisting(session.receive_request, request)
                 try:
                     built = await build_package(proposal)
                 except Exception as exc:  # the learning engine's failure must not kill the daemon
@@ -170,8 +186,8 @@ async def serve_exchange(
                     raise ExchangeError(BUILD_FAILED, f"{type(exc).__name__}: {exc}"[:300]) from None
                 if not isinstance(built, BuiltPackage):
                     raise ExchangeError(BUILD_FAILED, f"build_package returned {type(built).__name__}, not BuiltPackage")
-                # In a worker thread: spending the DP budget persists it (fsync); the chunks are sealed as they go.
-                frames = await trio.to_thread.run_sync(
+                # Spending the DP budget persists it (fsync): off the trio thread. The chunks are sealed as they go.
+                frames = await persisting(
                     partial(session.package_frames, built.payload, dp_epsilon=built.dp_epsilon, redactions=built.redactions))
                 for frame in frames:
                     await _send(stream, frame)
@@ -206,8 +222,12 @@ async def fetch_package(
     proposal_envelope: bytes,
     current_round: int | None,
     clock: Callable[[], float] = time.time,
+    log_head: tuple[int, bytes] = (0, bytes(32)),
 ) -> ExchangeOutcome:
-    """Student side: fetch the package of ``proposal_envelope`` from the teacher ``remote`` over ``stream``."""
+    """Student side: fetch the package of ``proposal_envelope`` from the teacher ``remote`` over ``stream``.
+
+    ``log_head`` (entries, head hash of this node's audit log) goes into the signed receipt.
+    """
     started = trio.current_time()
     deadline = _Deadline(policy.timeout_s)
     session: StudentSession | None = None
@@ -218,7 +238,8 @@ async def fetch_package(
             try:
                 policy.membership.check(remote)
                 session = StudentSession(
-                    signer, policy, proposal_envelope=proposal_envelope, remote=remote, current_round=current_round, now=clock()
+                    signer, policy, proposal_envelope=proposal_envelope, remote=remote, current_round=current_round, now=clock(),
+                    log_head=log_head,
                 )
                 await _send(stream, session.request_frame())
                 session.receive_header(await _receive(stream, MAX_CONTROL_FRAME, deadline))

@@ -58,7 +58,7 @@ class ReplayCache:
     def _load(self, path: Path) -> None:
         try:
             data = path.read_bytes()
-            raw = unpack(data, max_size=_MAX_FILE)
+            raw = unpack(data, max_size=_MAX_FILE, max_objects=4 * self.max_entries + 16)
         except (OSError, WireError) as exc:
             raise ReplayCacheError(f"{path}: cannot read replay cache: {exc}") from None
         if not isinstance(raw, dict) or raw.get("v") != 1 or not isinstance(raw.get("entries"), list):

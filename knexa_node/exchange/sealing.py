@@ -71,6 +71,15 @@ class EphemeralKey:
         return _scalarmult(bytes(self._private), public)
 
 
+def check_public_key(public: bytes) -> None:
+    """Raise :class:`SealingError` for an X25519 key no exchange can use (wrong size, low order).
+
+    A throwaway Diffie-Hellman does the check, so a teacher refuses a bad
+    student key before it spends privacy budget and model work on the package.
+    """
+    _scalarmult(bytes(nacl.public.PrivateKey.generate()), public)
+
+
 def _scalarmult(private: bytes, public: bytes) -> bytes:
     if len(public) != KEY_SIZE:
         raise SealingError("X25519 public key must be 32 bytes")

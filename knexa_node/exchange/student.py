@@ -47,8 +47,10 @@ class StudentSession:
         remote: str,
         current_round: int | None,
         now: float,
+        log_head: tuple[int, bytes] = (0, bytes(32)),
     ) -> None:
         self.signer = signer
+        self.log_head = log_head  # (entries, head hash) of this node's audit log, signed into the receipt
         self.policy = policy
         self.remote = remote
         self._machine = student_machine()
@@ -181,6 +183,7 @@ class StudentSession:
         receipt = Receipt(
             proposal_id=header.proposal_id, round=header.round, teacher=header.teacher, student=header.student,
             payload_hash=header.payload_hash, payload_size=header.payload_size,
+            log_entries=self.log_head[0], log_head=self.log_head[1],
         )
         self.receipt_envelope = seal_envelope(self.signer, receipt).to_bytes()
         payload = bytes(self._plain)

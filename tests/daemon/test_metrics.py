@@ -15,7 +15,6 @@ from knexa_node.daemon.metrics import (
     MetricsServer,
     is_loopback_host,
     parse_address,
-    round_from_status,
 )
 from knexa_node.identity import NodeHome
 from knexa_node.net.protocols import ROUNDS, topic
@@ -119,20 +118,13 @@ def test_addresses_are_parsed_or_refused():
     assert not is_loopback_host("0.0.0.0") and not is_loopback_host("10.0.0.1")
 
 
-def test_round_comes_from_the_learner_or_the_cpm():
-    assert round_from_status({"learner": {"round": 3}}) == 3
-    assert round_from_status({"cpm": {"last_round": 9}}) == 9
-    assert round_from_status({"learner": {"round": None}, "cpm": {"error": "x"}}) is None
-    assert round_from_status({"learner": "broken"}) is None
-
-
 async def test_daemon_serves_metrics_when_enabled(tmp_path):
     config = Config()
     config.metrics.enabled = True
     config.metrics.address = "127.0.0.1:0"
     daemon = Daemon(NodeHome(tmp_path), config, Signer.generate(), log=EventLog("json", out=io.StringIO(), err=io.StringIO()),
                     params=loopback_params())
-    daemon.add_status("learner", lambda: {"round": 2})
+    daemon.rounds.enter(2)  # the gauge reads the daemon's one owner of the current round
     async with trio.open_nursery() as nursery:
         nursery.start_soon(daemon.run)
         await wait_until(lambda: daemon.metrics is not None and daemon.metrics.bound is not None, 20)

@@ -248,7 +248,7 @@ def test_forged_or_mismatched_receipt_is_refused(cast):
     teacher, student = sessions(cast)
     _, receipt = deliver(student, teacher_frames(teacher, student))
     header = student.header
-    fields = [f.name for f in dataclasses.fields(Receipt)]
+    fields = [f.name for f in dataclasses.fields(Receipt) if hasattr(header, f.name)]
     forged = seal_envelope(cast.outsider, Receipt(**{f: getattr(header, f) for f in fields}))
     with pytest.raises(ExchangeError) as info:
         teacher.receive_receipt(forged.to_bytes())

@@ -50,7 +50,7 @@ def sample_messages() -> list:
         ExchangeRequest(proposal=b"envelope", ephemeral_key=H32),
         ExchangeRefused(ID16, "expired", "proposal expired"),
         PackageHeader(ID16, 3, SIGNER.peer_id, OTHER.peer_id, "logits", H32, 1234, 2, H32, 0.0, 0),
-        Receipt(ID16, 3, SIGNER.peer_id, OTHER.peer_id, H32, 1234),
+        Receipt(ID16, 3, SIGNER.peer_id, OTHER.peer_id, H32, 1234, 7, H32),
         Feedback(ID16, 3, 0.25, 2.0, 1.75, 1234, H32),
         Checkpoint(seq=10, head_hash=H32, round=3),
         Ack(ref=H32, ok=False, code="replay", reason="seen"),

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from knexa_node.learn import sandbox
 from knexa_node.learn.sandbox import SandboxLimits, check_program, detect_backend, run_programs
 
 BACKENDS = ["guard"] + (["nsjail"] if detect_backend() == "nsjail" else [])
@@ -103,3 +104,11 @@ def test_writes_stay_in_the_throwaway_directory(backend: str, tmp_path) -> None:
     assert run_one("open('scratch.txt', 'w').write('x')\nassert open('scratch.txt').read() == 'x'", backend) == "passed"
     assert run_one(f"open({str(target)!r}, 'w').write('x')", backend) == "failed"
     assert not target.exists()
+
+
+def test_a_failing_judge_is_an_error_not_a_timeout(backend: str, tmp_path, monkeypatch) -> None:
+    broken = tmp_path / "runner.py"
+    broken.write_text("raise SystemExit('the judge cannot start')\n")
+    monkeypatch.setattr(sandbox, "_RUNNER", broken)
+    (result,) = run_programs(["assert True"], LIMITS, backend=backend)
+    assert result.status == "error" and "cannot start" in result.detail
