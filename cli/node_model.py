@@ -18,11 +18,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from knexa_node.learn.data import DataError
+from knexa_node.models import BENCHMARKS, PRETRAINED, PROMPT_FORMATS
 
-# Kept in step with knexa_node.learn.evaluate / .pretrained, which import torch (checked by a test).
-BENCHMARKS = ("humaneval", "embedded")
-PROMPT_FORMATS = ("auto", "chat", "raw")
-PRETRAINED_NAMES = ("smollm2-135m",)
+PRETRAINED_NAMES = tuple(PRETRAINED)
 
 model_app = typer.Typer(help="Bring real pretrained checkpoints in as ordinary Hugging Face directories.",
                         no_args_is_help=True, add_completion=False)

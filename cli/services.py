@@ -10,7 +10,7 @@ from knexa_node.daemon.daemon import Daemon
 from knexa_node.daemon.node_services import install_node
 from knexa_node.exchange.replay import ReplayCacheError
 from knexa_node.learn.data import DataError
-from knexa_node.learn.embedded import ModelPathError
+from knexa_node.models import ModelPathError
 from knexa_node.privacy.budget import BudgetError
 
 

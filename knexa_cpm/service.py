@@ -103,15 +103,17 @@ class CpmService:
                 self.counters["profiles"] += 1
                 self.on_event("profile", round=message.round, peer_id=remote)
                 self._wake.set()
-            else:
-                assert isinstance(message, Feedback)
+            elif isinstance(message, Feedback):
                 self._accept_feedback(remote, envelope, message)
+            else:  # open_envelope's `expect` admits no other type
+                raise Refusal("unexpected-type", type(message).__name__)
         except Refusal as refusal:
             return self._refuse(envelope.digest, refusal.code, str(refusal))
         return Ack(ref=envelope.digest, ok=True, code="ok", reason="")
 
     def _accept_feedback(self, remote: str, envelope: Envelope, feedback: Feedback) -> None:
-        assert self.book is not None
+        if self.book is None:  # handle_request refuses feedback while no round is open
+            raise Refusal("no-round", "no round is open")
         if feedback.reports_failure:
             # The exchange never completed: close the proposal, but a transport or refusal
             # failure is no measurement of teaching, so it never reaches the bandit.
@@ -188,7 +190,8 @@ class CpmService:
 
     async def pair_now(self) -> list[PairingProposal]:
         book = self.book
-        assert book is not None and book.phase == COLLECTING
+        if book is None or book.phase != COLLECTING:
+            raise Refusal("not-collecting", "no round is collecting profiles")
         vectors = book.profile_vectors()
         started = time.perf_counter()
         pairings = self.policy.propose(vectors, book.budget(), book.round) if len(vectors) >= 2 else []
@@ -209,7 +212,8 @@ class CpmService:
 
     def _finish_round(self, how: str) -> None:
         book = self.book
-        assert book is not None
+        if book is None:  # every caller holds an open book
+            raise RuntimeError("no round to finish")
         book.phase = CLOSED
         stats = book.statistics()
         stats["closed_by"] = how

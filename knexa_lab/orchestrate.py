@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from knexa_node.audit import AuditError, log_path, verify_file
-from knexa_lab.plan import EMBEDDED_PREFIX, PRETRAINED_PREFIX, DemoLayout, DemoSettings, lay_out
+from knexa_lab.plan import DemoLayout, DemoSettings, lay_out
 from knexa_lab.processes import DaemonProcess, DemoError
+from knexa_node.models import parse_model_path
 
 READY_TIMEOUT_S = 180.0
 POLL_S = 1.0
@@ -48,7 +49,7 @@ class DemoResult:
 
 def _build_models(settings: DemoSettings) -> None:
     """Build the embedded models and import the pretrained ones once, before the daemons start (not in N racing daemons)."""
-    names = sorted({m for m in settings.models[: settings.nodes] if m.startswith((EMBEDDED_PREFIX, PRETRAINED_PREFIX))})
+    names = sorted({m for m in settings.models[: settings.nodes] if parse_model_path(m).kind != "directory"})
     if not names:
         return
     done = subprocess.run([sys.executable, "-m", "knexa_node.learn.build_embedded", *names], capture_output=True, text=True,

@@ -16,9 +16,7 @@ from pathlib import Path
 from knexa_node.config import Config, render_config
 from knexa_node.fsutil import atomic_write_text
 from knexa_node.identity import NodeHome, create_identity, load_identity
-
-EMBEDDED_PREFIX = "embedded:"  # as knexa_node.learn.embedded, without importing torch here
-PRETRAINED_PREFIX = "pretrained:"
+from knexa_node.models import EMBEDDED_PREFIX
 DEFAULT_MODELS = ("embedded:llama-tiny", "embedded:neox-tiny", "embedded:gpt2-tiny", "embedded:qwen2-tiny")
 
 

@@ -91,7 +91,8 @@ class DaemonProcess:
         return self.proc.returncode
 
     def _signal(self, signum: int) -> None:
-        assert self.proc is not None
+        if self.proc is None:  # never started: nothing to signal
+            return
         try:
             os.killpg(self.proc.pid, signum)
         except (ProcessLookupError, PermissionError):

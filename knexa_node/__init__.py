@@ -13,6 +13,9 @@ Rooms, each with one job (layers point down; nothing here imports ``knexa_cpm``)
 - ``audit``     the signed hash-chained exchange log and its verifier
 - ``learn``     models, LoRA, local training, distillation, evaluation, data
 - ``daemon``    the trio main loop tying the rooms together, control endpoint
+- ``models``    model names and paths (``embedded:``, ``pretrained:``, a directory), without torch
+- ``fsutil``    crash-safe file writes (temporary file, fsync, rename, fsync the directory)
+- ``testing``   helpers for tests: real libp2p hosts on 127.0.0.1, already connected
 - ``dashboard`` the daemon's opt-in read-only web page and its JSON
 - ``doctor``    ``knexa-node doctor``: checks of a home, its peers and its CPM
 

@@ -15,7 +15,7 @@ frames are checkpoint envelopes, verbatim.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, cast
 
 from knexa_node.audit.appendfile import AppendFile, read_locked
 from knexa_node.audit.errors import AuditError
@@ -41,8 +41,7 @@ def make_checkpoint(log: AuditLog, signer: Signer, *, now: float | None = None) 
 def parse_checkpoint(data: bytes) -> tuple[Envelope, Checkpoint]:
     """Open a checkpoint envelope from untrusted bytes (gossip, a file); raise ``WireError``."""
     envelope, message = open_envelope(data, max_size=MAX_CHECKPOINT_ENVELOPE, expect=(Checkpoint,))
-    assert isinstance(message, Checkpoint)
-    return envelope, message
+    return envelope, cast(Checkpoint, message)  # open_envelope's `expect` guarantees the type
 
 
 class Checkpointer:

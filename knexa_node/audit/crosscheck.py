@@ -18,9 +18,9 @@ proposal it lists each disagreement:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from knexa_node.audit.entry import OK, PACKAGE_RECEIVED, PACKAGE_SENT, Entry
+from knexa_node.audit.entry import OK, PACKAGE_RECEIVED, PACKAGE_SENT, Entry, Header
 from knexa_node.audit.proof import receipt_heads
 from knexa_node.audit.verify import LogView
 
@@ -89,10 +89,10 @@ def cross_check(a: LogView, b: LogView) -> CrossCheck:
 
 def _pinned_heads(holder: LogView, owned: LogView, *, side: str) -> list[Mismatch]:
     """Check ``owned`` (log ``side``) against the log heads its owner signed into receipts that ``holder`` keeps."""
-    assert owned.header is not None
+    owner = cast(Header, owned.header).owner  # cross_check refuses logs without a header
     found = []
     for pid, envelope, head in receipt_heads(holder.entries):
-        if envelope.sender != owned.header.owner:
+        if envelope.sender != owner:
             continue
         if head.seq < len(owned.entries):
             if owned.entries[head.seq].hash != head.head_hash:
@@ -132,8 +132,7 @@ def _transfer(pid: bytes, sent: Entry | None, received: Entry | None, *, sender:
     if sent is None and received is None:
         return []
     if sent is None or received is None:
-        present = sent or received
-        assert present is not None
+        present = cast(Entry, sent or received)  # one of them is set (checked just above)
         if present.event.outcome != OK:
             return []  # a failed transfer on one side need not exist on the other
         what = (f"log {sender} sent a package that log {receiver} never logged receiving" if received is None

@@ -64,7 +64,8 @@ class Scan:
 
 def scan_frames(data: bytes, magic: bytes) -> Scan:
     """Split ``data`` into frames after ``magic``; stop at the first problem and say why."""
-    assert len(magic) == MAGIC_SIZE
+    if len(magic) != MAGIC_SIZE:
+        raise ValueError(f"a frame magic is {MAGIC_SIZE} bytes, not {len(magic)}")
     size = len(data)
     if size < MAGIC_SIZE:
         if magic.startswith(bytes(data)):

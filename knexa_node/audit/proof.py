@@ -15,7 +15,7 @@ of its students' logs, which :func:`~knexa_node.audit.verify_bytes` and
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, cast
 
 from knexa_node.audit.entry import MAX_RECEIPT, PACKAGE_RECEIVED, PACKAGE_SENT, Entry, Event
 from knexa_node.wire import Checkpoint, Envelope, PackageHeader, Receipt, WireError, open_envelope
@@ -38,7 +38,7 @@ def check_proof(owner: str, ev: Event) -> Envelope | None:
         raise ProofError(f"counterpart receipt does not verify: {exc}") from None
     if envelope.sender != ev.peer:
         raise ProofError(f"receipt is signed by {envelope.sender}, not by the counterpart {ev.peer}")
-    assert isinstance(message, (Receipt, PackageHeader))
+    message = cast("Receipt | PackageHeader", message)  # open_envelope's `expect` guarantees the type
     teacher, student = (owner, ev.peer) if ev.kind == PACKAGE_SENT else (ev.peer, owner)
     if (message.teacher, message.student) != (teacher, student):
         raise ProofError("receipt names other parties than the entry (teacher, student)")
@@ -69,7 +69,7 @@ def receipt_heads(entries: Iterable[Entry]) -> list[tuple[bytes, Envelope, Check
             envelope, message = open_envelope(entry.event.receipt, max_size=MAX_RECEIPT, expect=(Receipt,))
         except WireError:
             continue  # not a receipt this node reads (verify reports it as bad-receipt)
-        assert isinstance(message, Receipt)
+        message = cast(Receipt, message)  # open_envelope's `expect` guarantees the type
         if message.log_entries > 0:
             found.append((entry.event.proposal_id, envelope,
                           Checkpoint(seq=message.log_entries - 1, head_hash=message.log_head, round=message.round)))

@@ -24,6 +24,6 @@ The node's learning role (installed by :func:`.node_services.install_node`; the 
 - :mod:`.learner`        the agent behind one lock, its work in worker threads; ``evaluation_point``
 - :mod:`.datasets`       the node's data splits from its config
 - :mod:`.exchanges`      both sides of the knowledge exchange, the audit log and checkpoints
-- :mod:`.packaging`      the teacher's package: guardrail, DP, encoding
+- :mod:`.packaging`      the teacher's package for one proposal: guardrail and DP on the object, encoded once
 - :mod:`.refusals`       how often a refusal of an outsider reaches the audit log (one entry per peer per interval)
 """

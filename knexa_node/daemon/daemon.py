@@ -161,7 +161,8 @@ class Daemon:
             self.systemd.ready(f"{self.role} {self.signer.peer_id} listening on {', '.join(self.net.listen_addrs())}")
             await self._stop_requested.wait()
             self.systemd.stopping()
-            assert self._cancel is not None
+            if self._cancel is None:  # run() sets it before starting the services
+                raise RuntimeError("Daemon._run_services runs only inside Daemon.run")
             self._cancel.deadline = trio.current_time() + STOP_GRACE_S
             # Let the control client read the answer to `stop` before everything is cancelled.
             await trio.sleep(0.05)

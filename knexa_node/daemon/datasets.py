@@ -42,10 +42,9 @@ def load_node_data(config: Config, *, base: Path | None = None) -> NodeData:
              (("train", data.train), ("validation", data.validation), ("transfer", data.transfer),
               ("dev", data.dev), ("test", data.test)) if value}
     task = None if len(files.keys() - {"validation"}) == 4 else embedded_task(data.seed)
-    if "train" in files:
+    if task is None or "train" in files:  # task is None only when every file, train included, is given
         private = files["train"]
     else:
-        assert task is not None
         shards = dirichlet_split(task.train_pool, data.shards, data.dirichlet_alpha, seed=data.seed,
                                  per_client=data.shard_size or None)
         if data.shard >= len(shards):

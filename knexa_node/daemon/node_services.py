@@ -10,8 +10,9 @@ from knexa_node.daemon.learner import Learner
 from knexa_node.daemon.participant import Participant
 from knexa_node.daemon.role import RoleHost
 from knexa_node.learn.agent import Agent, default_train_mode
-from knexa_node.learn.embedded import EMBEDDED_PREFIX, resolve_model_path
+from knexa_node.learn.embedded import resolve_model_path
 from knexa_node.learn.memory import check_model_memory
+from knexa_node.models import EMBEDDED_PREFIX
 
 T = TypeVar("T")
 

@@ -4,7 +4,8 @@ Blocking and trio-free: the exchange service runs :meth:`Packager.build` in a
 worker thread, under the agent's lock. Steps, in order:
 
 1. the agent answers the public transfer set (``teacher_package``) with the
-   proposal's protocol — or, when DP is on, always as top-k logits, since
+   proposal's protocol, as a :class:`~knexa_node.learn.package.KnowledgePackage`
+   object (not yet encoded) — or, when DP is on, always as top-k logits, since
    only logits can be noised (a text package under DP is then decoded from
    the noisy release, see below);
 2. DP (``privacy.dp_enabled``): every position of every item is one row of a
@@ -21,7 +22,7 @@ worker thread, under the agent's lock. Steps, in order:
    or dropped in place; a logit item is decoded with the agent's tokenizer
    and dropped whole if the guardrail would touch it (a token sequence
    cannot be redacted without invalidating its rows);
-4. re-encoding, and the exchange's :class:`~knexa_node.exchange.driver.BuiltPackage`
+4. encoding, once, into the exchange's :class:`~knexa_node.exchange.driver.BuiltPackage`
    with the epsilon spent and the number of guardrail actions.
 """
 
@@ -35,12 +36,7 @@ import numpy as np
 
 from knexa_node.config import PrivacySection
 from knexa_node.exchange.driver import BuiltPackage
-from knexa_node.learn.package import (
-    KnowledgePackage,
-    LogitItem,
-    decode_package,
-    encode_package,
-)
+from knexa_node.learn.package import KnowledgePackage, LogitItem, encode_package
 from knexa_node.learn.problems import Problem
 from knexa_node.privacy.dp import GaussianRelease, privatize_rows
 from knexa_node.privacy.guardrail import Guardrail, GuardrailSettings
@@ -60,14 +56,21 @@ class PackagingError(Exception):
     """The package cannot be built as configured (the exchange ends ``build-failed`` with this reason)."""
 
 
+class BuiltByAgent(Protocol):
+    """What the agent's ``teacher_package`` returns: the package object, not yet encoded."""
+
+    @property
+    def package(self) -> KnowledgePackage: ...
+
+
 class TeacherAgent(Protocol):
     """What packaging needs of :class:`knexa_node.learn.agent.Agent`."""
 
     tokenizer: Any  # ``decode(ids, skip_special_tokens=True)`` and ``eos_token_id``
 
-    def teacher_package(self, transfer: Sequence[Problem], *, protocol: str = "text") -> Any:
-        """An object whose ``payload`` is ``encode_package(KnowledgePackage)``."""
+    def teacher_package(self, transfer: Sequence[Problem], *, protocol: str = "text") -> BuiltByAgent:
         ...
+
 
 
 class Packager:
@@ -103,8 +106,9 @@ def build_outgoing(agent: TeacherAgent, proposal: PairingProposal, transfer: Seq
         raise PackagingError(f"unknown package protocol {proposal.protocol!r}")
     dp = privacy.dp_enabled
     asked = "logits" if dp else proposal.protocol
-    built = agent.teacher_package(transfer, protocol=asked)
-    package = decode_package(built.payload, max_size=max(len(built.payload), 1) + 1)
+    package = agent.teacher_package(transfer, protocol=asked).package
+    if not isinstance(package, KnowledgePackage):
+        raise PackagingError(f"the agent built a {type(package).__name__}, not a KnowledgePackage")
     if package.kind != asked:
         raise PackagingError(f"the agent built a {package.kind!r} package, {asked!r} was asked for")
     epsilon = 0.0

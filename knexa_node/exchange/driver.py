@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Protocol
+from functools import partial
+from typing import Any, Awaitable, Callable, Protocol, TypeVar, cast
 
 import trio
 
@@ -37,12 +38,14 @@ from knexa_node.exchange.errors import (
 from knexa_node.exchange.frames import MAX_CONTROL_FRAME, refusal_frame
 from knexa_node.exchange.policy import ExchangePolicy
 from knexa_node.exchange.replay import ReplayCache
+from knexa_node.exchange.states import StudentState, TeacherState
 from knexa_node.exchange.student import StudentSession
 from knexa_node.exchange.teacher import TeacherSession
 from knexa_node.privacy.budget import PrivacyBudget
-from knexa_node.wire import PairingProposal, WireError
+from knexa_node.wire import PackageHeader, PairingProposal, WireError
 
 log = logging.getLogger("knexa.exchange")
+T = TypeVar("T")
 
 # A refusal is a courtesy to the other side; never let it hold the stream open long.
 REFUSAL_SEND_TIMEOUT_S = 2.0
@@ -122,6 +125,20 @@ async def _close(stream: FramedStream) -> None:
             pass
 
 
+def _on_disk(replay: ReplayCache, budget: PrivacyBudget | None) -> bool:
+    return replay.path is not None or (budget is not None and budget.path is not None)
+
+
+async def _in_worker_thread(step: Callable[..., T], *args: Any) -> T:
+    return await trio.to_thread.run_sync(step, *args)
+
+
+async def _inline(step: Callable[..., T], *args: Any) -> T:
+    # Nothing to fsync (in-memory cache and budget: tests, simulations): no thread hop, and a
+    # MockClock cannot jump ahead while the trio thread waits for a worker.
+    return step(*args)
+
+
 def _status_of(code: str) -> str:
     return "timed-out" if code == TIMEOUT else "refused"
 
@@ -153,12 +170,15 @@ async def serve_exchange(
     started = trio.current_time()
     deadline = _Deadline(policy.timeout_s)
     session = TeacherSession(signer, policy, remote=remote, current_round=current_round, now=clock(), replay=replay, budget=budget)
+    persisting = _in_worker_thread if _on_disk(replay, budget) else _inline
     outcome: ExchangeOutcome | None = None
     try:
         with trio.move_on_after(policy.timeout_s):
             try:
                 session.check_remote()  # before reading a byte: non-members cost nothing
-                proposal = session.receive_request(await _receive(stream, MAX_CONTROL_FRAME, deadline))
+                request = await _receive(stream, MAX_CONTROL_FRAME, deadline)
+                # Accepting the request persists it in the replay cache (fsync): off the trio thread.
+                proposal = await persisting(session.receive_request, request)
                 try:
                     built = await build_package(proposal)
                 except Exception as exc:  # the learning engine's failure must not kill the daemon
@@ -166,21 +186,23 @@ async def serve_exchange(
                     raise ExchangeError(BUILD_FAILED, f"{type(exc).__name__}: {exc}"[:300]) from None
                 if not isinstance(built, BuiltPackage):
                     raise ExchangeError(BUILD_FAILED, f"build_package returned {type(built).__name__}, not BuiltPackage")
-                frames = session.package_frames(built.payload, dp_epsilon=built.dp_epsilon, redactions=built.redactions)
+                # Spending the DP budget persists it (fsync): off the trio thread. The chunks are sealed as they go.
+                frames = await persisting(
+                    partial(session.package_frames, built.payload, dp_epsilon=built.dp_epsilon, redactions=built.redactions))
                 for frame in frames:
                     await _send(stream, frame)
                 session.receive_receipt(await _receive(stream, MAX_CONTROL_FRAME, deadline))
             except ExchangeError as error:
-                session.state = "failed"
+                session.abort()
                 await _refuse(stream, signer, session.proposal_id, error)
                 outcome = _failed("teacher", remote, error, session, started)
-        if outcome is None and session.state != "done":
+        if outcome is None and session.state is not TeacherState.DONE:
+            session.abort()
             outcome = _failed("teacher", remote, ExchangeError(TIMEOUT, f"exchange took over {policy.timeout_s} s"), session, started)
     finally:
         await _close(stream)
     if outcome is None:
-        header = session.header
-        assert header is not None
+        header = cast(PackageHeader, session.header)  # DONE is reached only after the header was sent
         outcome = ExchangeOutcome(
             status="done", role="teacher", peer=remote, proposal_id=header.proposal_id, round=header.round,
             protocol=header.protocol, payload_hash=header.payload_hash, payload_size=header.payload_size,
@@ -226,18 +248,21 @@ async def fetch_package(
                     pass
                 payload, receipt = session.finish()
                 await _send(stream, receipt)
+                session.receipt_sent()
             except ExchangeError as error:
                 if session is not None:
-                    session.state = "failed"
+                    session.abort()
                     await _refuse(stream, signer, session.proposal_id, error)
                 outcome = _failed("student", remote, error, session, started)
-        if outcome is None and (session is None or session.state != "done"):
+        if outcome is None and (session is None or session.state is not StudentState.DONE):
+            if session is not None:
+                session.abort()
             outcome = _failed("student", remote, ExchangeError(TIMEOUT, f"exchange took over {policy.timeout_s} s"), session, started)
     finally:
         await _close(stream)
     if outcome is None:
-        assert session is not None and session.header is not None
-        header = session.header
+        session = cast(StudentSession, session)  # DONE above
+        header = cast(PackageHeader, session.header)  # DONE is reached only after the header was accepted
         outcome = ExchangeOutcome(
             status="done", role="student", peer=remote, proposal_id=header.proposal_id, round=header.round,
             protocol=header.protocol, payload_hash=header.payload_hash, payload_size=header.payload_size,

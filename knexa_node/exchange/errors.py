@@ -51,6 +51,20 @@ Status = Literal["done", "refused", "timed-out"]
 Role = Literal["teacher", "student"]
 
 
+class ExchangeStateError(Exception):
+    """A session was asked for a step its state does not allow: a bug in the caller, not a peer's doing.
+
+    Not an :class:`ExchangeError`: it carries no protocol code, is never sent to
+    the peer, and must not be mistaken for a refusal. See :mod:`.states`.
+    """
+
+    def __init__(self, role: Role, state: str, event: str) -> None:
+        self.role = role
+        self.state = state
+        self.event = event
+        super().__init__(f"{role} session: event {event!r} is not allowed in state {state!r}")
+
+
 @dataclass(frozen=True)
 class ExchangeOutcome:
     """How one exchange ended, for the caller to log and write to the audit log.

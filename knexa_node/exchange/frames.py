@@ -14,6 +14,8 @@ Control frames are small and bounded tightly; only chunk frames may be large.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from knexa_node.crypto import Signer
 from knexa_node.exchange.errors import MALFORMED, REFUSED_BY_PEER, ExchangeError
 from knexa_node.exchange.sealing import CHUNK_OVERHEAD, CHUNK_SIZE
@@ -23,6 +25,8 @@ PROTOCOL_ID = "/knexa/exchange/1.0.0"
 MAX_CONTROL_FRAME = 64 * 1024
 MAX_CHUNK_FRAME = CHUNK_SIZE + CHUNK_OVERHEAD
 NO_PROPOSAL = bytes(16)  # proposal_id of a refusal sent before any proposal was read
+
+M = TypeVar("M", bound=Message)
 
 
 def refusal_frame(signer: Signer, proposal_id: bytes, error: ExchangeError) -> bytes:
@@ -41,8 +45,8 @@ def malformed(exc: WireError, what: str) -> ExchangeError:
     return ExchangeError(MALFORMED, f"{what}: {exc}")
 
 
-def open_peer_frame(frame: bytes, *, remote: str, expect: type[Message], what: str,
-                    wrong_signer: str) -> tuple[Envelope, Message]:
+def open_peer_frame(frame: bytes, *, remote: str, expect: type[M], what: str,
+                    wrong_signer: str) -> tuple[Envelope, M]:
     """Open a control frame the other side signed: ``expect``, or its refusal.
 
     Undecodable bytes, a frame signed by anyone but ``remote`` (raised with the code
@@ -56,4 +60,6 @@ def open_peer_frame(frame: bytes, *, remote: str, expect: type[Message], what: s
         raise ExchangeError(wrong_signer, f"{what} signed by {envelope.sender}, not {remote}")
     if isinstance(message, ExchangeRefused):
         raise peer_refusal(message)
+    if not isinstance(message, expect):  # open_envelope's `expect` makes this unreachable
+        raise ExchangeError(MALFORMED, f"{what}: got {type(message).__name__}")
     return envelope, message

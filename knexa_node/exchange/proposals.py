@@ -45,7 +45,8 @@ def check_proposal(
         raise ExchangeError(FORGED_PROPOSAL, f"not a valid signed proposal ({exc.reason})") from None
     if not cpm or envelope.sender != cpm:
         raise ExchangeError(FORGED_PROPOSAL, f"proposal signed by {envelope.sender}, not by the configured CPM")
-    assert isinstance(proposal, PairingProposal)
+    if not isinstance(proposal, PairingProposal):  # open_envelope's `expect` makes this unreachable
+        raise ExchangeError(FORGED_PROPOSAL, f"not a proposal but a {type(proposal).__name__}")
     if current_round is None or proposal.round != current_round:
         raise ExchangeError(WRONG_ROUND, f"proposal for round {proposal.round}, current round is {current_round}")
     if now > proposal.expires + clock_skew_s:

@@ -15,6 +15,7 @@ File (``<home>/state/replay.msgpack``): msgpack ``{"v": 1, "entries": [[kind, ro
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from knexa_node.fsutil import atomic_write_bytes
@@ -44,6 +45,8 @@ class ReplayCache:
         self.max_entries = max_entries
         self._entries: set[Entry] = set()
         self._newest_round: int | None = None
+        # add() runs in worker threads (its fsync stays off the trio thread); one at a time.
+        self._lock = threading.Lock()
         if self.path is not None and self.path.exists():
             self._load(self.path)
 
@@ -82,8 +85,15 @@ class ReplayCache:
         return (kind, round, bytes(ident)) in self._entries
 
     def add(self, kind: str, round: int, ident: bytes) -> bool:
-        """Record an entry; True if it is new (and now persisted), False for a replay or a too-old round."""
-        entry = (kind, round, bytes(ident))
+        """Record an entry; True if it is new (and now persisted), False for a replay or a too-old round.
+
+        Blocking (fsync) and thread-safe: trio callers run it with ``trio.to_thread.run_sync``.
+        """
+        with self._lock:
+            return self._add((kind, round, bytes(ident)))
+
+    def _add(self, entry: Entry) -> bool:
+        round = entry[1]
         horizon = self.horizon
         if entry in self._entries or (horizon is not None and round < horizon):
             return False

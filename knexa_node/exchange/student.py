@@ -1,11 +1,14 @@
 """The student's side of an exchange as a sans-I/O state machine.
 
-States (``state`` attribute), in order::
+States (``state``, a :class:`~.states.StudentState`), in order::
 
     request --request_frame--> await-header --receive_header--> await-stream-header
-        --receive_stream_header--> receiving --receive_chunk (FINAL)--> verified --finish--> done
+        --receive_stream_header--> receiving --receive_chunk (FINAL)--> verified --finish--> sending-receipt
+        --receipt_sent--> done
 
-Any method raising :class:`ExchangeError` moves to ``failed``. The student
+The transitions are the literal table :data:`~.states.STUDENT_TRANSITIONS`; a
+call out of order raises :class:`~.errors.ExchangeStateError`. Any method
+raising :class:`ExchangeError` moves to ``failed``. The student
 checks the proposal before contacting the teacher, checks the signed header
 against the proposal and the size cap before accepting a single chunk, and
 bounds every frame it reads by :meth:`StudentSession.next_max_frame`.
@@ -14,6 +17,7 @@ bounds every frame it reads by :meth:`StudentSession.next_max_frame`.
 from __future__ import annotations
 
 import hashlib
+from typing import cast
 
 from knexa_node.crypto import Signer
 from knexa_node.exchange.errors import BAD_HEADER, TAMPERED, TOO_LARGE, WRONG_RECIPIENT, ExchangeError
@@ -29,6 +33,7 @@ from knexa_node.exchange.sealing import (
     chunk_count,
     student_package_key,
 )
+from knexa_node.exchange.states import StudentEvent, StudentState, student_machine
 from knexa_node.wire import ExchangeRequest, PackageHeader, PairingProposal, Receipt, seal_envelope
 
 
@@ -48,7 +53,7 @@ class StudentSession:
         self.log_head = log_head  # (entries, head hash) of this node's audit log, signed into the receipt
         self.policy = policy
         self.remote = remote
-        self.state = "request"
+        self._machine = student_machine()
         self.header: PackageHeader | None = None
         self.header_envelope: bytes = b""
         self.receipt_envelope: bytes = b""
@@ -66,38 +71,46 @@ class StudentSession:
                 current_round=current_round, now=now, clock_skew_s=policy.clock_skew_s,
             )
         except ExchangeError:
-            self.state = "failed"
+            self._machine.fire(StudentEvent.FAIL)
             raise
+
+    @property
+    def state(self) -> StudentState:
+        return self._machine.state
 
     @property
     def proposal_id(self) -> bytes:
         return self.proposal.proposal_id
 
-    def _fail(self, error: ExchangeError) -> ExchangeError:
-        self.state = "failed"
+    def abort(self) -> None:
+        """Mark the exchange failed (the driver's stream broke, timed out, or a step raised); drop the keys."""
+        self._machine.fire(StudentEvent.FAIL)
         self._ephemeral = None
         self._opener = None
+
+    def _fail(self, error: ExchangeError) -> ExchangeError:
+        self.abort()
         return error
 
     def next_max_frame(self) -> int:
         """The largest frame acceptable in the current state (bounds what the driver reads)."""
-        return MAX_CHUNK_FRAME if self.state == "receiving" else MAX_CONTROL_FRAME
+        return MAX_CHUNK_FRAME if self.state is StudentState.RECEIVING else MAX_CONTROL_FRAME
 
     def request_frame(self) -> bytes:
-        assert self.state == "request" and self._ephemeral is not None, self.state
-        request = ExchangeRequest(proposal=self._proposal_envelope, ephemeral_key=self._ephemeral.public)
-        self.state = "await-header"
+        self._machine.require(StudentEvent.REQUEST)
+        ephemeral = cast(EphemeralKey, self._ephemeral)  # None only after HEADER or FAIL
+        request = ExchangeRequest(proposal=self._proposal_envelope, ephemeral_key=ephemeral.public)
+        self._machine.fire(StudentEvent.REQUEST)
         return seal_envelope(self.signer, request).to_bytes()
 
     def receive_header(self, frame: bytes) -> PackageHeader:
         """Check the teacher-signed header against the proposal and the size cap; derive the key."""
-        assert self.state == "await-header" and self._ephemeral is not None, self.state
+        self._machine.require(StudentEvent.HEADER)
+        ephemeral = cast(EphemeralKey, self._ephemeral)  # None only after HEADER or FAIL
         proposal = self.proposal
         try:
-            envelope, message = open_peer_frame(frame, remote=self.remote, expect=PackageHeader, what="package header",
-                                                wrong_signer=WRONG_RECIPIENT)
-            assert isinstance(message, PackageHeader)
-            header = message
+            envelope, header = open_peer_frame(frame, remote=self.remote, expect=PackageHeader, what="package header",
+                                               wrong_signer=WRONG_RECIPIENT)
             if header.student != self.signer.peer_id:
                 raise ExchangeError(WRONG_RECIPIENT, f"package sealed for {header.student}, not this node")
             if (header.proposal_id, header.round, header.teacher, header.protocol) != (
@@ -113,7 +126,7 @@ class StudentSession:
                 raise ExchangeError(BAD_HEADER, "negative epsilon or redaction count")
             try:
                 self._key = student_package_key(
-                    self._ephemeral, self.signer, teacher_ephemeral=header.ephemeral_key, proposal_id=header.proposal_id,
+                    ephemeral, self.signer, teacher_ephemeral=header.ephemeral_key, proposal_id=header.proposal_id,
                     round=header.round, teacher=header.teacher, student=header.student, protocol=header.protocol,
                 )
             except SealingError as exc:
@@ -124,29 +137,29 @@ class StudentSession:
         self.header = header
         self.header_envelope = frame
         self._header_digest = envelope.digest
-        self.state = "await-stream-header"
+        self._machine.fire(StudentEvent.HEADER)
         return header
 
     def receive_stream_header(self, frame: bytes) -> None:
-        assert self.state == "await-stream-header", self.state
+        self._machine.require(StudentEvent.STREAM_HEADER)
         try:
             self._opener = self._key.opener(frame, self._header_digest)
         except SealingError as exc:
             raise self._fail(ExchangeError(TAMPERED, str(exc))) from None
         self._sealed_received = len(frame)
-        self.state = "receiving"
+        self._machine.fire(StudentEvent.STREAM_HEADER)
 
     def receive_chunk(self, frame: bytes) -> bool:
         """Open one sealed chunk; True once the FINAL chunk has been opened and the hash verified."""
-        assert self.state == "receiving" and self._opener is not None and self.header is not None, self.state
-        header = self.header
+        self._machine.require(StudentEvent.CHUNK)  # CHUNK and FINAL_CHUNK leave the same state
+        opener, header = cast(ChunkOpener, self._opener), cast(PackageHeader, self.header)  # both set in RECEIVING
         try:
             self._sealed_received += len(frame)
             self._chunks_received += 1
             if self._sealed_received > header.payload_size or self._chunks_received > header.chunks:
                 raise ExchangeError(TOO_LARGE, "more data than the header announced")
             try:
-                plain, final = self._opener.open(frame)
+                plain, final = opener.open(frame)
             except SealingError as exc:
                 raise ExchangeError(TAMPERED, str(exc)) from None
             self._hash.update(plain)
@@ -160,14 +173,13 @@ class StudentSession:
                     raise ExchangeError(TAMPERED, "payload hash differs from the teacher-signed header")
         except ExchangeError as exc:
             raise self._fail(exc) from None
-        if final:
-            self.state = "verified"
+        self._machine.fire(StudentEvent.FINAL_CHUNK if final else StudentEvent.CHUNK)
         return final
 
     def finish(self) -> tuple[bytes, bytes]:
-        """The verified payload and the signed receipt frame to send back."""
-        assert self.state == "verified" and self.header is not None, self.state
-        header = self.header
+        """The verified payload and the signed receipt frame to send back (then :meth:`receipt_sent`)."""
+        self._machine.require(StudentEvent.FINISH)
+        header = cast(PackageHeader, self.header)  # set before RECEIVING, so in VERIFIED
         receipt = Receipt(
             proposal_id=header.proposal_id, round=header.round, teacher=header.teacher, student=header.student,
             payload_hash=header.payload_hash, payload_size=header.payload_size,
@@ -177,5 +189,9 @@ class StudentSession:
         payload = bytes(self._plain)
         self._plain = bytearray()
         self._opener = None
-        self.state = "done"
+        self._machine.fire(StudentEvent.FINISH)
         return payload, self.receipt_envelope
+
+    def receipt_sent(self) -> None:
+        """The driver delivered the receipt: the exchange is done."""
+        self._machine.fire(StudentEvent.RECEIPT_SENT)

@@ -1,10 +1,13 @@
 """The teacher's side of an exchange as a sans-I/O state machine.
 
-States (``state`` attribute), in order::
+States (``state``, a :class:`~.states.TeacherState`), in order::
 
-    await-request --receive_request--> build --package_frames--> await-receipt --receive_receipt--> done
+    await-request --receive_request--> build --package_frames--> sending --(final chunk)--> await-receipt
+        --receive_receipt--> done
 
-Any method raising :class:`ExchangeError` moves to ``failed``. Checks that
+The transitions are the literal table :data:`~.states.TEACHER_TRANSITIONS`; a
+call out of order raises :class:`~.errors.ExchangeStateError`. Any method
+raising :class:`ExchangeError` moves to ``failed``. Checks that
 need no model work (membership, proposal, replay, budget) all happen before
 ``build``, so a non-member or a bad proposal costs the teacher no compute.
 """
@@ -12,13 +15,14 @@ need no model work (membership, proposal, replay, budget) all happen before
 from __future__ import annotations
 
 import hashlib
-from typing import Iterator
+from typing import Iterator, cast
 
 from knexa_node.crypto import Signer
 from knexa_node.exchange.errors import (
     BAD_RECEIPT,
     BUDGET_EXCEEDED,
     BUILD_FAILED,
+    MALFORMED,
     REPLAYED_PROPOSAL,
     WRONG_RECIPIENT,
     ExchangeError,
@@ -27,8 +31,17 @@ from knexa_node.exchange.frames import MAX_CONTROL_FRAME, malformed, open_peer_f
 from knexa_node.exchange.policy import ExchangePolicy
 from knexa_node.exchange.proposals import check_proposal
 from knexa_node.exchange.replay import ReplayCache
-from knexa_node.exchange.sealing import CHUNK_SIZE, EphemeralKey, SealingError, chunk_count, sealed_size, teacher_package_key
-from knexa_node.exchange.sealing import check_public_key
+from knexa_node.exchange.sealing import (
+    CHUNK_SIZE,
+    ChunkSealer,
+    EphemeralKey,
+    SealingError,
+    check_public_key,
+    chunk_count,
+    sealed_size,
+    teacher_package_key,
+)
+from knexa_node.exchange.states import TeacherEvent, TeacherState, teacher_machine
 from knexa_node.privacy.budget import BudgetExceeded, PrivacyBudget
 from knexa_node.wire import (
     ExchangeRequest,
@@ -62,7 +75,7 @@ class TeacherSession:
         self.now = now
         self.replay = replay
         self.budget = budget
-        self.state = "await-request"
+        self._machine = teacher_machine()
         self.proposal: PairingProposal | None = None
         self.header: PackageHeader | None = None
         self.header_envelope: bytes = b""
@@ -70,11 +83,19 @@ class TeacherSession:
         self._student_ephemeral = b""
 
     @property
+    def state(self) -> TeacherState:
+        return self._machine.state
+
+    @property
     def proposal_id(self) -> bytes:
         return self.proposal.proposal_id if self.proposal else b""
 
+    def abort(self) -> None:
+        """Mark the exchange failed (the driver's stream broke, timed out, or a step raised)."""
+        self._machine.fire(TeacherEvent.FAIL)
+
     def _fail(self, error: ExchangeError) -> ExchangeError:
-        self.state = "failed"
+        self.abort()
         return error
 
     def check_remote(self) -> None:
@@ -86,14 +107,15 @@ class TeacherSession:
 
     def receive_request(self, frame: bytes) -> PairingProposal:
         """Verify the request and its proposal, record it as served, check the DP budget."""
-        assert self.state == "await-request", self.state
+        self._machine.require(TeacherEvent.REQUEST)
         try:
             self.check_remote()
             try:
                 envelope, request = open_envelope(frame, max_size=MAX_CONTROL_FRAME, expect=(ExchangeRequest,))
             except WireError as exc:
                 raise malformed(exc, "exchange request") from None
-            assert isinstance(request, ExchangeRequest)
+            if not isinstance(request, ExchangeRequest):  # open_envelope's `expect` makes this unreachable
+                raise ExchangeError(MALFORMED, f"expected an exchange request, got {type(request).__name__}")
             if envelope.sender != self.remote:
                 raise ExchangeError(WRONG_RECIPIENT, f"request signed by {envelope.sender}, stream is from {self.remote}")
             try:  # before the budget and the model work: a key nobody can seal for makes both wasted
@@ -116,16 +138,17 @@ class TeacherSession:
         except ExchangeError as exc:
             raise self._fail(exc) from None
         self._student_ephemeral = request.ephemeral_key
-        self.state = "build"
+        self._machine.fire(TeacherEvent.REQUEST)
         return proposal
 
     def package_frames(self, payload: bytes, *, dp_epsilon: float = 0.0, redactions: int = 0) -> Iterator[bytes]:
-        """Spend the DP budget, then yield the signed header, the stream header and each sealed chunk.
+        """Spend the DP budget and sign the header now; return the frames: that header, the stream header, each chunk.
 
-        A generator, so that a 64 MiB payload is sealed one chunk at a time as the driver sends.
+        The chunks come from a generator, so that a 64 MiB payload is sealed one
+        chunk at a time as the driver sends.
         """
-        assert self.state == "build" and self.proposal is not None, self.state
-        proposal = self.proposal
+        self._machine.require(TeacherEvent.PACKAGE)
+        proposal = cast(PairingProposal, self.proposal)  # BUILD is entered only with an accepted proposal
         try:
             if self.policy.dp_enabled and dp_epsilon <= 0:
                 raise ExchangeError(BUILD_FAILED, "DP is enabled but the package was built without noise")
@@ -154,24 +177,26 @@ class TeacherSession:
         envelope = seal_envelope(self.signer, self.header)
         self.header_envelope = envelope.to_bytes()
         sealer = key.sealer(envelope.digest)
-        self.state = "sending"
-        yield self.header_envelope
+        self._machine.fire(TeacherEvent.PACKAGE)
+        return self._frames(self.header_envelope, sealer, payload, n_chunks)
+
+    def _frames(self, header_envelope: bytes, sealer: ChunkSealer, payload: bytes, n_chunks: int) -> Iterator[bytes]:
+        yield header_envelope
         yield sealer.stream_header
         view = memoryview(payload)
         for index in range(n_chunks):
             last = index == n_chunks - 1
             sealed = sealer.seal(bytes(view[index * CHUNK_SIZE : (index + 1) * CHUNK_SIZE]), final=last)
             if last:  # before the yield: a consumer may stop at the final chunk
-                self.state = "await-receipt"
+                self._machine.fire(TeacherEvent.FINAL_CHUNK)
             yield sealed
 
     def receive_receipt(self, frame: bytes) -> Receipt:
         """Check the student's signed receipt names exactly this package."""
-        assert self.state == "await-receipt" and self.header is not None, self.state
-        header = self.header
+        self._machine.require(TeacherEvent.RECEIPT)
+        header = cast(PackageHeader, self.header)  # set before SENDING, so in AWAIT_RECEIPT
         try:
             _, message = open_peer_frame(frame, remote=self.remote, expect=Receipt, what="receipt", wrong_signer=BAD_RECEIPT)
-            assert isinstance(message, Receipt)
             expected = (header.proposal_id, header.round, header.teacher, header.student, header.payload_hash, header.payload_size)
             got = (message.proposal_id, message.round, message.teacher, message.student, message.payload_hash, message.payload_size)
             if got != expected:
@@ -179,6 +204,6 @@ class TeacherSession:
         except ExchangeError as exc:
             raise self._fail(exc) from None
         self.receipt_envelope = frame
-        self.state = "done"
+        self._machine.fire(TeacherEvent.RECEIPT)
         return message
 

@@ -19,6 +19,7 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -30,7 +31,7 @@ from transformers.utils import logging as hf_logging
 from knexa_node.learn.data import category_counts
 from knexa_node.learn.dialect import RAW, answer_body, model_answer, model_prompt, pick_dialect
 from knexa_node.learn.distill import sparse_kl
-from knexa_node.learn.embedded import EMBEDDED_PREFIX, resolve_model_path
+from knexa_node.learn.embedded import resolve_model_path
 from knexa_node.learn.encoding import Example, collate, encode_pair, encode_prompt, encode_with_ids
 from knexa_node.learn.generation import STOP_SEQUENCES, Generation, generate
 from knexa_node.learn.lora import attach_lora
@@ -40,6 +41,7 @@ from knexa_node.learn.problems import Problem
 from knexa_node.learn.sandbox import SandboxLimits, check_program, detect_backend, run_programs
 from knexa_node.learn.schedule import eq3_reward, linear_schedule, warmup_factor
 from knexa_node.learn.state import StateError, load_state, save_state
+from knexa_node.models import EMBEDDED_PREFIX
 from knexa_node.profile import CATEGORIES, ProfileInputs, build_profile, squash_loss
 
 hf_logging.disable_progress_bar()
@@ -100,11 +102,19 @@ class EvalReport:
 
 @dataclass(frozen=True)
 class BuiltPackage:
-    payload: bytes  # encode_package(...) bytes, msgpack, see knexa_node.learn.package
-    nbytes: int
+    package: KnowledgePackage  # the object: the daemon filters and noises it, then encodes it once
     protocol: str
     items: int
     seconds: float
+
+    @cached_property
+    def payload(self) -> bytes:
+        """``encode_package(package)``, msgpack (see knexa_node.learn.package), encoded on first use."""
+        return encode_package(self.package)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.payload)
 
 
 @dataclass(frozen=True)
@@ -318,8 +328,7 @@ class Agent:
             logits = {p.task_id: LogitItem(np.asarray(g.tokens + ([eos] if g.ended else []), dtype=np.int32),
                                            g.topk_ids, g.topk_logp) for p, g in zip(transfer, outputs)}
             package = KnowledgePackage("logits", self.tokenizer_fingerprint(), self.round, logits=logits, k=k)
-        payload = encode_package(package)
-        return BuiltPackage(payload, len(payload), protocol, len(transfer), time.monotonic() - started)
+        return BuiltPackage(package, protocol, len(transfer), time.monotonic() - started)
 
     # --- learning from a teacher -------------------------------------------------------------
 
@@ -385,7 +394,8 @@ class Agent:
             return self._loss(examples)
         examples, targets = [], []
         for problem, item in batch:
-            assert isinstance(item, LogitItem)
+            if not isinstance(item, LogitItem):  # decode_package builds a logits package of LogitItems only
+                raise PackageError(f"a logits package holds a {type(item).__name__}")
             # Same tokenizer, so the same dialect: the teacher's tokens follow the prompt as this model reads it.
             prompt_ids = encode_prompt(self.tokenizer, model_prompt(self.tokenizer, problem, self.dialect),
                                        self.config.max_length)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from knexa_node.learn.embedded import EMBEDDED, EMBEDDED_PREFIX, PRETRAINED_PREFIX, ModelPathError, resolve_model_path
+from knexa_node.learn.embedded import EMBEDDED, resolve_model_path
+from knexa_node.models import EMBEDDED_PREFIX, PRETRAINED_PREFIX, ModelPathError
 
 
 def main(argv: list[str]) -> int:

@@ -6,7 +6,9 @@ a model of the given family is built from a config with seeded random
 weights. Each is saved as an ordinary Hugging Face directory (config,
 tokenizer, safetensors) under the cache dir (``$KNEXA_MODEL_CACHE`` or
 ``~/.cache/knexa/models``), so every node of a demo loads the very same
-files by path. ``embedded:<name>`` resolves through :func:`resolve_model_path`.
+files by path. :func:`resolve_model_path` turns any model path (:mod:`knexa_node.models`) into a
+directory: it builds ``embedded:<name>`` here and imports ``pretrained:<name>`` through
+:mod:`.pretrained`, which sits below this module.
 
 Two tokenizers (1,024 and 768 tokens) and four families give real
 heterogeneity: llama-tiny and qwen2-tiny share a tokenizer (the logit path
@@ -26,18 +28,15 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (AutoModelForCausalLM, BloomConfig, GPT2Config, GPTNeoXConfig, LlamaConfig,
                           PretrainedConfig, PreTrainedTokenizerFast, Qwen2Config)
 
+from knexa_node.learn.gguf_import import GGUFImportError
+from knexa_node.learn.pretrained import PretrainedError, ensure_pretrained
 from knexa_node.learn.problems import generate_problems
+from knexa_node.models import ModelPathError, default_cache_dir, parse_model_path
 from knexa_node.profile import CATEGORIES
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
-EMBEDDED_PREFIX = "embedded:"
-PRETRAINED_PREFIX = "pretrained:"  # a checkpoint a package ships (knexa_node.learn.pretrained)
 _MARKER = "knexa-embedded.txt"
-
-
-class ModelPathError(ValueError):
-    """A model path or ``embedded:`` name cannot be resolved to a usable HF directory."""
 
 
 @dataclass(frozen=True)
@@ -68,11 +67,6 @@ EMBEDDED: dict[str, ModelSpec] = {
     "neox-tiny": ModelSpec("gpt_neox", TOKENIZER_768, hidden=192, layers=4, heads=4, intermediate=512, seed=2),
     "gpt2-tiny": ModelSpec("gpt2", TOKENIZER_768, hidden=192, layers=4, heads=4, intermediate=512, seed=3),
 }
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("KNEXA_MODEL_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "knexa" / "models"
 
 
 def train_tokenizer(spec: TokenizerSpec) -> PreTrainedTokenizerFast:
@@ -154,15 +148,12 @@ def ensure_embedded(name: str, cache_dir: Path | None = None) -> Path:
 
 def resolve_model_path(path: str, cache_dir: Path | None = None) -> Path:
     """``embedded:<name>``, ``pretrained:<name>`` (imported into the cache on first use) or a local HF directory."""
-    if path.startswith(EMBEDDED_PREFIX):
-        return ensure_embedded(path[len(EMBEDDED_PREFIX):], cache_dir)
-    if path.startswith(PRETRAINED_PREFIX):
-        # Imported here, not at the top: pretrained.py builds on this module (and on gguf, an optional extra).
-        from knexa_node.learn.gguf_import import GGUFImportError
-        from knexa_node.learn.pretrained import PretrainedError, ensure_pretrained
-
+    ref = parse_model_path(path)
+    if ref.kind == "embedded":
+        return ensure_embedded(ref.name, cache_dir)
+    if ref.kind == "pretrained":
         try:
-            return ensure_pretrained(path[len(PRETRAINED_PREFIX):], cache_dir)
+            return ensure_pretrained(ref.name, cache_dir)
         except (PretrainedError, GGUFImportError) as exc:
             raise ModelPathError(str(exc)) from None
     directory = Path(path).expanduser()

@@ -45,9 +45,8 @@ from knexa_node.learn.humaneval import load_humaneval
 from knexa_node.learn.passk import PassAtK, summarize
 from knexa_node.learn.problems import Problem
 from knexa_node.learn.sandbox import RunResult, SandboxLimits, check_program, detect_backend, run_programs
+from knexa_node.models import BENCHMARKS, PROMPT_FORMATS
 
-BENCHMARKS = ("humaneval", "embedded")
-PROMPT_FORMATS = ("auto", "chat", "raw")
 CHAT_INSTRUCTION = "Complete the following Python function. Reply with the complete function in one Python code block."
 CODE_FENCE = FENCE  # the chat prompt's fence is the one decoding stops at (generation.BlockClosed)
 # Per benchmark: how long a completion may grow (HumanEval bodies reach ~300 tokens).

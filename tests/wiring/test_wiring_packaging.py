@@ -11,6 +11,7 @@ from wiring_stubs import StubAgent
 
 from knexa_node.config import PrivacySection
 from knexa_node.crypto import Signer
+from knexa_node.daemon import packaging
 from knexa_node.daemon.packaging import DP_REST_MASS, Packager, PackagingError
 from knexa_node.learn.package import decode_package
 from knexa_node.privacy.dp import GaussianRelease
@@ -147,3 +148,19 @@ def test_guardrail_off_lets_items_through_and_bad_inputs_are_refused() -> None:
     with pytest.raises(PackagingError):
         Packager(_privacy(), TRANSFER, []).build(WrongKind(), _proposal("text"))
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+@pytest.mark.parametrize("protocol, dp", [("text", False), ("logits", False), ("text", True), ("logits", True)])
+def test_the_package_is_filtered_as_an_object_and_encoded_once(monkeypatch, protocol, dp) -> None:
+    class ObjectOnly(StubAgent):
+        def teacher_package(self, transfer, *, protocol="text"):
+            built = super().teacher_package(transfer, protocol=protocol)
+            return type("NoBytes", (), {"package": built.package})()  # no payload: the agent's bytes are not used
+
+    encoded = []
+    real_encode = packaging.encode_package
+    monkeypatch.setattr(packaging, "encode_package", lambda package: encoded.append(package) or real_encode(package))
+    built = Packager(_privacy(dp_enabled=dp, dp_epsilon_per_exchange=1.0), TRANSFER, [],
+                     rng=np.random.default_rng(5)).build(ObjectOnly(), _proposal(protocol))
+    assert len(encoded) == 1 and built.payload == real_encode(encoded[0])
+    assert decode_package(built.payload, max_size=len(built.payload) + 1).kind == protocol

@@ -28,7 +28,11 @@ class CharTokenizer:
 
 @dataclass(frozen=True)
 class Built:
-    payload: bytes
+    package: KnowledgePackage
+
+    @property
+    def payload(self) -> bytes:
+        return encode_package(self.package)
 
 
 class StubAgent:
@@ -50,7 +54,7 @@ class StubAgent:
         else:
             package = KnowledgePackage("logits", "stub", 1, logits={p.task_id: self._item(self.answer(p))
                                                                     for p in transfer}, k=self.k)
-        return Built(encode_package(package))
+        return Built(package)
 
     def _item(self, text: str) -> LogitItem:
         tokens = np.asarray(self.tokenizer.encode(text) + [EOS], dtype=np.int32)
