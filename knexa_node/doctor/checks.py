@@ -14,13 +14,12 @@ from knexa_node.config import Config, ConfigError, load_config
 from knexa_node.identity import NodeHome
 from knexa_node.learn.memory import GIB, MemoryGuardError, check_model_memory
 from knexa_node.learn.sandbox import detect_backend
+from knexa_node.models import EMBEDDED_PREFIX as EMBEDDED, PRETRAINED_PREFIX as PRETRAINED
 
 Level = Literal["ok", "warn", "fail"]
 LEVELS: tuple[Level, ...] = ("ok", "warn", "fail")
 # Below this much free disk a node cannot save a round's model state and logs reliably.
 MIN_FREE_BYTES = 1 * GIB
-EMBEDDED = "embedded:"  # built-in tiny models: built locally, always small
-PRETRAINED = "pretrained:"  # imported into the model cache on first use
 
 
 @dataclass(frozen=True)
