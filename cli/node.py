@@ -12,6 +12,7 @@ from knexa_cli.node_audit import audit_app
 from knexa_cli.node_daemon import LogFormatOption, show_peers, show_status, start_daemon, stop_daemon
 from knexa_cli.node_model import eval_command, model_app
 from knexa_cli.node_demo import demo
+from knexa_cli.node_study import study
 from knexa_node.config import render_reference
 
 app = typer.Typer(
@@ -24,6 +25,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(model_app, name="model")
 app.command("eval")(eval_command)
 app.command()(demo)
+app.command()(study)
 
 
 @app.command()
