@@ -150,16 +150,18 @@ def study_table(document: Mapping[str, Any]) -> Table:
                         f"Dirichlet {s['dirichlet_alpha']}, c = {s['teachers_per_student']} "
                         f"(mean final Pass@1 over nodes, 95% intervals over seeds)")
     for column in ("policy", "seeds", "final Pass@1", "x local-only", "x random", "gap closed to pooled",
-                   "s/run", "node-s/round"):
+                   "s/run", "node-s/round", "node-cpu-s/round"):
         table.add_column(column, justify="left" if column == "policy" else "right")
     for name, p in document["policies"].items():
         walls = list(p["wall_s_by_seed"].values())
         node_s = list(p["node_seconds_per_round_by_seed"].values())
+        node_cpu = list(p["node_cpu_seconds_per_round_by_seed"].values())
         table.add_row(name, str(p["final_pass1"]["n"]), _interval(p["final_pass1"], "mean", percent=True),
                       _interval(p["vs_local_only"], "ratio"), _interval(p["vs_random"], "ratio"),
                       _interval(p["gap_closed"], "ratio", percent=True),
                       f"{sum(walls) / len(walls):.0f}" if walls else "-",
-                      f"{sum(node_s) / len(node_s):.1f}" if node_s else "-")
+                      f"{sum(node_s) / len(node_s):.1f}" if node_s else "-",
+                      f"{sum(node_cpu) / len(node_cpu):.1f}" if node_cpu else "-")
     return table
 
 

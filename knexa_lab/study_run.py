@@ -78,6 +78,7 @@ def run_study(spec: StudySpec, files: StudyFiles, *, workers: int,
     results = [done[key] for key in spec.runs() if key in done]
     if not tasks:
         return results
+    shutil.rmtree(files.work, ignore_errors=True)  # homes a killed study left behind; no run of it is running now
     _build_models(tasks[0].settings)  # once, before the runs (each would otherwise race to build them)
     report = on_done or (lambda record: None)
     if workers <= 1:

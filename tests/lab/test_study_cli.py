@@ -33,7 +33,7 @@ def test_bad_arguments_exit_2_with_one_line(args: list[str], message: str, tmp_p
     done = knexa_node(*args, "--out", str(tmp_path / "s.json"))
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert lines == [f"error: {lines[0][len('error: '):]}"] and message in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
     assert "Traceback" not in done.stderr and not (tmp_path / "s.runs").exists()
 
 
