@@ -13,6 +13,7 @@ from knexa_cli.node_daemon import LogFormatOption, show_peers, show_status, star
 from knexa_cli.node_model import eval_command, model_app
 from knexa_cli.node_demo import demo
 from knexa_cli.node_doctor import doctor
+from knexa_cli.node_study import study
 from knexa_node.config import render_reference
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app.add_typer(model_app, name="model")
 app.command("eval")(eval_command)
 app.command()(demo)
 app.command()(doctor)
+app.command()(study)
 
 
 @app.command()

@@ -35,6 +35,7 @@ class DemoSettings:
     generation_batch_size: int = 32
     warmup_epochs: int = 1
     epochs_per_round: int = 1
+    teachers_per_student: int = 1  # c: teachers per student and students per teacher in a round (1: the paper's disjoint pairs)
     round_deadline_s: float = 600.0
     proposal_ttl_s: float = 600.0
     protocol: str = "text"

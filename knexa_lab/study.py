@@ -1,0 +1,209 @@
+"""What a study is: its settings, its runs, where their results live, and what one run's record holds.
+
+A study runs every (policy, seed) pair of a consortium on one machine, each
+run in its own process (:mod:`knexa_lab.study_run`), and compares the policies
+paired by seed (:mod:`knexa_lab.study_report`). This module is the part that
+needs neither torch nor matplotlib: parsing and checking the settings (so the
+command line answers a bad argument at once), the file layout that makes a
+study resumable, and the reduction of a finished run to its record.
+
+Files of a study written to ``--out study.json``: ``study.json`` (the
+document), ``study.png`` (the curves) and ``study.runs/<policy>-seed<s>.json``
+(one record per finished run, written atomically by the run's own process, so
+a study that is killed keeps what it measured and a rerun skips those runs).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from knexa_lab.plan import DEFAULT_MODELS, DemoSettings
+
+# The lock-step runner's policies (the CPM's), then the two baselines that run apart.
+LOCKSTEP_POLICIES = ("knexa", "linucb", "random", "heuristic", "local-only")
+POLICIES = (*LOCKSTEP_POLICIES, "central-kd", "pooled")
+# Longest runs first, so that the last runs of a study do not leave cores idle.
+_COST_ORDER = ("pooled", "central-kd", "knexa", "linucb", "random", "heuristic", "local-only")
+
+
+class StudyError(ValueError):
+    """A study setting that cannot run; the message is one line for the command line."""
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    nodes: int = 8
+    rounds: int = 6
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    policies: tuple[str, ...] = POLICIES
+    dirichlet_alpha: float = 0.1
+    teachers_per_student: int = 1
+    models: tuple[str, ...] = DEFAULT_MODELS
+    shard_size: int = 0  # 0: an equal share of the embedded pool
+    warmup_epochs: int = 1
+    epochs_per_round: int = 1
+
+    def settings(self, policy: str, seed: int) -> DemoSettings:
+        return DemoSettings(nodes=self.nodes, rounds=self.rounds, policy=policy, seed=seed, models=self.models,
+                            dirichlet_alpha=self.dirichlet_alpha, shard_size=self.shard_size,
+                            warmup_epochs=self.warmup_epochs, epochs_per_round=self.epochs_per_round,
+                            teachers_per_student=self.teachers_per_student)
+
+    def runs(self) -> list[tuple[str, int]]:
+        """Every (policy, seed), longest policies first, seeds interleaved."""
+        order = sorted(self.policies, key=_COST_ORDER.index)
+        return [(policy, seed) for policy in order for seed in self.seeds]
+
+
+def parse_list(text: str, option: str) -> list[str]:
+    items = [item.strip() for item in text.split(",")]
+    if not text.strip() or any(not item for item in items):
+        raise StudyError(f"{option}: expected a comma-separated list, got {text!r}")
+    duplicates = sorted({item for item in items if items.count(item) > 1})
+    if duplicates:
+        raise StudyError(f"{option}: {duplicates[0]!r} is listed twice")
+    return items
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    items = parse_list(text, "--seeds")
+    try:
+        seeds = tuple(int(item) for item in items)
+    except ValueError:
+        raise StudyError(f"--seeds: expected integers like 0,1,2, got {text!r}") from None
+    if any(seed < 0 for seed in seeds):
+        raise StudyError(f"--seeds: seeds are non-negative, got {text!r}")
+    return seeds
+
+
+def parse_policies(text: str) -> tuple[str, ...]:
+    items = parse_list(text, "--policies")
+    unknown = [item for item in items if item not in POLICIES]
+    if unknown:
+        raise StudyError(f"--policies: unknown policy {unknown[0]!r} (choose from {', '.join(POLICIES)})")
+    return tuple(items)
+
+
+def check(spec: StudySpec) -> StudySpec:
+    """Raise :class:`StudyError` for settings no run could honour."""
+    if spec.nodes < 2:
+        raise StudyError(f"--nodes: a consortium needs at least 2 nodes, got {spec.nodes}")
+    if spec.rounds < 1:
+        raise StudyError(f"--rounds: at least 1, got {spec.rounds}")
+    if not spec.dirichlet_alpha > 0:
+        raise StudyError(f"--dirichlet-alpha: must be positive, got {spec.dirichlet_alpha}")
+    if not 1 <= spec.teachers_per_student <= spec.nodes - 1:
+        raise StudyError(f"--teachers-per-student: between 1 and nodes - 1 = {spec.nodes - 1}, "
+                         f"got {spec.teachers_per_student}")
+    if spec.shard_size < 0 or spec.warmup_epochs < 0 or spec.epochs_per_round < 1:
+        raise StudyError("--shard-size and --warmup-epochs are >= 0 and --epochs-per-round >= 1")
+    if not spec.models or any(not model.strip() for model in spec.models):
+        raise StudyError("--models: expected a comma-separated list of models")
+    return spec
+
+
+# --- files -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudyFiles:
+    document: Path  # the --out file
+    runs: Path  # one record per finished run
+    png: Path
+    work: Path  # the runs' node homes while they run (removed after each run)
+
+    @classmethod
+    def at(cls, out: Path) -> StudyFiles:
+        out = out.expanduser().resolve()
+        stem = out.with_suffix("") if out.suffix == ".json" else out
+        return cls(out, stem.with_name(stem.name + ".runs"), stem.with_name(stem.name + ".png"),
+                   stem.with_name(stem.name + ".work"))
+
+    def record(self, policy: str, seed: int) -> Path:
+        return self.runs / f"{policy}-seed{seed}.json"
+
+
+def _plain(value: Any) -> Any:
+    """As it reads back from JSON (tuples become lists), so that stored and asked settings compare equal."""
+    return json.loads(json.dumps(value))
+
+
+def finished_runs(spec: StudySpec, files: StudyFiles) -> dict[tuple[str, int], dict[str, Any]]:
+    """The records of this study's runs already on disk; a record of other settings is an error, not reused."""
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    for policy, seed in spec.runs():
+        path = files.record(policy, seed)
+        if not path.exists():
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StudyError(f"{path}: unreadable run record ({exc}); delete it to measure the run again") from None
+        if record.get("settings") != _plain(asdict(spec.settings(policy, seed))):
+            raise StudyError(f"{path} was measured with other settings; use another --out or delete {files.runs}")
+        done[(policy, seed)] = record
+    return done
+
+
+# --- one run's record --------------------------------------------------------------------------------
+
+
+def curve_labels(rounds: int) -> list[str]:
+    """x of a curve: after the warm-up, after the local phase of each round, after the last round."""
+    return ["start", *(str(r) for r in range(1, rounds + 1)), "final"]
+
+
+def node_curve(points: Sequence[dict[str, Any]], rounds: int) -> list[float | None]:
+    """A node's Pass@1 at each :func:`curve_labels` point.
+
+    Round r is the node's last measurement in round r before the final one
+    (the lock-step runner measures after the local phase; Central-KD after its
+    distillation); a runner that does not measure the last round separately
+    (Central-KD, pooled) has its final measurement there.
+    """
+    final = next((p["pass1"] for p in points if p["phase"] == "final"), None)
+    values: list[float | None] = [points[0]["pass1"] if points else None]
+    for r in range(1, rounds + 1):
+        inside = [p["pass1"] for p in points if p["round"] == r and p["phase"] != "final"]
+        values.append(inside[-1] if inside else final if r == rounds else None)
+    values.append(final)
+    return values
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    return None if not values or any(v is None for v in values) else sum(values) / len(values)  # type: ignore[arg-type]
+
+
+def headroom(per_category: Sequence[dict[str, float]]) -> float | None:
+    """Mean over categories of the best node's Pass@1 in that category: what the consortium knows somewhere."""
+    categories = sorted({c for node in per_category for c in node})
+    if not categories:
+        return None
+    return sum(max(node.get(c, 0.0) for node in per_category) for c in categories) / len(categories)
+
+
+def run_record(policy: str, seed: int, settings: DemoSettings, nodes: Sequence[dict[str, Any]], *,
+               wall_s: float, cpu_s: float, history: Any = None) -> dict[str, Any]:
+    """What a study keeps of one run: per node the final and per-round Pass@1, per run the means and costs."""
+    finals = [next(p for p in node["curve"] if p["phase"] == "final") for node in nodes]
+    curves = [node_curve(node["curve"], settings.rounds) for node in nodes]
+    node_rounds = settings.nodes * settings.rounds
+    return {
+        "policy": policy, "seed": seed, "settings": _plain(asdict(settings)),
+        "final_pass1": _mean([p["pass1"] for p in finals]),
+        "curve": [_mean(list(column)) for column in zip(*curves)],
+        "headroom": headroom([p.get("per_category") or {} for p in finals]),
+        "wall_s": wall_s, "cpu_s": cpu_s,
+        # One process and one torch thread per run: its seconds are core-seconds, shared over node-rounds.
+        "node_seconds_per_round": wall_s / node_rounds, "node_cpu_seconds_per_round": cpu_s / node_rounds,
+        "exchanges": sum(node.get("exchanges_as_student", 0) for node in nodes),
+        "history": history,
+        "nodes": [{"name": node["name"], "model": node["model"], "pass1_before": node["pass1_before"],
+                   "pass1_after": node["pass1_after"], "per_category_final": final.get("per_category"),
+                   "curve": curve, "rewards": node.get("rewards", [])}
+                  for node, final, curve in zip(nodes, finals, curves)],
+    }
+

@@ -1,0 +1,199 @@
+"""A study's figures: intervals over seeds, ratios paired by seed, the JSON document, the table and the PNG.
+
+Statistics (all 95%, Student t with n - 1 degrees of freedom, n = seeds):
+
+- :func:`mean_ci`: the mean of per-seed values and its t interval;
+- :func:`paired_ratio`: mean(a) / mean(b) over the seeds both have, with the
+  delta-method interval of a ratio of paired means: the standard error is
+  sd(a_i - R b_i) / (sqrt(n) |mean(b)|). ``knexa`` vs ``local-only`` is
+  ``paired_ratio(knexa, local-only)``; the share of the gap from local-only to
+  pooled that a policy closes is ``paired_ratio(policy - local-only,
+  pooled - local-only)``, the same estimator on per-seed differences.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: servers and CI have no display
+import matplotlib.pyplot as plt  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from knexa_cpm.runner import t95  # noqa: E402
+from knexa_lab.study import StudySpec, curve_labels  # noqa: E402
+
+
+def mean_ci(values: Sequence[float]) -> dict[str, Any]:
+    """Mean and 95% t interval ([low, high]; None for fewer than two values)."""
+    n = len(values)
+    if n == 0:
+        return {"mean": None, "ci95": None, "n": 0}
+    mean = sum(values) / n
+    if n < 2:
+        return {"mean": mean, "ci95": None, "n": n}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = t95(n - 1) * sd / math.sqrt(n)
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n": n}
+
+
+def paired_ratio(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """mean(a) / mean(b) for values paired by seed, with the delta-method 95% interval; None where mean(b) is 0."""
+    if len(a) != len(b):
+        raise ValueError("paired values: both sides need one value per seed")
+    n = len(a)
+    if n == 0:
+        return {"ratio": None, "ci95": None, "n": 0}
+    mean_b = sum(b) / n
+    if mean_b == 0:
+        return {"ratio": None, "ci95": None, "n": n}
+    ratio = (sum(a) / n) / mean_b
+    if n < 2:
+        return {"ratio": ratio, "ci95": None, "n": n}
+    residuals = [x - ratio * y for x, y in zip(a, b)]  # their mean is 0 by construction
+    sd = math.sqrt(sum(r * r for r in residuals) / (n - 1))
+    half = t95(n - 1) * sd / (math.sqrt(n) * abs(mean_b))
+    return {"ratio": ratio, "ci95": [ratio - half, ratio + half], "n": n}
+
+
+def _by_seed(records: Sequence[Mapping[str, Any]], key: str) -> dict[str, Any]:
+    return {str(r["seed"]): r[key] for r in sorted(records, key=lambda r: r["seed"])}
+
+
+def _paired(mine: Mapping[str, float], other: Mapping[str, float]) -> tuple[list[float], list[float], list[int]]:
+    seeds = sorted((s for s in mine if s in other and mine[s] is not None and other[s] is not None), key=int)
+    return [mine[s] for s in seeds], [other[s] for s in seeds], [int(s) for s in seeds]
+
+
+def _compare(mine: Mapping[str, float], base: Mapping[str, float] | None) -> dict[str, Any] | None:
+    if base is None:
+        return None
+    a, b, seeds = _paired(mine, base)
+    return {**paired_ratio(a, b), "seeds": seeds}
+
+
+def _gap_closed(mine: Mapping[str, float], low: Mapping[str, float] | None,
+                high: Mapping[str, float] | None) -> dict[str, Any] | None:
+    if low is None or high is None:
+        return None
+    seeds = sorted(set(mine) & set(low) & set(high), key=int)
+    gains = [mine[s] - low[s] for s in seeds]
+    gaps = [high[s] - low[s] for s in seeds]
+    return {**paired_ratio(gains, gaps), "seeds": [int(s) for s in seeds]}
+
+
+def _curve(curves: Sequence[Sequence[float | None]], labels: list[str]) -> dict[str, Any]:
+    columns = [mean_ci([c[i] for c in curves if i < len(c) and c[i] is not None]) for i in range(len(labels))]
+    return {"labels": labels, "mean": [c["mean"] for c in columns], "ci95": [c["ci95"] for c in columns]}
+
+
+def study_document(spec: StudySpec, records: Sequence[Mapping[str, Any]], *, workers: int, wall_s: float,
+                   png: Path | None = None) -> dict[str, Any]:
+    """The study's JSON object (documented in docs/study.md)."""
+    good = [r for r in records if "error" not in r]
+    by_policy = {p: [r for r in good if r["policy"] == p] for p in spec.policies}
+    finals = {p: _by_seed(rs, "final_pass1") for p, rs in by_policy.items() if rs}
+    labels = curve_labels(spec.rounds)
+    policies: dict[str, Any] = {}
+    for policy, runs in by_policy.items():
+        mine = finals.get(policy, {})
+        policies[policy] = {
+            "final_pass1_by_seed": mine,
+            "final_pass1": mean_ci([v for v in mine.values() if v is not None]),
+            "curve_by_seed": _by_seed(runs, "curve"),
+            "curve": _curve([r["curve"] for r in runs], labels),
+            "headroom_by_seed": _by_seed(runs, "headroom"),
+            "vs_local_only": _compare(mine, finals.get("local-only")) if policy != "local-only" else None,
+            "vs_random": _compare(mine, finals.get("random")) if policy != "random" else None,
+            "gap_closed": (_gap_closed(mine, finals.get("local-only"), finals.get("pooled"))
+                           if policy not in ("local-only", "pooled") else None),
+            "exchanges_by_seed": _by_seed(runs, "exchanges"),
+            "wall_s_by_seed": _by_seed(runs, "wall_s"),
+            "node_seconds_per_round_by_seed": _by_seed(runs, "node_seconds_per_round"),
+            "node_cpu_seconds_per_round_by_seed": _by_seed(runs, "node_cpu_seconds_per_round"),
+        }
+    local = by_policy.get("local-only") or []
+    return {
+        "settings": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(spec).items()},
+                     "workers": workers},
+        "policies": policies,
+        "headroom": _by_seed(local, "headroom"),
+        "failed": [{"policy": r["policy"], "seed": r["seed"], "error": r["error"]} for r in records if "error" in r],
+        "runs": len(good),
+        "run_wall_s_total": sum(r["wall_s"] for r in good),
+        "wall_s": wall_s,
+        "png": str(png) if png else None,
+    }
+
+
+# --- table and plot ----------------------------------------------------------------------------------
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "-"
+
+
+def _interval(figure: Mapping[str, Any] | None, key: str, *, percent: bool = False) -> str:
+    if not figure or figure.get(key) is None:
+        return "-"
+    fmt = _pct if percent else (lambda v: f"{v:.2f}")
+    text = fmt(figure[key])
+    return text + (f" [{fmt(figure['ci95'][0])}, {fmt(figure['ci95'][1])}]" if figure.get("ci95") else "")
+
+
+def study_table(document: Mapping[str, Any]) -> Table:
+    s = document["settings"]
+    table = Table(title=f"study: {s['nodes']} nodes, {s['rounds']} rounds, seeds {','.join(map(str, s['seeds']))}, "
+                        f"Dirichlet {s['dirichlet_alpha']}, c = {s['teachers_per_student']} "
+                        f"(mean final Pass@1 over nodes, 95% intervals over seeds)")
+    for column in ("policy", "seeds", "final Pass@1", "x local-only", "x random", "gap closed to pooled",
+                   "s/run", "node-s/round", "node-cpu-s/round"):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    for name, p in document["policies"].items():
+        walls = list(p["wall_s_by_seed"].values())
+        node_s = list(p["node_seconds_per_round_by_seed"].values())
+        node_cpu = list(p["node_cpu_seconds_per_round_by_seed"].values())
+        table.add_row(name, str(p["final_pass1"]["n"]), _interval(p["final_pass1"], "mean", percent=True),
+                      _interval(p["vs_local_only"], "ratio"), _interval(p["vs_random"], "ratio"),
+                      _interval(p["gap_closed"], "ratio", percent=True),
+                      f"{sum(walls) / len(walls):.0f}" if walls else "-",
+                      f"{sum(node_s) / len(node_s):.1f}" if node_s else "-",
+                      f"{sum(node_cpu) / len(node_cpu):.1f}" if node_cpu else "-")
+    return table
+
+
+def plot_study(document: Mapping[str, Any], path: Path) -> Path:
+    """Mean Pass@1 over seeds per curve point, one line per policy, its 95% interval shaded."""
+    figure, axis = plt.subplots(figsize=(9, 5))
+    labels: list[str] = []
+    for name, p in document["policies"].items():
+        curve = p["curve"]
+        labels = curve["labels"]
+        xs = [i for i, m in enumerate(curve["mean"]) if m is not None]
+        if not xs:
+            continue
+        line, = axis.plot(xs, [100 * curve["mean"][i] for i in xs], marker="o", label=name)
+        banded = [i for i in xs if curve["ci95"][i] is not None]
+        if banded:
+            axis.fill_between(banded, [100 * curve["ci95"][i][0] for i in banded],
+                              [100 * curve["ci95"][i][1] for i in banded], color=line.get_color(), alpha=0.15)
+    headroom = [v for v in document["headroom"].values() if v is not None]
+    if headroom:
+        axis.axhline(100 * sum(headroom) / len(headroom), color="grey", linestyle="--",
+                     label="headroom: best node per category (local-only)")
+    s = document["settings"]
+    axis.set_ylim(0, max(5.0, axis.get_ylim()[1]))  # Pass@1 starts at 0; an all-zero study still shows an axis
+    axis.set_xticks(range(len(labels)), labels)
+    axis.set(xlabel="after the warm-up, the local phase of each round, the last round",
+             ylabel="mean Pass@1 over nodes (%)",
+             title=f"{s['nodes']} nodes, Dirichlet {s['dirichlet_alpha']}, c = {s['teachers_per_student']}, "
+                   f"seeds {','.join(map(str, s['seeds']))} (95% intervals over seeds)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -1,0 +1,97 @@
+"""Running a study: every (policy, seed) in its own one-thread process, all cores busy, resumable.
+
+Each run is one of the in-process consortia (the lock-step runner for the
+CPM's policies, Central-KD, the pooled upper bound) in a fresh process with
+one torch thread, ``workers`` of them at a time. A run writes its record
+(:func:`knexa_lab.study.run_record`) atomically as soon as it finishes; the
+study then only collects. ``workers=1`` runs everything in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from knexa_lab.central import run_central_kd
+from knexa_lab.lockstep import run_lockstep
+from knexa_lab.orchestrate import CHILD_ENV, DemoResult, _build_models
+from knexa_lab.plan import DemoSettings
+from knexa_lab.pooled import run_pooled
+from knexa_lab.study import StudyFiles, StudySpec, finished_runs, run_record
+from knexa_node.fsutil import atomic_write_text
+
+RUNNERS: dict[str, Callable[..., DemoResult]] = {"central-kd": run_central_kd, "pooled": run_pooled}
+
+
+@dataclass(frozen=True)
+class RunTask:
+    policy: str
+    seed: int
+    settings: DemoSettings
+    files: StudyFiles
+
+
+def execute_run(task: RunTask) -> dict[str, Any]:
+    """One run, start to record on disk. Returns the record, or ``{"error": ...}`` (nothing written: a rerun retries)."""
+    torch.set_num_threads(1)
+    started_wall, started_cpu = time.monotonic(), time.process_time()
+    task.files.work.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{task.policy}-seed{task.seed}-", dir=task.files.work))
+    try:
+        runner = RUNNERS.get(task.policy, run_lockstep)
+        result = runner(workdir, task.settings)
+        record = run_record(task.policy, task.seed, task.settings, result.nodes,
+                            wall_s=time.monotonic() - started_wall, cpu_s=time.process_time() - started_cpu,
+                            history=result.cpm_status.get("history"))
+    except Exception as exc:  # one failed run must not end the others; its error is reported, not stored
+        return {"policy": task.policy, "seed": task.seed,
+                "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300], "traceback": traceback.format_exc()}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    task.files.runs.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(task.files.record(task.policy, task.seed), json.dumps(record, indent=1))
+    return record
+
+
+def _worker_init() -> None:
+    # Ctrl-C reaches the whole process group: only the study answers it (and ends the workers).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def run_study(spec: StudySpec, files: StudyFiles, *, workers: int,
+              on_done: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Run what is not on disk yet; return every run's record (and error entries for runs that failed)."""
+    done = finished_runs(spec, files)
+    tasks = [RunTask(policy, seed, spec.settings(policy, seed), files)
+             for policy, seed in spec.runs() if (policy, seed) not in done]
+    results = [done[key] for key in spec.runs() if key in done]
+    if not tasks:
+        return results
+    shutil.rmtree(files.work, ignore_errors=True)  # homes a killed study left behind; no run of it is running now
+    _build_models(tasks[0].settings)  # once, before the runs (each would otherwise race to build them)
+    report = on_done or (lambda record: None)
+    if workers <= 1:
+        for task in tasks:
+            results.append(execute_run(task))
+            report(results[-1])
+    else:
+        os.environ.update(CHILD_ENV)  # inherited by the workers: one OpenMP thread each, nothing downloaded
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter per run: no torch state shared
+        with context.Pool(min(workers, len(tasks)), initializer=_worker_init, maxtasksperchild=1) as pool:
+            for record in pool.imap_unordered(execute_run, tasks):
+                results.append(record)
+                report(record)
+    if files.work.exists() and not any(files.work.iterdir()):
+        files.work.rmdir()  # every run removed its homes
+    return results
