@@ -10,6 +10,7 @@ running daemon's control endpoint, and print (``--json`` for scripts).
 - :mod:`.audit_layout`       how ``audit show`` lays out entries for the width it has
 - :mod:`.node_doctor`        ``knexa-node doctor``: one line per check (ok / warn / fail) with advice
 - :mod:`.node_demo`          ``knexa-node demo``: a local consortium with live progress and a report
+- :mod:`.node_study`         ``knexa-node study``: policies x seeds of a lock-step consortium, with intervals and a PNG
 - :mod:`.node_model`         ``knexa-node model import-gguf|import`` and ``knexa-node eval``
 - :mod:`.cpm`                ``knexa-cpm``: the matchmaker's typer app
 - :mod:`.cpm_simulate`       ``knexa-cpm simulate``: compare matchmaking policies
