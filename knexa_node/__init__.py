@@ -16,6 +16,7 @@ Rooms, each with one job (layers point down; nothing here imports ``knexa_cpm``)
 - ``models``    model names and paths (``embedded:``, ``pretrained:``, a directory), without torch
 - ``fsutil``    crash-safe file writes (temporary file, fsync, rename, fsync the directory)
 - ``testing``   helpers for tests: real libp2p hosts on 127.0.0.1, already connected
+- ``httpd``     a tiny GET-only HTTP responder for the local endpoints (metrics, dashboard)
 - ``dashboard`` the daemon's opt-in read-only web page and its JSON
 - ``doctor``    ``knexa-node doctor``: checks of a home, its peers and its CPM
 

@@ -25,12 +25,12 @@ is a :class:`MetricsError` at start, not an import error of the daemon.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Callable, Iterator
 
 import trio
 
+from knexa_node.httpd import Request, Response, is_loopback_host, make_handler, parse_host_port, text
 from knexa_node.net.errors import NetError
 from knexa_node.net.stats import NetStats
 
@@ -46,9 +46,6 @@ except ImportError:  # the optional extra is not installed: MetricsServer refuse
 
 logger = logging.getLogger(__name__)
 
-# A scrape request is one small GET; anything longer or slower is dropped.
-MAX_REQUEST_BYTES = 8192
-REQUEST_TIMEOUT_S = 5.0
 EventFn = Callable[..., None]
 
 
@@ -61,24 +58,10 @@ class MetricsError(NetError):
 
 def parse_address(address: str) -> tuple[str, int]:
     """``"host:port"`` (``[v6]:port`` for IPv6) -> ``(host, port)``; :class:`MetricsError` if malformed."""
-    host, sep, port_text = address.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
-        port = int(port_text)
-    except ValueError:
-        port = -1
-    if not sep or not host or not 0 <= port <= 65535:
-        raise MetricsError(f"metrics.address must be host:port, got {address!r}")
-    return host, port
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        return parse_host_port(address)
+    except ValueError as exc:
+        raise MetricsError(f"metrics.address {exc}") from None
 
 
 class _Collector:
@@ -143,52 +126,10 @@ class MetricsServer:
         self.on_event("metrics-listening", address=f"{self.bound[0]}:{self.bound[1]}")
         async with trio.open_nursery() as nursery:
             task_status.started()
-            await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+            await trio.serve_listeners(make_handler(self.route), listeners, handler_nursery=nursery)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        try:
-            with trio.move_on_after(REQUEST_TIMEOUT_S):
-                request = await _read_request(stream)
-                if request is None:
-                    return
-                await stream.send_all(self._respond(request))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass  # the scraper went away; nothing to answer
-        finally:
-            with trio.move_on_after(1):
-                await stream.aclose()
-
-    def _respond(self, request_line: str) -> bytes:
-        parts = request_line.split()
-        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-            return _http(400, "text/plain", b"bad request\n")
-        method, path = parts[0], parts[1].split("?", 1)[0]
-        if method != "GET":
-            return _http(405, "text/plain", b"only GET\n")
-        if path not in ("/metrics", "/"):
-            return _http(404, "text/plain", b"not found; try /metrics\n")
+    def route(self, request: Request) -> Response:
+        if request.path not in ("/metrics", "/"):
+            return text(404, "not found; try /metrics")
         self.scrapes += 1
-        return _http(200, CONTENT_TYPE_LATEST, generate_latest(self.registry))
-
-
-async def _read_request(stream: trio.SocketStream) -> str | None:
-    """The request line once the headers are in; None for an oversized or truncated request."""
-    data = b""
-    while b"\r\n\r\n" not in data and b"\n\n" not in data:
-        chunk = await stream.receive_some(MAX_REQUEST_BYTES)
-        if not chunk:
-            return None
-        data += chunk
-        if len(data) > MAX_REQUEST_BYTES:
-            return None
-    return data.split(b"\n", 1)[0].decode("latin-1").strip()
-
-
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
-
-
-def _http(status: int, content_type: str, body: bytes) -> bytes:
-    head = (f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
-    return head.encode("latin-1") + body
-
+        return Response(200, CONTENT_TYPE_LATEST, generate_latest(self.registry))

@@ -1,7 +1,7 @@
 """The daemon's optional read-only web page (``[dashboard]``), for node and CPM alike.
 
-- :mod:`.http`    a tiny GET-only HTTP/1.1 responder on trio sockets, bounded in size and time.
 - :mod:`.views`   the page's JSON from the daemon's status and its home's files (curve, audit log).
-- :mod:`.server`  the service: routes, token, refusal of non-loopback addresses unless allowed.
+- :mod:`.server`  the service (on :mod:`knexa_node.httpd`): routes, token, refusal of non-loopback addresses
+  unless allowed.
 - ``page.html``   the page itself: no external assets, polls ``/api/dashboard`` every 2 s.
 """

@@ -11,7 +11,6 @@ when nobody looks.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import math
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from typing import Any
 
 import trio
 
-from knexa_node.dashboard.http import Request, Response, make_handler, text
+from knexa_node.httpd import Request, Response, is_loopback_host, make_handler, parse_host_port, text
 from knexa_node.net.errors import NetError
 
 EventFn = Callable[..., None]
@@ -31,29 +30,15 @@ class DashboardError(NetError):
 
 
 def parse_address(address: str) -> tuple[str, int]:
-    host, sep, port_text = address.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
-        port = int(port_text)
-    except ValueError:
-        port = -1
-    if not sep or not host or not 0 <= port <= 65535:
-        raise DashboardError(f"dashboard.address must be host:port, got {address!r}")
-    return host, port
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        return parse_host_port(address)
+    except ValueError as exc:
+        raise DashboardError(f"dashboard.address {exc}") from None
 
 
 def check_exposure(host: str, allow_remote: bool, token: str) -> None:
     """Refuse to serve off loopback unless explicitly allowed, and then only with a token."""
-    if is_loopback(host):
+    if is_loopback_host(host):
         return
     if not allow_remote:
         raise DashboardError(f"dashboard.address {host} is not loopback: set dashboard.allow_remote = true "

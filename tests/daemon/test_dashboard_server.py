@@ -7,7 +7,7 @@ import json
 import pytest
 import trio
 
-from knexa_node.dashboard.http import parse_request
+from knexa_node.httpd import parse_request
 from knexa_node.dashboard.server import DashboardError, DashboardServer, check_exposure, finite
 from knexa_node.dashboard.views import exchange_rows, read_curve
 

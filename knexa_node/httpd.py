@@ -1,5 +1,6 @@
 """A tiny read-only HTTP/1.1 responder on trio sockets: one GET, one answer, close.
 
+Shared by the daemon's local endpoints (Prometheus metrics, the dashboard).
 Enough for a page and its JSON on loopback; no keep-alive, no request body.
 Requests are bounded in size and time, so a slow or oversized client costs
 one short-lived task and nothing else.
@@ -7,6 +8,7 @@ one short-lived task and nothing else.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +44,28 @@ class Response:
                  f"Content-Length: {len(self.body)}", "Connection: close", "Cache-Control: no-store",
                  *(f"{k}: {v}" for k, v in self.headers.items())]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
+
+
+def parse_host_port(address: str) -> tuple[str, int]:
+    """``"host:port"`` (``[v6]:port`` for IPv6) -> ``(host, port)``; ``ValueError`` if malformed."""
+    host, sep, port_text = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = -1
+    if not sep or not host or not 0 <= port <= 65535:
+        raise ValueError(f"must be host:port, got {address!r}")
+    return host, port
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def text(status: int, message: str) -> Response:
