@@ -55,3 +55,23 @@ def test_a_node_restarted_at_a_new_address_is_found_again_through_the_dht(tmp_pa
         verdicts = consortium.audit()
         assert all(v["ok"] for v in verdicts.values()), verdicts
     assert lab.leftovers() == []
+
+
+def test_a_node_cut_off_mid_round_and_healed_lets_the_round_finish_for_the_others(tmp_path: Path) -> None:
+    settings = lab_settings(NODES, 2, round_deadline_s=30.0, proposal_ttl_s=60.0)
+    with open_consortium(tmp_path / "c", settings, shape=SHAPE) as (lab, consortium):
+        victim = consortium.nodes[-1]
+        wait_until(lambda: consortium.cpm.control("cpm-status").get("last_round", 0) >= 1, 180, "round 1 opened")
+        lab.cut(victim.member)
+        first = consortium.wait_rounds(1, timeout=300, idle=False)
+        closed = first["history"][0]
+        assert closed.get("closed_by"), closed  # a logged outcome, whatever it is
+        lab.heal(victim.member)
+        final = consortium.wait_rounds(2, timeout=400, idle=False)
+        assert [h["closed_by"] for h in final["history"]][:2], final["history"]
+        for daemon in consortium.everyone:
+            assert daemon.alive(), f"{daemon.name} died:\n{daemon.log_tail()}"
+            assert daemon.crashes() == [], daemon.log_tail()
+        verdicts = consortium.audit()
+        assert all(v["ok"] for v in verdicts.values()), verdicts
+    assert lab.leftovers() == []
