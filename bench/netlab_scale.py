@@ -1,0 +1,66 @@
+"""Daemons in the network lab at a chosen size: time to ready and DHT discovery completeness.
+
+    sudo .venv/bin/python bench/netlab_scale.py --nodes 20 [--spread] [--delay-ms 40 --jitter-ms 10 --loss 1]
+
+Prints one JSON object: seconds until every daemon printed its ready line,
+seconds until every node was connected to every other member (or the share
+reached when --timeout ran out), and the lab's degradations (no netem here).
+``--spread`` gives each member its own /24 (py-libp2p's Kademlia keeps 2
+peers per /24). Gossip delivery is measured by bench/net_gossip.py, not here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
+
+from netlab import LinkShape, unavailable_reason  # noqa: E402
+from netlab_consortium import lab_settings, open_consortium  # noqa: E402
+
+
+def completeness(consortium) -> float:  # type: ignore[no-untyped-def]
+    peers = set(consortium.layout.node_peers)
+    seen = 0
+    for daemon in consortium.nodes:
+        connected = {p["peer_id"] for p in daemon.control("peers")}
+        seen += len(connected & (peers - {daemon.ready["peer_id"] if daemon.ready else ""}))
+    n = len(peers)
+    return seen / (n * (n - 1))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--nodes", type=int, default=6)
+    parser.add_argument("--spread", action="store_true")
+    parser.add_argument("--delay-ms", type=float, default=40.0)
+    parser.add_argument("--jitter-ms", type=float, default=10.0)
+    parser.add_argument("--loss", type=float, default=1.0)
+    parser.add_argument("--timeout", type=float, default=300.0)
+    args = parser.parse_args()
+    reason = unavailable_reason()
+    if reason:
+        print(reason)
+        return 2
+    shape = LinkShape(args.delay_ms, args.jitter_ms, args.loss)
+    settings = lab_settings(args.nodes, 1, round_deadline_s=3600.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        with open_consortium(Path(tmp), settings, shape=shape, spread=args.spread) as (lab, consortium):
+            started = time.monotonic()
+            share = completeness(consortium)
+            while share < 1.0 and time.monotonic() - started < args.timeout:
+                time.sleep(2.0)
+                share = completeness(consortium)
+            print(json.dumps({"nodes": args.nodes, "spread": args.spread, "ready_s": round(consortium.ready_s, 1),
+                              "discovery_complete_after_s": round(time.monotonic() - started, 1) if share >= 1.0 else None,
+                              "discovery_completeness": round(share, 3), "degraded": lab.degraded}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
