@@ -8,8 +8,11 @@ Layout (``v`` = :data:`PACKAGE_VERSION`)::
             | [{"id": task_id, "tokens": int32 bytes (L),
                 "topk_ids": int32 bytes (L*k), "topk_logp": float16 bytes (L*k)}]}  # logits
 
-Items name transfer problems by ``task_id``: the student already holds the
-public transfer set, so prompts never travel. Log-probabilities are
+Items name transfer problems by ``task_id`` (``"<task id>#<j>"`` for a
+further answer to the same prompt): the student already holds the public
+transfer set, so prompts never travel. An item may carry ``"verified": true``:
+the teacher ran its answer against the prompt's public tests and it passed (a
+claim the student checks again; optional, absent means false). Log-probabilities are
 temperature 1; the rest of the mass (``1 - sum(exp(topk_logp))``) is implied.
 Decoding untrusted bytes raises only :class:`PackageError`.
 """
@@ -50,6 +53,7 @@ class KnowledgePackage:
     texts: dict[str, str] = field(default_factory=dict)
     logits: dict[str, LogitItem] = field(default_factory=dict)
     k: int = 0
+    verified: frozenset[str] = frozenset()  # item ids the teacher marks as passing the public tests
 
     def __len__(self) -> int:
         return len(self.texts) if self.kind == "text" else len(self.logits)
@@ -65,6 +69,9 @@ def encode_package(package: KnowledgePackage) -> bytes:
                           "topk_ids": item.topk_ids.astype("<i4").tobytes(),
                           "topk_logp": item.topk_logp.astype("<f2").tobytes()}
                          for key, item in package.logits.items()]
+    for item in body["items"]:
+        if item["id"] in package.verified:
+            item["verified"] = True
     return pack(body)
 
 
@@ -100,6 +107,7 @@ def decode_package(data: bytes, *, max_size: int) -> KnowledgePackage:
         raise PackageError(f"more than {MAX_ITEMS} items")
     texts: dict[str, str] = {}
     logits: dict[str, LogitItem] = {}
+    verified: set[str] = set()
     k = 0
     if kind == "logits":
         k = int(_get(body, "k", int))  # type: ignore[arg-type]
@@ -111,6 +119,10 @@ def decode_package(data: bytes, *, max_size: int) -> KnowledgePackage:
         key = _get(item, "id", str)
         if key in texts or key in logits:
             raise PackageError(f"duplicate item id {key!r}")
+        if not isinstance(item.get("verified", False), bool):
+            raise PackageError(f"item {key!r}: 'verified' must be a boolean")
+        if item.get("verified", False):
+            verified.add(key)  # type: ignore[arg-type]
         if kind == "text":
             text = _get(item, "text", str)
             if len(text) > MAX_TEXT:  # type: ignore[arg-type]
@@ -129,4 +141,4 @@ def decode_package(data: bytes, *, max_size: int) -> KnowledgePackage:
             if not np.all(np.isfinite(logp)) or np.any(logp > 0):
                 raise PackageError(f"item {key!r}: log-probabilities must be finite and <= 0")
             logits[key] = LogitItem(tokens.astype(np.int32), ids.astype(np.int32), logp)  # type: ignore[index]
-    return KnowledgePackage(kind, tokenizer, round_index, texts, logits, k)  # type: ignore[arg-type]
+    return KnowledgePackage(kind, tokenizer, round_index, texts, logits, k, frozenset(verified))  # type: ignore[arg-type]
