@@ -6,6 +6,15 @@
     .venv/bin/python bench/consortium_lockstep.py --model DIR --rounds 5 --seeds 0 \\
         --policies knexa local-only --humaneval --out smollm2.json
 
+The issue-14 study on 8 embedded nodes (verified, targeted exchanges; ``knexa@2``
+is the knexa policy with c = 2 teachers per student; warm-ups are shared by
+the policies of one seed through ``--warmup-cache``)::
+
+    .venv/bin/python bench/consortium_lockstep.py --model embedded:llama-tiny --model embedded:neox-tiny \
+        --model embedded:gpt2-tiny --model embedded:qwen2-tiny --nodes 8 --shard-size 300 \
+        --dirichlet-alpha 0.1 --warmup-epochs 10 --rounds 3 --seeds 0 1 \
+        --policies local-only random@2 knexa@2 knexa@1 --parallel 2 --out study.json
+
 Each (policy, seed) runs in its own subprocess (``--parallel`` at a time,
 ``--threads`` torch threads each), from the same layout rules, shards and
 agent settings as ``knexa-node demo``. With ``--humaneval`` every node whose
@@ -63,19 +72,34 @@ def run_one(args: argparse.Namespace) -> None:
     from knexa_lab.report import summary
 
     torch.set_num_threads(args.threads)
-    policy, seed = args.one.split(":")
+    label, seed = args.one.split(":")
+    policy, per_node = split_label(label)
     settings = DemoSettings(nodes=args.nodes or len(args.model), rounds=args.rounds, policy=policy, seed=int(seed),
                             models=tuple(args.model), dirichlet_alpha=args.dirichlet_alpha, shard_size=args.shard_size,
                             lr=args.lr, pretrained_lr=args.pretrained_lr, protocol=args.protocol,
-                            generation_batch_size=args.generation_batch)
+                            generation_batch_size=args.generation_batch, batch_size=args.batch_size,
+                            warmup_epochs=args.warmup_epochs, epochs_per_round=args.epochs_per_round,
+                            teachers_per_student=per_node, verify=args.verify, targeted=not args.untargeted,
+                            exchange_budget=args.exchange_budget, teacher_samples=args.teacher_samples,
+                            distill_epochs=args.distill_epochs, received_memory=args.received_memory,
+                            reward=args.reward, warmup_cache=args.warmup_cache)
     checkpoint = (humaneval_checkpoint(args.humaneval_limit, args.humaneval_tokens, args.humaneval_batch)
                   if args.humaneval else None)
     result = run_lockstep(Path(args.workdir), settings, checkpoint=checkpoint,
                           on_progress=lambda m: print(f"[{policy}:{seed}] {m}", file=sys.stderr, flush=True))
     out = summary(result)
+    out["label"] = label
     for node in out["nodes"]:
-        node.pop("curve", None)
+        curve = node.pop("curve", None) or []
+        # Pass@1 after each round's local phase, then the final one: the last exchange's effect on the test set.
+        node["pass1_by_round"] = [[p["round"], p["phase"], p["pass1"]] for p in curve]
     Path(args.result).write_text(json.dumps(out, default=str))
+
+
+def split_label(label: str) -> tuple[str, int]:
+    """``knexa@2`` -> ("knexa", 2); a bare name has c = 1."""
+    name, _, per_node = label.partition("@")
+    return name, int(per_node or 1)
 
 
 def mean_ci(values: list[float]) -> dict[str, Any]:
@@ -88,10 +112,40 @@ def mean_ci(values: list[float]) -> dict[str, Any]:
     return {"mean": float(a.mean()), "ci95": [float(a.mean() - half), float(a.mean() + half)], "n": len(a)}
 
 
+def node_seconds_per_round(run: dict[str, Any]) -> float:
+    """The run's wall time over nodes x rounds (one torch thread per run): what one node-round costs."""
+    return run["wall_s"] / (len(run["nodes"]) * max(run["rounds"], 1))
+
+
+def exchange_effects(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Collapse check: the dev-set Pass@1 of students right before and after their distillation phases."""
+    phases = [e for r in runs for n in r["nodes"] for e in n.get("exchanges", []) if e.get("dev_pass1_pre") is not None]
+    if not phases:
+        return {}
+    deltas = [e["dev_pass1_post"] - e["dev_pass1_pre"] for e in phases]
+    items = [e["items_used"] for e in phases]
+    failed = sum(e["items_failed"] for e in phases)
+    return {"phases": len(phases), "mean_dev_pass1_delta": float(np.mean(deltas)),
+            "share_worse": float(np.mean([d < 0 for d in deltas])), "mean_items_used": float(np.mean(items)),
+            "items_failed_at_student": failed, "claims_failed": sum(e["claims_failed"] for e in phases)}
+
+
+def ratios(runs: list[dict[str, Any]], top: str, bottom: str) -> dict[str, Any]:
+    """Paired by seed: mean final Pass@1 of ``top`` over ``bottom``."""
+    a = {r["seed"]: r["mean_pass1_after"] for r in runs if r.get("label", r["policy"]) == top}
+    b = {r["seed"]: r["mean_pass1_after"] for r in runs if r.get("label", r["policy"]) == bottom}
+    seeds = sorted(set(a) & set(b))
+    per_seed = {s: (a[s] / b[s] if b[s] else None) for s in seeds}
+    values = [v for v in per_seed.values() if v is not None]
+    return {"by_seed": per_seed, "of_means": (float(np.mean([a[s] for s in seeds]) / np.mean([b[s] for s in seeds]))
+                                               if seeds and np.mean([b[s] for s in seeds]) else None),
+            "mean": mean_ci(values) if values else None}
+
+
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     by_policy: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
-        by_policy.setdefault(run["policy"], []).append(run)
+        by_policy.setdefault(run.get("label", run["policy"]), []).append(run)
     table: dict[str, Any] = {}
     for policy, group in by_policy.items():
         embedded = [[n for n in r["nodes"] if n["model"].startswith("embedded:")] for r in group]
@@ -123,7 +177,16 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
                     teach.setdefault(entry["round"], []).append(share)
         row["pretrained_teacher_share_by_round"] = {r: float(np.mean(v)) for r, v in sorted(teach.items())}
         row["wall_s"] = mean_ci([r["wall_s"] for r in group])
+        row["final_pass1_by_seed"] = {r["seed"]: r["mean_pass1_after"] for r in group}
+        row["warmup_pass1_by_seed"] = {r["seed"]: r["mean_pass1_before"] for r in group}
+        row["node_seconds_per_round"] = mean_ci([node_seconds_per_round(r) for r in group])
+        row["phases_s"] = {k: float(np.mean([r["phases_s"].get(k, 0.0) for r in group])) for k in group[0]["phases_s"]}
+        row["exchange_effects"] = exchange_effects(group)
         table[policy] = row
+    labels = list(table)
+    for top in [label for label in labels if split_label(label)[0] not in ("local-only", "random")]:
+        for bottom in [label for label in labels if split_label(label)[0] in ("local-only", "random")]:
+            table[top][f"ratio_to_{bottom}"] = ratios(runs, top, bottom)
     return table
 
 
@@ -154,6 +217,17 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--pretrained-lr", type=float, default=2e-4)
     parser.add_argument("--protocol", default="text")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--warmup-epochs", type=int, default=1)
+    parser.add_argument("--epochs-per-round", type=int, default=1)
+    parser.add_argument("--verify", default="tests", choices=["tests", "off"])
+    parser.add_argument("--untargeted", action="store_true", help="students ask for no categories")
+    parser.add_argument("--exchange-budget", type=int, default=64)
+    parser.add_argument("--teacher-samples", type=int, default=2)
+    parser.add_argument("--distill-epochs", type=int, default=2)
+    parser.add_argument("--received-memory", type=int, default=2000)
+    parser.add_argument("--reward", default="covered", choices=["covered", "eq3"])
+    parser.add_argument("--warmup-cache", default="", help="default: <workdir>/warmup (shared by the runs)")
     parser.add_argument("--generation-batch", type=int, default=32, help="prompts decoded together (GPU: 128)")
     parser.add_argument("--humaneval", action="store_true")
     parser.add_argument("--humaneval-limit", type=int, default=None)
@@ -180,12 +254,15 @@ def main() -> None:
         parser.error("--model is required (once per node)")
     root = Path(args.workdir or tempfile.mkdtemp(prefix="knexa-lockstep-"))
     root.mkdir(parents=True, exist_ok=True)
+    if not args.warmup_cache:
+        args.warmup_cache = str(root / "warmup")
     # Embedded models are built once here, not raced by the runs.
     from knexa_lab.orchestrate import _build_models
     from knexa_lab.plan import DemoSettings
 
     _build_models(DemoSettings(nodes=len(args.model), models=tuple(args.model)))
-    jobs = [(p, s) for s in args.seeds for p in args.policies]
+    # Policy-major: the first runs are one per seed, so each seed's warm-up is done once and then reused.
+    jobs = [(p, s) for p in args.policies for s in args.seeds]
     pending, running, runs, failed = list(jobs), [], [], []
     started = time.monotonic()
     passthrough = sys.argv[1:]
@@ -193,7 +270,8 @@ def main() -> None:
         while pending and len(running) < args.parallel:
             policy, seed = pending.pop(0)
             where = root / f"{policy}-{seed}"
-            command = [sys.executable, __file__, *passthrough, "--one", f"{policy}:{seed}", "--workdir", str(where),
+            command = [sys.executable, __file__, *passthrough, "--warmup-cache", args.warmup_cache,
+                       "--one", f"{policy}:{seed}", "--workdir", str(where),
                        "--result", str(root / f"{policy}-{seed}.json")]
             log = open(root / f"{policy}-{seed}.log", "w")
             running.append((policy, seed, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log))

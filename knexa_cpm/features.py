@@ -15,6 +15,11 @@ per candidate pairing.
   teacher's trust, and products of these, so that a *linear* bandit on them
   can represent pairwise synergy. Optionally the raw profiles are appended
   (``raw=True``), which keeps the additive part the paper's model can learn.
+- :func:`competence_features` (``COMPETENCE_DIM`` dims): "teacher strong where
+  the student is weak" from each node's per-category Pass@1 on the public dev
+  set (sent beside the 32-dim profile, which keeps the paper's layout), and the
+  pair's history (how often and how recently this teacher taught this
+  student). Zero where a node sent no competence and for a new pair.
 """
 
 from __future__ import annotations
@@ -110,3 +115,27 @@ def knexa_features(
 
 def knexa_dim(raw: bool) -> int:
     return KNEXA_DIM + (CONCAT_DIM if raw else 0)
+
+
+COMPETENCE_FEATURES: tuple[str, ...] = ("teach_need", "teach_need_max", "comp_t", "comp_s", "pair_count",
+                                        "pair_recent", "teach_need_fresh")
+COMPETENCE_DIM = len(COMPETENCE_FEATURES)
+
+
+def competence_features(C: np.ndarray, known: np.ndarray, t: np.ndarray, s: np.ndarray,
+                        count: np.ndarray, recent: np.ndarray) -> np.ndarray:
+    """Per directed pair: what the teacher knows that the student lacks, and how used the pair already is.
+
+    ``C`` (n_agents x categories): dev-set Pass@1 per category, rows of
+    ``known == False`` ignored (zeros); ``count``/``recent`` per candidate:
+    earlier exchanges of this pair, and ``1 / (1 + rounds since the last)``
+    (0 for a new pair). ``teach_need`` is the mean over categories of
+    ``C_t (1 - C_s)``; ``teach_need_fresh`` discounts it by ``recent``: a
+    second package from the same teacher on the same transfer set brings little new.
+    """
+    both = (known[t] & known[s]).astype(np.float64)
+    need = C[t] * (1.0 - C[s])
+    teach_need = need.mean(axis=1) * both
+    columns = [teach_need, need.max(axis=1, initial=0.0) * both, C[t].mean(axis=1) * known[t],
+               C[s].mean(axis=1) * known[s], np.log1p(count), recent, teach_need * (1.0 - recent)]
+    return np.stack(columns, axis=1)

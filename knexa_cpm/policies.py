@@ -6,13 +6,18 @@ and the benchmarks::
     pairs = policy.propose(profiles, budget, round)   # Mapping[str, ndarray] -> list[Pairing]
     policy.feedback(pairing, reward)                  # after the student reports
 
+``propose`` also takes ``per_node=c`` (up to c teachers per student and c
+students per teacher in a round; 1, the default, is the paper's disjoint
+pairs, unchanged) and ``competence`` (peer -> per-category Pass@1 on the
+public dev set, sent beside the 32-dim profile), which only ``knexa`` reads.
+
 A :class:`Pairing` names the teacher, the student, the protocol (``"text"``:
 decoded predictions, works across tokenizers; ``"logits"``: only between
 agents of the same family) and the context vector the policy scored;
 feedback needs nothing but the pairing and the reward, so replaying a
 journal of ``(pairing, reward)`` rebuilds the state exactly
 (:mod:`knexa_cpm.state`). At most one pairing per agent per round
-(disjoint pairs), at most ``budget`` pairings.
+(disjoint pairs) when ``per_node`` is 1, at most ``budget`` pairings.
 
 Policies:
 
@@ -43,7 +48,12 @@ Policies:
   trust score (:mod:`knexa_cpm.trust`) is a feature and a gate; agents the
   gate leaves unpaired are paired among themselves, so it never costs a pair. Large
   federations get a candidate prefilter (see :meth:`KnexaPolicy._candidates`)
-  so that a round stays sub-quadratic.
+  so that a round stays sub-quadratic. With ``competence`` the context also
+  holds :func:`knexa_cpm.features.competence_features` ("teacher strong where
+  the student is weak" on the public dev set, and the pair's history; option
+  ``competence=True``, which the lock-step runner sets), and the score adds ``prior_weight * teach_need_fresh``: an informative prior the
+  bandit corrects, so that the first rounds, with no feedback yet, already
+  pick teachers who know what the student lacks and do not repeat a pair.
 """
 
 from __future__ import annotations
@@ -57,14 +67,15 @@ import numpy as np
 
 from knexa_cpm.bandit import BanditError, LinUCB, RobustZScore
 from knexa_cpm.features import (
-    CONCAT_DIM, PASS1, concat_features, knexa_dim, knexa_features, pair_js,
+    COMPETENCE_DIM, CONCAT_DIM, PASS1, competence_features, concat_features, knexa_dim, knexa_features, pair_js,
 )
 from knexa_cpm.trust import TrustTracker
-from knexa_node.profile import FAMILY_SLICE, PROFILE_DIM
+from knexa_node.profile import CATEGORIES, FAMILY_SLICE, PROFILE_DIM
 
 PROTOCOLS: tuple[str, ...] = ("text", "logits")
 
 ExpectedReward = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]
+Competence = Mapping[str, Mapping[str, float]]  # peer -> category -> dev-set Pass@1
 
 
 class PolicyError(ValueError):
@@ -91,7 +102,8 @@ class Pairing:
 class Policy(Protocol):
     name: str
 
-    def propose(self, profiles: Mapping[str, np.ndarray], budget: int, round: int) -> list[Pairing]: ...
+    def propose(self, profiles: Mapping[str, np.ndarray], budget: int, round: int, *, per_node: int = 1,
+                competence: Competence | None = None) -> list[Pairing]: ...
     def feedback(self, pairing: Pairing, reward: float) -> None: ...
     def validate_feedback(self, pairing: Pairing, reward: float) -> None: ...
     def config(self) -> dict[str, Any]: ...
@@ -153,10 +165,48 @@ def greedy_disjoint(scores: np.ndarray, t: np.ndarray, s: np.ndarray, budget: in
     return taken
 
 
-def _check_budget(budget: int, n: int) -> int:
+def greedy_capped(scores: np.ndarray, t: np.ndarray, s: np.ndarray, budget: int, cap: int) -> list[int]:
+    """Best-first candidates so that each agent teaches at most ``cap`` and learns at most ``cap`` (c > 1).
+
+    A pair is taken once (whatever the protocol); an agent may teach and learn
+    in the same round. ``cap`` 1 is :func:`greedy_disjoint`'s rule only in
+    spirit: use that one for disjoint pairs.
+    """
+    order = np.argsort(-scores, kind="stable")
+    teaching: dict[int, int] = {}
+    learning: dict[int, int] = {}
+    pairs: set[tuple[int, int]] = set()
+    taken: list[int] = []
+    if budget <= 0:
+        return taken
+    for k, a, b in zip(order.tolist(), t[order].tolist(), s[order].tolist()):
+        if teaching.get(a, 0) >= cap or learning.get(b, 0) >= cap or (a, b) in pairs:
+            continue
+        teaching[a] = teaching.get(a, 0) + 1
+        learning[b] = learning.get(b, 0) + 1
+        pairs.add((a, b))
+        taken.append(k)
+        if len(taken) >= budget:
+            break
+    return taken
+
+
+def select(scores: np.ndarray, t: np.ndarray, s: np.ndarray, budget: int, per_node: int) -> list[int]:
+    """Disjoint pairs (``per_node`` 1, the paper) or up to ``per_node`` per role and agent."""
+    return greedy_disjoint(scores, t, s, budget) if per_node <= 1 else greedy_capped(scores, t, s, budget, per_node)
+
+
+def _check_per_node(per_node: int) -> int:
+    if isinstance(per_node, bool) or not isinstance(per_node, (int, np.integer)) or per_node < 1:
+        raise PolicyError(f"per_node must be an integer >= 1, got {per_node!r}")
+    return int(per_node)
+
+
+def _check_budget(budget: int, n: int, per_node: int = 1) -> int:
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
         raise PolicyError(f"budget must be an integer, got {budget!r}")
-    return max(0, min(int(budget), n // 2))
+    most = n // 2 if per_node <= 1 else per_node * n
+    return max(0, min(int(budget), most))
 
 
 def _check_protocols(protocols: Sequence[str]) -> tuple[str, ...]:
@@ -214,9 +264,17 @@ class RandomPolicy(_BasePolicy):
     def config(self) -> dict[str, Any]:
         return {**super().config(), "seed": self.seed}
 
-    def propose(self, profiles: Mapping[str, np.ndarray], budget: int, round: int) -> list[Pairing]:
+    def propose(self, profiles: Mapping[str, np.ndarray], budget: int, round: int, *, per_node: int = 1,
+                competence: Competence | None = None) -> list[Pairing]:
         names, P = stack_profiles(profiles)
-        budget = _check_budget(budget, len(names))
+        per_node = _check_per_node(per_node)
+        budget = _check_budget(budget, len(names), per_node)
+        if per_node > 1:  # uniform random scores over every directed pair, then the caps
+            t, s, proto = with_protocols(P, *all_directed(len(names)), self.protocols)
+            scores = self.rng.random(len(t))
+            taken = greedy_capped(scores, t, s, budget, per_node)
+            X = concat_features(P, t, s)
+            return self._pairings(names, P, t, s, proto, np.zeros(len(t)), taken, round, X)
         order = self.rng.permutation(len(names))[: 2 * budget]
         t, s = order[0::2], order[1::2]
         flip = self.rng.random(len(t)) < 0.5
@@ -241,16 +299,18 @@ class RandomPolicy(_BasePolicy):
 class HeuristicPolicy(_BasePolicy):
     name = "heuristic"
 
-    def propose(self, profiles: Mapping[str, np.ndarray], budget: int, round: int) -> list[Pairing]:
+    def propose(self, profiles: Mapping[str, np.ndarray], budget: int, round: int, *, per_node: int = 1,
+                competence: Competence | None = None) -> list[Pairing]:
         names, P = stack_profiles(profiles)
-        budget = _check_budget(budget, len(names))
+        per_node = _check_per_node(per_node)
+        budget = _check_budget(budget, len(names), per_node)
         if budget == 0:
             return []
         i, j = np.triu_indices(len(names), k=1)
         higher = P[i, PASS1] >= P[j, PASS1]
         t, s = np.where(higher, i, j), np.where(higher, j, i)
         scores = pair_js(P, t, s)
-        taken = greedy_disjoint(scores, t, s, budget)
+        taken = select(scores, t, s, budget, per_node)
         X = concat_features(P, t[taken], s[taken])
         proto = np.zeros(len(t), dtype=int)
         return self._pairings(names, P, t, s, proto, scores, taken, round, dict(zip(taken, X)))
@@ -268,15 +328,17 @@ class OraclePolicy(_BasePolicy):
     def config(self) -> dict[str, Any]:
         raise PolicyError("the oracle policy lives in a simulation and cannot be persisted")
 
-    def propose(self, profiles: Mapping[str, np.ndarray], budget: int, round: int) -> list[Pairing]:
+    def propose(self, profiles: Mapping[str, np.ndarray], budget: int, round: int, *, per_node: int = 1,
+                competence: Competence | None = None) -> list[Pairing]:
         names, P = stack_profiles(profiles)
-        budget = _check_budget(budget, len(names))
+        per_node = _check_per_node(per_node)
+        budget = _check_budget(budget, len(names), per_node)
         if budget == 0:
             return []
         t, s, proto = with_protocols(P, *all_directed(len(names)), self.protocols)
         scores = np.asarray(self.expected_reward([names[k] for k in t], [names[k] for k in s],
                                                  [self.protocols[k] for k in proto]), dtype=np.float64)
-        taken = greedy_disjoint(scores, t, s, budget)
+        taken = select(scores, t, s, budget, per_node)
         X = concat_features(P, t[taken], s[taken])
         return self._pairings(names, P, t, s, proto, scores, taken, round, dict(zip(taken, X)))
 
@@ -330,15 +392,17 @@ class LinUCBPolicy(_UCBPolicy):
     def config(self) -> dict[str, Any]:
         return {**super().config(), **self.options}
 
-    def propose(self, profiles: Mapping[str, np.ndarray], budget: int, round: int) -> list[Pairing]:
+    def propose(self, profiles: Mapping[str, np.ndarray], budget: int, round: int, *, per_node: int = 1,
+                competence: Competence | None = None) -> list[Pairing]:
         names, P = stack_profiles(profiles)
-        budget = _check_budget(budget, len(names))
+        per_node = _check_per_node(per_node)
+        budget = _check_budget(budget, len(names), per_node)
         if budget == 0:
             return []
         t, s, proto = with_protocols(P, *all_directed(len(names)), self.protocols)
         X = concat_features(P, t, s)
         scores = self.bandit.score(X)
-        taken = greedy_disjoint(scores, t, s, budget)
+        taken = select(scores, t, s, budget, per_node)
         return self._pairings(names, P, t, s, proto, scores, taken, round, X)
 
 
@@ -359,15 +423,21 @@ class KnexaPolicy(_UCBPolicy):
         shortlist: int = 8,
         seed: int = 0,
         trust_floor: float = 0.1,
+        competence: bool = False,
+        prior_weight: float = 2.0,
     ) -> None:
-        super().__init__(knexa_dim(raw), lam=lam, beta0=beta0, protocols=protocols, clip=clip)
+        super().__init__(knexa_dim(raw) + (COMPETENCE_DIM if competence else 0), lam=lam, beta0=beta0,
+                         protocols=protocols, clip=clip)
         if max_candidates < 2 or group_size < 2 or shortlist < 0:
             raise PolicyError("max_candidates and group_size must be >= 2, shortlist >= 0")
         self.options = {
             "lam": lam, "beta0": beta0, "beta_tau": beta_tau, "raw": raw, "trust": trust, "clip": clip,
             "max_candidates": max_candidates, "group_size": group_size, "shortlist": shortlist, "seed": seed,
-            "trust_floor": trust_floor,
+            "trust_floor": trust_floor, "competence": competence, "prior_weight": prior_weight,
         }
+        self.use_competence = bool(competence)
+        # (teacher, student) -> [exchanges with feedback, last round]: the pair history the features read.
+        self.history: dict[tuple[str, str], list[int]] = {}
         self.raw = bool(raw)
         self.use_trust = bool(trust)
         self.trust = TrustTracker(floor=trust_floor, seed=seed)
@@ -379,9 +449,31 @@ class KnexaPolicy(_UCBPolicy):
     def beta(self) -> float:
         return self.options["beta0"] / math.sqrt(1.0 + self.bandit.updates / self.options["beta_tau"])
 
-    def _features(self, P, t, s, proto, trust_scores) -> np.ndarray:
+    def _features(self, P, t, s, proto, trust_scores, names=None, competence=None, round=0) -> np.ndarray:
         logits = np.array([self.protocols[k] == "logits" for k in proto], dtype=np.float64) if len(self.protocols) > 1 else None
-        return knexa_features(P, t, s, logits=logits, trust=trust_scores, raw=self.raw)
+        X = knexa_features(P, t, s, logits=logits, trust=trust_scores, raw=self.raw)
+        if not self.use_competence:
+            return X
+        n = len(P)
+        C, known = np.zeros((n, len(CATEGORIES))), np.zeros(n, dtype=bool)
+        for i, name in enumerate(names or []):
+            mine = (competence or {}).get(name)
+            if mine:
+                C[i] = [min(max(float(mine.get(c, 0.0)), 0.0), 1.0) for c in CATEGORIES]
+                known[i] = True
+        count, recent = np.zeros(len(t)), np.zeros(len(t))
+        if names is not None and self.history:
+            for k, (a, b) in enumerate(zip(t.tolist(), s.tolist())):
+                seen = self.history.get((names[a], names[b]))
+                if seen:
+                    count[k], recent[k] = seen[0], 1.0 / (1.0 + max(int(round) - seen[1], 0))
+        return np.concatenate([X, competence_features(C, known, t, s, count, recent)], axis=1)
+
+    def _prior(self, X: np.ndarray) -> np.ndarray:
+        """``prior_weight * teach_need_fresh`` (the last competence feature), 0 without competence."""
+        if not self.use_competence:
+            return np.zeros(len(X))
+        return self.options["prior_weight"] * X[:, -1]
 
     def _candidates(self, P: np.ndarray, trust_scores: np.ndarray, allowed: np.ndarray, beta: float):
         """Directed (teacher, student) candidates: all of them, or a sub-quadratic prefilter.
@@ -402,6 +494,8 @@ class KnexaPolicy(_UCBPolicy):
             virtual = np.full(n, n)
             trust_ext = np.append(trust_scores, 1.0)
             X = knexa_features(mean_profile, everyone, virtual, trust=trust_ext, raw=self.raw)
+            if self.use_competence:  # the virtual average student has no competence and no history
+                X = np.concatenate([X, np.zeros((n, COMPETENCE_DIM))], axis=1)
             potential = np.where(allowed, self.bandit.score(X, beta), -np.inf)
             k = min(self.options["shortlist"], n)
             top = np.argpartition(-potential, k - 1)[:k] if k else np.zeros(0, dtype=int)
@@ -421,9 +515,11 @@ class KnexaPolicy(_UCBPolicy):
         keep = allowed[t]
         return t[keep], s[keep]
 
-    def propose(self, profiles: Mapping[str, np.ndarray], budget: int, round: int) -> list[Pairing]:
+    def propose(self, profiles: Mapping[str, np.ndarray], budget: int, round: int, *, per_node: int = 1,
+                competence: Competence | None = None) -> list[Pairing]:
         names, P = stack_profiles(profiles)
-        budget = _check_budget(budget, len(names))
+        per_node = _check_per_node(per_node)
+        budget = _check_budget(budget, len(names), per_node)
         if budget == 0:
             return []
         self.trust.advance(round)
@@ -432,17 +528,19 @@ class KnexaPolicy(_UCBPolicy):
         beta = self.beta()
         t, s = self._candidates(P, trust_scores, allowed, beta)
         t, s, proto = with_protocols(P, t, s, self.protocols)
-        X = self._features(P, t, s, proto, trust_scores)
+        X = self._features(P, t, s, proto, trust_scores, names, competence, round)
         n = len(names)
-        scores = self.bandit.score(X, beta, fast=n * (n - 1) > self.options["max_candidates"])
-        taken = greedy_disjoint(scores, t, s, budget)
+        scores = self.bandit.score(X, beta, fast=n * (n - 1) > self.options["max_candidates"]) + self._prior(X)
+        taken = select(scores, t, s, budget, per_node)
         pairings = self._pairings(names, P, t, s, proto, scores, taken, round, X)
         if len(pairings) < budget and not allowed.all():
-            pairings += self._pairs_among_gated(names, P, trust_scores, allowed, pairings, budget - len(pairings), round, beta)
+            pairings += self._pairs_among_gated(names, P, trust_scores, allowed, pairings, budget - len(pairings), round,
+                                                beta, competence)
         return pairings
 
     def _pairs_among_gated(self, names: list[str], P: np.ndarray, trust_scores: np.ndarray, allowed: np.ndarray,
-                           pairings: list[Pairing], missing: int, round: int, beta: float) -> list[Pairing]:
+                           pairings: list[Pairing], missing: int, round: int, beta: float,
+                           competence: Competence | None) -> list[Pairing]:
         """Pairs that the gate alone would cost: a gated teacher teaches another gated agent left unpaired.
 
         Without this, two gated agents left over can never pair (neither may
@@ -457,8 +555,8 @@ class KnexaPolicy(_UCBPolicy):
             return []
         t, s = all_directed(len(left))
         t, s, proto = with_protocols(P, left[t], left[s], self.protocols)
-        X = self._features(P, t, s, proto, trust_scores)
-        scores = self.bandit.score(X, beta)
+        X = self._features(P, t, s, proto, trust_scores, names, competence, round)
+        scores = self.bandit.score(X, beta) + self._prior(X)
         taken = greedy_disjoint(scores, t, s, missing)
         return self._pairings(names, P, t, s, proto, scores, taken, round, X)
 
@@ -467,14 +565,20 @@ class KnexaPolicy(_UCBPolicy):
         # belongs to the pair (incompatible families, a weak student) is not blamed on the teacher.
         predicted = float(self.bandit.mean(np.asarray(pairing.context, dtype=np.float64)[None, :])[0])
         self.trust.observe(pairing.teacher, pairing.student, z - predicted, pairing.round)
+        seen = self.history.setdefault((pairing.teacher, pairing.student), [0, 0])
+        seen[0] += 1
+        seen[1] = max(seen[1], int(pairing.round))
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "trust": self.trust.state_dict(), "rng": json.dumps(self.rng.bit_generator.state)}
+        history = [[t, s, c, r] for (t, s), (c, r) in sorted(self.history.items())]
+        return {**super().state_dict(), "trust": self.trust.state_dict(), "rng": json.dumps(self.rng.bit_generator.state),
+                "history": history}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.trust.load_state_dict(state["trust"])
         self.rng.bit_generator.state = json.loads(state["rng"])
+        self.history = {(str(t), str(s)): [int(c), int(r)] for t, s, c, r in state.get("history", [])}
 
 
 POLICIES: dict[str, type] = {
@@ -505,7 +609,7 @@ NO_PAIRING = "local-only"
 class _NoPairing:
     name = NO_PAIRING
 
-    def propose(self, profiles: Any, budget: int, round: int) -> list[Pairing]:
+    def propose(self, profiles: Any, budget: int, round: int, **_: Any) -> list[Pairing]:
         return []
 
     def feedback(self, pairing: Pairing, reward: float) -> None:
@@ -524,11 +628,17 @@ class _NoPairing:
         pass
 
 
-def build_policy(name: str, seed: int) -> Any:
-    """A policy by name, seeded where it draws; ``local-only`` pairs nobody."""
+def build_policy(name: str, seed: int, *, competence: bool = False) -> Any:
+    """A policy by name, seeded where it draws; ``local-only`` pairs nobody.
+
+    ``competence``: the knexa policy reads the nodes' dev-set competence and pair history (its context then
+    has :data:`~knexa_cpm.features.COMPETENCE_DIM` more dims); off where competence is not sent yet.
+    """
     if name == NO_PAIRING:
         return _NoPairing()
     options: dict[str, Any] = {"seed": seed} if name in ("random", "knexa", "linucb") else {}
+    if name == "knexa" and competence:
+        options["competence"] = True
     try:
         return make_policy(name, **options)
     except PolicyError:

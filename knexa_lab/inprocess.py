@@ -8,9 +8,14 @@ demo, then read back, so both paths train identical agents on identical data.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+import torch
 
 from knexa_node.config import load_config
 from knexa_node.daemon.datasets import NodeData, load_node_data
@@ -18,6 +23,7 @@ from knexa_node.daemon.learner import agent_config, evaluation_point
 from knexa_lab.orchestrate import DemoResult, _build_models
 from knexa_lab.plan import DemoLayout, DemoSettings, lay_out
 from knexa_node.learn.agent import Agent
+from knexa_node.learn.state import CURRENT
 
 
 @dataclass
@@ -34,6 +40,8 @@ class LocalNode:
     bytes_received: int = 0
     bytes_sent: int = 0
     rewards: list[dict[str, Any]] = field(default_factory=list)
+    competence: dict[str, float] = field(default_factory=dict)  # dev-set Pass@1 per category, this round
+    exchange_log: list[dict[str, Any]] = field(default_factory=list)  # per round as student: before/after, counts
 
 
 def measure(node: LocalNode, round_: int, phase: str) -> dict[str, Any]:
@@ -43,20 +51,60 @@ def measure(node: LocalNode, round_: int, phase: str) -> dict[str, Any]:
     return point
 
 
+def warmup_key(settings: DemoSettings, index: int) -> str:
+    """What a node's warm-up depends on: equal keys give identical warm-up states (every policy of one seed)."""
+    parts = (settings.seed, index, settings.nodes, settings.models[index % len(settings.models)],
+             settings.dirichlet_alpha, settings.shard_size, settings.lr, settings.pretrained_lr, settings.batch_size,
+             settings.warmup_epochs, settings.rounds, torch.__version__)
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def _from_cache(cache: Path | None, key: str, state_dir: Path) -> bool:
+    """Copy a cached warm-up state into a fresh ``state_dir``; True when there was one."""
+    if cache is None or not (cache / key / CURRENT).exists() or (state_dir / CURRENT).exists():
+        return False
+    shutil.copytree(cache / key, state_dir, dirs_exist_ok=True)
+    return True
+
+
+def _to_cache(cache: Path | None, key: str, agent: Agent) -> None:
+    """Publish a warm-up state atomically (another run of the same seed may race: the first one wins)."""
+    if cache is None:
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    staging = cache / f".{key}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(agent.save().parent, staging)
+    try:
+        os.rename(staging, cache / key)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def prepare_nodes(workdir: Path, settings: DemoSettings, say: Callable[[str], None],
                   *, state_name: str = "agent-local") -> tuple[DemoLayout, list[LocalNode]]:
-    """Lay out the homes, build the embedded models, load every agent and run its warm-up."""
+    """Lay out the homes, build the embedded models, load every agent and run its warm-up.
+
+    With ``settings.warmup_cache`` a node's warm-up is done once per
+    :func:`warmup_key` and reused (the policies of one seed share it).
+    """
     layout = lay_out(workdir, settings)
     _build_models(settings)
+    cache = Path(settings.warmup_cache) if settings.warmup_cache else None
     nodes = []
     for i, home in enumerate(layout.nodes):
         config = load_config(home.config_file)
         data = load_node_data(config, base=home.root)
+        key = warmup_key(settings, i)
+        cached = settings.warmup_epochs > 0 and _from_cache(cache, key, home.state_dir / state_name)
         agent = Agent(config.model.path, home.state_dir / state_name, agent_config(config, total_rounds=settings.rounds),
                       train=data.train, validation=data.validation)
         node = LocalNode(f"node-{i}", layout.node_peers[i], config.model.path, agent, data)
-        for _ in range(settings.warmup_epochs):
-            agent.local_epoch()
+        if not cached:
+            for _ in range(settings.warmup_epochs):
+                agent.local_epoch()
+            if settings.warmup_epochs > 0:
+                _to_cache(cache, key, agent)
         measure(node, 0, "warm-up" if settings.warmup_epochs else "initial")
         nodes.append(node)
         say(f"{node.name} ready ({agent.model_type}, {len(data.train)} private problems)")

@@ -9,9 +9,16 @@ failures. It exists to measure policies on machines where daemons cannot run
 (a GPU box without the network stack) and many seeds in little time; the
 networked demo remains the system.
 
-One round: every node trains locally, is evaluated and profiled; the policy
-pairs; each student distils its teacher's package (built on the public
-transfer set) and reports its reward; the policy learns from it.
+One round: every node trains locally, is evaluated and profiled, and
+measures its Pass@1 per category on the public dev set (its competence,
+passed to the policy beside the profile); the policy proposes up to
+``teachers_per_student`` teachers per student (and as many students per
+teacher); every teacher builds one package per student, answering that
+student's weak categories first (``targeted``) and, with ``verify ==
+"tests"``, only with answers that pass the public tests; then every student
+distils from all its packages in one phase (:meth:`Agent.distill_many`) and
+reports one reward per teacher; the policy learns from them. Teachers build
+before anyone distils, so a node may teach and learn in the same round.
 """
 
 from __future__ import annotations
@@ -20,11 +27,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from knexa_cpm.policies import PolicyError, build_policy
+from knexa_cpm.policies import NO_PAIRING, PolicyError, build_policy
 from knexa_cpm.rounds import RoundBook, RoundSettings
 from knexa_lab.inprocess import LocalNode, finish, measure, prepare_nodes
 from knexa_lab.orchestrate import DemoResult
 from knexa_lab.plan import DemoSettings
+from knexa_node.learn.agent import DistillReport, ExchangeRequest
 from knexa_node.wire import Profile
 
 # Called with each node before round 1 and after the last round ("before", "after").
@@ -38,15 +46,39 @@ def _profile(node: LocalNode, round_: int, point: dict[str, Any]) -> Profile:
                    tokenizer_id=node.agent.tokenizer_fingerprint(), addrs=())
 
 
-def _exchange(teacher: LocalNode, student: LocalNode, protocol: str) -> float:
-    package = teacher.agent.teacher_package(student.data.transfer, protocol=protocol)
-    report = student.agent.distill(package.payload, student.data.transfer, dev=student.data.dev)
-    teacher.as_teacher += 1
-    teacher.bytes_sent += package.nbytes
-    student.as_student += 1
-    student.bytes_received += package.nbytes
-    reward = report.reward_dev if report.reward_dev is not None else report.reward
-    return float(reward)
+def _reward(report: DistillReport, kind: str) -> float:
+    if kind == "covered" and report.reward_covered is not None:
+        return float(report.reward_covered)
+    return float(report.reward_dev if report.reward_dev is not None else report.reward)
+
+
+def _exchanges(settings: DemoSettings, jobs: list[tuple[Any, LocalNode, LocalNode, str]]
+               ) -> list[tuple[Any, LocalNode, LocalNode, DistillReport]]:
+    """Every teacher builds its packages, then every student distils from all of its own in one phase."""
+    inbox: dict[str, list[tuple[Any, LocalNode, bytes]]] = {}
+    for record, teacher, student, protocol in jobs:
+        request = (student.agent.exchange_request(student.competence) if settings.targeted and student.competence
+                   else ExchangeRequest(budget=settings.exchange_budget))
+        package = teacher.agent.teacher_package(student.data.transfer, protocol=protocol, request=request)
+        teacher.as_teacher += 1
+        teacher.bytes_sent += package.nbytes
+        inbox.setdefault(student.peer_id, []).append((record, teacher, package.payload))
+    done = []
+    for student_id, parcels in inbox.items():
+        student = next(job[2] for job in jobs if job[2].peer_id == student_id)
+        report = student.agent.distill_many([(teacher.name, payload) for _, teacher, payload in parcels],
+                                            student.data.transfer, dev=student.data.dev,
+                                            dev_competence=student.competence or None)
+        student.as_student += len(parcels)
+        student.bytes_received += sum(len(payload) for *_, payload in parcels)
+        student.exchange_log.append({
+            "teachers": [teacher.name for _, teacher, _ in parcels], "steps": report.steps,
+            "dev_pass1_pre": report.teachers[0].dev_pass1_pre, "dev_pass1_post": report.teachers[0].dev_pass1_post,
+            "items_used": sum(r.items_used for r in report.teachers),
+            "items_failed": sum(r.items_failed for r in report.teachers),
+            "claims_failed": sum(r.claims_failed for r in report.teachers), "seconds": round(report.seconds, 2)})
+        done.extend((record, teacher, student, r) for (record, teacher, _), r in zip(parcels, report.teachers))
+    return done
 
 
 def run_lockstep(workdir: Path, settings: DemoSettings, *, on_progress: Callable[[str], None] | None = None,
@@ -55,7 +87,7 @@ def run_lockstep(workdir: Path, settings: DemoSettings, *, on_progress: Callable
     say = on_progress or (lambda message: None)
     layout, nodes = prepare_nodes(workdir, settings, say, state_name="agent-lockstep")
     by_peer = {node.peer_id: node for node in nodes}
-    policy = build_policy(settings.policy, settings.seed)
+    policy = build_policy(settings.policy, settings.seed, competence=True)
     round_settings = RoundSettings(deadline_s=settings.round_deadline_s, proposal_ttl_s=settings.proposal_ttl_s)
     history: list[dict[str, Any]] = []
     rewards: list[float] = []
@@ -63,19 +95,33 @@ def run_lockstep(workdir: Path, settings: DemoSettings, *, on_progress: Callable
     if checkpoint:
         for node in nodes:
             checkpoint(node, "before")
+    per_node = max(1, settings.teachers_per_student)
+    pairs_off = policy.name == NO_PAIRING
+    seconds = {"local": 0.0, "measure": 0.0, "exchange": 0.0}
     for round_ in range(1, settings.rounds + 1):
         now = time.time()
         book = RoundBook(round_, now, round_settings, expected_members=len(nodes), members=frozenset(by_peer))
         for node in nodes:
+            mark = time.monotonic()
             for _ in range(settings.epochs_per_round):
                 node.agent.local_epoch()
+            seconds["local"] += time.monotonic() - mark
+            mark = time.monotonic()
             book.add_profile(node.peer_id, _profile(node, round_, measure(node, round_, "after-local")))
-        pairings = policy.propose(book.profile_vectors(), book.budget(), round_)
-        pairs = []
+            # Only what the policy or a request reads: local-only skips the dev-set decoding.
+            node.competence = {} if pairs_off else node.agent.competence(node.data.dev)
+            seconds["measure"] += time.monotonic() - mark
+        budget = book.budget() if per_node == 1 else per_node * len(nodes)
+        pairings = policy.propose(book.profile_vectors(), budget, round_, per_node=per_node,
+                                  competence={n.peer_id: n.competence for n in nodes if n.competence})
+        mark = time.monotonic()
+        jobs = []
         for proposal in book.record_pairings(pairings, now):
             record = book.proposals[proposal.proposal_id]
-            teacher, student = by_peer[proposal.teacher], by_peer[proposal.student]
-            reward = _exchange(teacher, student, proposal.protocol)
+            jobs.append((record, by_peer[proposal.teacher], by_peer[proposal.student], proposal.protocol))
+        pairs = []
+        for record, teacher, student, report in _exchanges(settings, jobs):
+            reward = _reward(report, settings.reward)
             try:
                 policy.validate_feedback(record.pairing, reward)
                 policy.feedback(record.pairing, reward)
@@ -83,10 +129,14 @@ def run_lockstep(workdir: Path, settings: DemoSettings, *, on_progress: Callable
             except PolicyError as exc:  # the service would refuse it: the policy does not learn from it
                 say(f"round {round_}: feedback refused by the policy: {exc}")
             entry = {"round": round_, "teacher": teacher.name, "student": student.name, "reward": reward,
-                     "protocol": proposal.protocol}
+                     "protocol": record.pairing.protocol, "reward_eq3": report.reward_dev,
+                     "reward_covered": report.reward_covered, "items_received": report.items_received,
+                     "items_used": report.items_used, "items_failed": report.items_failed,
+                     "claims_failed": report.claims_failed, "covered": list(report.covered)}
             student.rewards.append(entry)
             rewards.append(reward)
             pairs.append(f"{teacher.name}->{student.name}")
+        seconds["exchange"] += time.monotonic() - mark
         history.append({"round": round_, "pairs": pairs})
         for node in nodes:
             node.agent.finish_round()
@@ -96,9 +146,11 @@ def run_lockstep(workdir: Path, settings: DemoSettings, *, on_progress: Callable
               "history": history}
     result = DemoResult(settings, workdir, "lockstep", status)
     finish(result, layout, nodes, audit_note="lock-step run: no network exchange, no log")
+    for node, entry in zip(nodes, result.nodes):
+        entry["exchanges"] = node.exchange_log
     if checkpoint:  # entries hold each node's ``extra`` dict itself, so what this adds shows in the result
         for node in nodes:
             checkpoint(node, "after")
     result.wall_s = time.monotonic() - started
-    result.phases_s = {"lockstep": result.wall_s}
+    result.phases_s = {"lockstep": result.wall_s, **{f"lockstep_{k}": v for k, v in seconds.items()}}
     return result

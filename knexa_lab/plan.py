@@ -36,6 +36,14 @@ class DemoSettings:
     warmup_epochs: int = 1
     epochs_per_round: int = 1
     teachers_per_student: int = 1  # c: teachers per student and students per teacher in a round (1: the paper's disjoint pairs)
+    verify: str = "tests"  # teacher answers: "tests" (only those passing the public tests) or "off" (all, the paper)
+    targeted: bool = True  # students ask for their weak categories (public dev set); teachers answer those
+    exchange_budget: int = 64  # transfer prompts a teacher answers per request at most (0: all)
+    teacher_samples: int = 2  # sampled candidates per tested prompt whose greedy answer failed
+    distill_epochs: int = 2  # passes over the received items in one distillation phase
+    received_memory: int = 2000  # verified received answers replayed in later local epochs (0: none)
+    reward: str = "covered"  # reward fed to the policy: "covered" (dev Pass@1 gain on covered categories) or "eq3"
+    warmup_cache: str = ""  # lock-step runs: a directory where the warm-up of each (seed, node) is kept and reused
     round_deadline_s: float = 600.0
     proposal_ttl_s: float = 600.0
     protocol: str = "text"
@@ -126,6 +134,12 @@ def lay_out(workdir: Path, settings: DemoSettings) -> DemoLayout:
         config.learning.warmup_epochs = settings.warmup_epochs
         config.learning.epochs_per_round = settings.epochs_per_round
         config.learning.schedule_rounds = settings.rounds
+        config.learning.verify = settings.verify
+        config.learning.exchange_budget = settings.exchange_budget
+        config.learning.teacher_samples = settings.teacher_samples
+        config.learning.distill_epochs = settings.distill_epochs
+        config.learning.received_memory = settings.received_memory
+        config.learning.reward = settings.reward
         config.exchange.protocol = settings.protocol
         config.exchange.timeout_s = settings.proposal_ttl_s
         config.privacy.dp_enabled = settings.dp

@@ -42,6 +42,17 @@ def agent_config(config: Config, *, total_rounds: int) -> AgentConfig:
         reward_gamma=learning.reward_gamma,
         reward_delta=learning.reward_delta,
         kd_filter=learning.kd_filter,
+        verify=learning.verify,
+        teacher_samples=learning.teacher_samples,
+        teacher_temperature=learning.teacher_temperature,
+        answers_per_prompt=learning.answers_per_prompt,
+        untested=learning.untested,
+        min_mean_logprob=learning.min_mean_logprob,
+        check_received=learning.check_received,
+        exchange_budget=learning.exchange_budget,
+        weak_pass1=learning.weak_pass1,
+        distill_epochs=learning.distill_epochs,
+        received_memory=learning.received_memory,
         seed=config.data.seed * 1000 + config.data.shard,
     )
 

@@ -23,8 +23,9 @@ Map (data and checks first, then models, then the agent that ties them):
 - :mod:`.package`    the versioned msgpack knowledge package and its strict decoder.
 - :mod:`.distill`    Eq. 2's sparse temperature-scaled KL (the text path is plain CE).
 - :mod:`.schedule`   alpha/temperature schedules, warm-up, Eq. 3's reward.
+- :mod:`.targeting`  targeted, verified exchanges: weak categories asked for, prompts answered, credit per teacher.
 - :mod:`.state`      crash-safe per-round persistence of weights, optimizer and metadata.
-- :mod:`.agent`      :class:`~.agent.Agent`: local epoch, validation loss, Pass@k, teacher package,
-  distillation with reward, profile.
+- :mod:`.agent`      :class:`~.agent.Agent`: local epoch, validation loss, Pass@k, dev-set competence and
+  exchange request, verified teacher package, distillation from one or several packages with rewards, profile.
 - :mod:`.central`    baselines: the Central-KD server's ensemble package, and LocalOnly.
 """

@@ -33,18 +33,24 @@ from knexa_node.learn.dialect import RAW, answer_body, model_answer, model_promp
 from knexa_node.learn.distill import sparse_kl
 from knexa_node.learn.embedded import resolve_model_path
 from knexa_node.learn.encoding import Example, collate, encode_pair, encode_prompt, encode_with_ids
-from knexa_node.learn.generation import STOP_SEQUENCES, Generation, generate
+from knexa_node.learn.evaluate import check_completions
+from knexa_node.learn.generation import STOP_SEQUENCES, Generation, generate, truncate_at_stop
 from knexa_node.learn.lora import attach_lora
 from knexa_node.learn.package import KnowledgePackage, LogitItem, PackageError, PackageLimits, decode_package, encode_package
 from knexa_node.learn.passk import PassAtK, summarize
 from knexa_node.learn.problems import Problem
 from knexa_node.learn.sandbox import SandboxLimits, check_program, detect_backend, run_programs
 from knexa_node.learn.schedule import eq3_reward, linear_schedule, warmup_factor
+from knexa_node.learn.targeting import covered_gain, select_prompts, weak_categories
 from knexa_node.learn.state import StateError, load_state, save_state
 from knexa_node.models import EMBEDDED_PREFIX
 from knexa_node.profile import CATEGORIES, ProfileInputs, build_profile, squash_loss
 
 hf_logging.disable_progress_bar()
+
+_ENCODED_CACHE = 200_000  # tokenized examples kept per agent (a few hundred bytes each)
+VERIFY_MODES = ("off", "tests")
+UNTESTED_MODES = ("confidence", "keep", "drop")
 
 Progress = Callable[[int, int, float], None]  # (step, total_steps, loss)
 
@@ -79,7 +85,20 @@ class AgentConfig:
     generation_batch_size: int = 32
     top_k_logits: int = 16
     sandbox: SandboxLimits = field(default_factory=SandboxLimits)
+    sandbox_workers: int = 1  # sandbox processes checking answers at once
     seed: int = 0
+    # Verified exchange (issue 14). The defaults are the paper's behaviour: every greedy answer is sent.
+    verify: str = "off"  # "tests": the teacher sends only answers that pass the public tests; "off": all greedy
+    teacher_samples: int = 0  # sampled candidates per tested prompt whose greedy answer failed (or all when m > 1)
+    teacher_temperature: float = 0.8
+    answers_per_prompt: int = 1  # m: verified answers sent per prompt at most
+    untested: str = "confidence"  # prompts without tests: "confidence" (mean token log-prob filter), "keep", "drop"
+    min_mean_logprob: float = -0.35  # the confidence filter's floor (nats per token, greedy answer)
+    check_received: bool = False  # the student re-runs the tests of every item before training on it
+    exchange_budget: int = 0  # transfer prompts a teacher answers at most (0: all it selects)
+    weak_pass1: float = 0.5  # a category is weak (asked for) below this public dev-set Pass@1
+    distill_epochs: int = 1  # passes over the received items in one distillation phase
+    received_memory: int = 0  # verified received answers kept and replayed in later local epochs (0: none)
 
 
 @dataclass(frozen=True)
@@ -101,11 +120,28 @@ class EvalReport:
 
 
 @dataclass(frozen=True)
+class ExchangeRequest:
+    """What a student asks of a teacher: its weak categories, weakest first, and an item budget.
+
+    The categories come from the student's Pass@1 on the *public* dev set
+    (:meth:`Agent.exchange_request`), never from its private data.
+    """
+
+    categories: tuple[str, ...] = ()
+    budget: int = 0  # transfer prompts to answer at most (0: the teacher's own budget)
+
+
+@dataclass(frozen=True)
 class BuiltPackage:
     package: KnowledgePackage  # the object: the daemon filters and noises it, then encodes it once
     protocol: str
     items: int
     seconds: float
+    prompts: int = 0  # transfer prompts answered (after the request's categories and budget)
+    verified: int = 0  # items whose answer passed the public tests
+    unverified: int = 0  # items without tests, kept by the confidence filter (or "keep")
+    candidates: int = 0  # answers decoded (greedy + samples)
+    categories: tuple[str, ...] = ()  # the categories the items cover
 
     @cached_property
     def payload(self) -> bytes:
@@ -133,6 +169,36 @@ class DistillReport:
     reward_dev: float | None
     package_bytes: int
     seconds: float
+    teacher: str = ""
+    items_failed: int = 0  # items with tests that failed here: dropped before training
+    claims_failed: int = 0  # of those, items the teacher marked verified (a sign against its trust)
+    covered: tuple[str, ...] = ()  # categories of the items used
+    reward_covered: float | None = None  # dev-set Pass@1 gain on the covered categories (schedule.covered_gain)
+    dev_pass1_pre: float | None = None  # public dev-set Pass@1 of the whole phase, before and after
+    dev_pass1_post: float | None = None
+
+
+@dataclass(frozen=True)
+class MultiDistillReport:
+    """One distillation phase from several packages; one :class:`DistillReport` per teacher, in input order."""
+
+    teachers: list[DistillReport]
+    steps: int
+    dev_competence_pre: dict[str, float]
+    dev_competence_post: dict[str, float]
+    seconds: float
+
+
+def _mean_logprob(generation: Generation) -> float:
+    """Mean log-probability of a greedy answer's tokens (its top-1 entries): the confidence filter's measure."""
+    if generation.topk_logp is None or len(generation.topk_logp) == 0:
+        return float("-inf")
+    return float(np.mean(generation.topk_logp[:, 0].astype(np.float64)))
+
+
+def _mean_pass1(competence: Mapping[str, float], counts: Mapping[str, int]) -> float | None:
+    total = sum(counts.get(c, 0) for c in competence)
+    return sum(v * counts.get(c, 0) for c, v in competence.items()) / total if total else None
 
 
 def default_train_mode(model_path: str) -> str:
@@ -152,6 +218,8 @@ class Agent:
                  validation: Sequence[Problem], model_cache: Path | None = None) -> None:
         if config.train_mode not in ("lora", "full"):
             raise ValueError(f"train_mode must be 'lora' or 'full', got {config.train_mode!r}")
+        if config.verify not in VERIFY_MODES or config.untested not in UNTESTED_MODES:
+            raise ValueError(f"verify must be one of {VERIFY_MODES} and untested one of {UNTESTED_MODES}")
         self.config = config
         self.state_dir = Path(state_dir)
         self.train_set, self.validation_set = list(train), list(validation)
@@ -172,6 +240,11 @@ class Agent:
         self.round = 0
         self.optimizer_steps = 0
         self.last_metrics: dict[str, float] | None = None
+        self._encoded: dict[tuple[str, str], Example] = {}
+        # Verified answers received from teachers, by task id (the newest wins), replayed in local epochs.
+        self.received: dict[str, tuple[Problem, str]] = {}
+        self._answers: dict[str, tuple[list[Generation], bool]] = {}  # a teacher's answers for one model state
+        self._answers_state: tuple[int, int, int] | None = None
         self._restore()
 
     # --- identity and state ------------------------------------------------------------------
@@ -202,11 +275,15 @@ class Agent:
         self.round = int(meta["round"])
         self.optimizer_steps = int(meta.get("optimizer_steps", 0))
         self.last_metrics = meta.get("last_metrics")
+        for record in meta.get("received", []):
+            problem = Problem(**record["problem"])
+            self.received[problem.task_id] = (problem, str(record["body"]))
 
     def save(self) -> Path:
         """Persist trainable weights, optimizer state and metadata atomically (after each round)."""
         meta = {"round": self.round, "optimizer_steps": self.optimizer_steps, "train_mode": self.config.train_mode,
-                "model_type": self.model_type, "last_metrics": self.last_metrics}
+                "model_type": self.model_type, "last_metrics": self.last_metrics,
+                "received": [{"problem": asdict(p), "body": body} for p, body in self.received.values()]}
         return save_state(self.state_dir, self.round, dict(self._trainable()), self.optimizer.state_dict(), meta)
 
     # --- training ----------------------------------------------------------------------------
@@ -221,9 +298,22 @@ class Agent:
         return [self._pair(p, p.solution) for p in problems if p.solution]
 
     def _pair(self, problem: Problem, body: str) -> Example:
-        """A training example: the problem as this model reads it, the body as this model writes it."""
-        return encode_pair(self.tokenizer, model_prompt(self.tokenizer, problem, self.dialect),
-                           model_answer(problem, body, self.dialect), self.config.max_length)
+        """A training example: the problem as this model reads it, the body as this model writes it.
+
+        Cached: the private sets are fixed and tokenizing them again every epoch cost as much as a step.
+        """
+        key = (problem.prompt, body)
+        example = self._encoded.get(key)
+        if example is None:
+            example = encode_pair(self.tokenizer, model_prompt(self.tokenizer, problem, self.dialect),
+                                  model_answer(problem, body, self.dialect), self.config.max_length)
+            if len(self._encoded) < _ENCODED_CACHE:
+                self._encoded[key] = example
+        return example
+
+    def _training_examples(self) -> list[Example]:
+        """The private training split, plus the verified answers received earlier (``received_memory``)."""
+        return self._examples(self.train_set) + [self._pair(p, body) for p, body in self.received.values()]
 
     def _loss(self, examples: Sequence[Example]) -> torch.Tensor:
         batch = {k: v.to(self.device) for k, v in collate(examples, self.tokenizer.pad_token_id).items()}
@@ -245,7 +335,7 @@ class Agent:
     def local_epoch(self, progress: Progress | None = None) -> TrainReport:
         """One epoch over the private training split (Eq. 2's L_i), with warm-up and accumulation."""
         started = time.monotonic()
-        examples = self._examples(self.train_set)
+        examples = self._training_examples()
         random.Random(self.config.seed * 1_000_003 + self.round).shuffle(examples)
         batches = [examples[i:i + self.config.batch_size] for i in range(0, len(examples), self.config.batch_size)]
         total_updates = math.ceil(len(batches) / self.config.grad_accumulation)
@@ -313,22 +403,111 @@ class Agent:
 
     # --- teaching ----------------------------------------------------------------------------
 
-    def teacher_package(self, transfer: Sequence[Problem], *, protocol: str = "text") -> BuiltPackage:
-        """Greedy answers to the public transfer set, as text or top-k log-probabilities."""
+    def competence(self, dev: Sequence[Problem]) -> dict[str, float]:
+        """Greedy Pass@1 per category on the public dev set (what a request and the profile may reveal)."""
+        report = self.evaluate(dev, samples=1)
+        return {c: float(report.per_category[c]) for c in CATEGORIES if c in report.per_category}
+
+    def exchange_request(self, competence: Mapping[str, float]) -> ExchangeRequest:
+        """The categories to ask teachers for (dev-set Pass@1 below ``weak_pass1``), weakest first."""
+        return ExchangeRequest(weak_categories(competence, self.config.weak_pass1), self.config.exchange_budget)
+
+    def _check(self, problems: Sequence[Problem], bodies: Sequence[str]) -> list[bool]:
+        """Each body run against its problem's public tests in the sandbox."""
+        if not problems:
+            return []
+        results = check_completions(problems, bodies, self.config.sandbox, workers=self.config.sandbox_workers)
+        return [r.passed for r in results]
+
+    def _candidates(self, prompts: Sequence[Problem], k: int) -> tuple[list[list[Generation]], list[bool], int]:
+        """Per prompt the answers to send, whether they passed tests, and how many were decoded.
+
+        ``verify == "off"``: the greedy answer, always. ``"tests"``: greedy, then
+        ``teacher_samples`` samples where greedy failed (or everywhere when
+        ``answers_per_prompt`` > 1); only passing answers, at most m, distinct.
+        Prompts without tests follow ``untested``.
+        """
+        config = self.config
+        greedy = self.generate(prompts, top_k_logits=k)
+        if config.verify == "off":
+            return [[g] for g in greedy], [False] * len(prompts), len(prompts)
+        tested = [i for i, p in enumerate(prompts) if p.tests.strip()]
+        passed = dict(zip(tested, self._check([prompts[i] for i in tested], [greedy[i].text for i in tested])))
+        chosen: list[list[Generation]] = [[greedy[i]] if passed.get(i) else [] for i in range(len(prompts))]
+        decoded = len(prompts)
+        m = max(1, config.answers_per_prompt)
+        again = [i for i in tested if m > 1 or not passed[i]]
+        if config.teacher_samples > 0 and again:
+            n = config.teacher_samples
+            asked = [prompts[i] for i in again for _ in range(n)]
+            samples = self.generate(asked, temperature=config.teacher_temperature, top_k_logits=k,
+                                    seed=config.seed * 7919 + self.round * 31 + 1)
+            decoded += len(samples)
+            ok = self._check(asked, [g.text for g in samples])
+            for j, (g, good) in enumerate(zip(samples, ok)):
+                mine = chosen[again[j // n]]
+                if good and len(mine) < m and all(g.text != c.text for c in mine):
+                    mine.append(g)
+        untested = [i for i, p in enumerate(prompts) if not p.tests.strip()]
+        if config.untested == "keep":
+            for i in untested:
+                chosen[i] = [greedy[i]]
+        elif config.untested == "confidence" and untested:
+            # The greedy tokens' own log-probabilities (top-1 of each step), decoded again only for these prompts.
+            scored = greedy if k > 0 else self.generate([prompts[i] for i in untested], top_k_logits=1)
+            for n, i in enumerate(untested):
+                if _mean_logprob(scored[i] if k > 0 else scored[n]) >= config.min_mean_logprob:
+                    chosen[i] = [greedy[i]]
+        return chosen, [bool(p.tests.strip()) for p in prompts], decoded
+
+    def _cached_candidates(self, prompts: Sequence[Problem], k: int) -> tuple[list[list[Generation]], list[bool], int]:
+        """:meth:`_candidates`, reusing this model state's answers: one teacher serves several students a round."""
+        if self._answers_state != (self.optimizer_steps, self.round, k):
+            self._answers_state, self._answers = (self.optimizer_steps, self.round, k), {}
+        missing = [p for p in prompts if p.task_id not in self._answers]
+        answers, tested, decoded = self._candidates(missing, k) if missing else ([], [], 0)
+        for problem, mine, has_tests in zip(missing, answers, tested):
+            self._answers[problem.task_id] = (mine, has_tests)
+        return ([self._answers[p.task_id][0] for p in prompts], [self._answers[p.task_id][1] for p in prompts],
+                decoded)
+
+    def teacher_package(self, transfer: Sequence[Problem], *, protocol: str = "text",
+                        request: ExchangeRequest | None = None) -> BuiltPackage:
+        """Answers to the public transfer set (the request's categories first), as text or top-k log-probabilities.
+
+        With ``verify == "tests"`` only answers that pass the public tests are
+        sent, each marked verified; a logit item is sent only when its decoded
+        answer passed. An item id is the task id, ``"<task id>#<j>"`` for a
+        further answer to the same prompt.
+        """
         started = time.monotonic()
         if protocol not in ("text", "logits"):
             raise ValueError(f"unknown protocol {protocol!r}")
+        request = request or ExchangeRequest()
+        prompts = select_prompts(transfer, request.categories, request.budget or self.config.exchange_budget)
         k = self.config.top_k_logits if protocol == "logits" else 0
-        outputs = self.generate(transfer, top_k_logits=k)
+        answers, tested, decoded = self._cached_candidates(prompts, k)
         eos = self.tokenizer.eos_token_id
-        if protocol == "text":
-            package = KnowledgePackage("text", self.tokenizer_fingerprint(), self.round,
-                                       texts={p.task_id: g.text for p, g in zip(transfer, outputs)})
-        else:
-            logits = {p.task_id: LogitItem(np.asarray(g.tokens + ([eos] if g.ended else []), dtype=np.int32),
-                                           g.topk_ids, g.topk_logp) for p, g in zip(transfer, outputs)}
-            package = KnowledgePackage("logits", self.tokenizer_fingerprint(), self.round, logits=logits, k=k)
-        return BuiltPackage(package, protocol, len(transfer), time.monotonic() - started)
+        texts: dict[str, str] = {}
+        logits: dict[str, LogitItem] = {}
+        verified: set[str] = set()
+        for problem, mine, has_tests in zip(prompts, answers, tested):
+            for j, g in enumerate(mine):
+                key = problem.task_id if j == 0 else f"{problem.task_id}#{j}"
+                if has_tests and self.config.verify == "tests":
+                    verified.add(key)
+                if protocol == "text":
+                    texts[key] = g.text
+                else:
+                    n = len(g.tokens) + int(g.ended)
+                    logits[key] = LogitItem(np.asarray(g.tokens + ([eos] if g.ended else []), dtype=np.int32),
+                                            g.topk_ids[:n, :k], g.topk_logp[:n, :k])
+        package = KnowledgePackage(protocol, self.tokenizer_fingerprint(), self.round, texts=texts, logits=logits,
+                                   k=k, verified=frozenset(verified))
+        covered = tuple(c for c in CATEGORIES if any(p.category == c and a for p, a in zip(prompts, answers)))
+        return BuiltPackage(package, protocol, len(package), time.monotonic() - started,
+                            prompts=len(prompts), verified=len(verified), unverified=len(package) - len(verified),
+                            candidates=decoded, categories=covered)
 
     # --- learning from a teacher -------------------------------------------------------------
 
@@ -337,21 +516,36 @@ class Agent:
         shares = counts / counts.sum() if counts.sum() > 0 else np.zeros_like(counts)
         return {c for c, s in zip(CATEGORIES, shares) if s < self.config.weak_share}
 
-    def _kd_items(self, package: KnowledgePackage, transfer: Sequence[Problem]) -> list[tuple[Problem, object]]:
+    def _item_body(self, problem: Problem, value: object) -> str:
+        """The canonical body an item teaches (a logit item's tokens decoded in this model's dialect)."""
+        if isinstance(value, LogitItem):
+            eos = self.tokenizer.eos_token_id
+            tokens = [int(t) for t in value.tokens if int(t) != eos]
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            if self.dialect == RAW:
+                text = truncate_at_stop(text, STOP_SEQUENCES)
+            return answer_body(text, problem, self.dialect)
+        return str(value)
+
+    def _kd_items(self, package: KnowledgePackage, transfer: Sequence[Problem]) -> list[tuple[str, Problem, object]]:
+        """(item id, transfer problem, value) of the items this student may learn from."""
         by_id = {p.task_id: p for p in transfer}
         source = package.texts if package.kind == "text" else package.logits
-        items = [(by_id[key], value) for key, value in source.items() if key in by_id]
+        items = []
+        for key, value in source.items():
+            problem = by_id.get(key) or by_id.get(key.rsplit("#", 1)[0])  # "<task id>#<j>": a further answer
+            if problem is not None:
+                items.append((key, problem, value))
         if self.config.kd_filter == "weak":
             weak = self.weak_categories()
-            items = [(p, v) for p, v in items if p.category in weak]
+            items = [item for item in items if item[1].category in weak]
         return items
 
-    def distill(self, payload: bytes, transfer: Sequence[Problem], *, dev: Sequence[Problem] | None = None,
-                max_package_bytes: int = 256 << 20, progress: Progress | None = None) -> DistillReport:
-        """Eq. 2 adaptive KD from one package, then Eq. 3's reward (on the validation split and the dev set)."""
-        started = time.monotonic()
-        # Sized to this transfer set: the teacher answers these problems with the consortium's generation settings.
-        limits = PackageLimits.for_transfer(len(transfer), max(self.config.max_new_tokens, self.config.chat_max_new_tokens))
+    def _open(self, payload: bytes, max_package_bytes: int, transfer_size: int) -> KnowledgePackage:
+        # Sized to this transfer set: the teacher answers these problems with the consortium's generation
+        # settings and at most answers_per_prompt answers each (a consortium-wide setting, like the lengths).
+        limits = PackageLimits.for_transfer(transfer_size * max(1, self.config.answers_per_prompt),
+                                            max(self.config.max_new_tokens, self.config.chat_max_new_tokens))
         package = decode_package(payload, max_size=max_package_bytes, limits=limits)
         if package.kind == "logits" and package.tokenizer != self.tokenizer_fingerprint():
             raise PackageError("logit package from a different tokenizer; use the text protocol")
@@ -359,21 +553,74 @@ class Agent:
         if package.kind == "logits" and any(int(v.topk_ids.max(initial=0)) >= vocab or int(v.tokens.max(initial=0)) >= vocab
                                             for v in package.logits.values()):
             raise PackageError("logit package names token ids outside this vocabulary")
-        items = self._kd_items(package, transfer)
+        return package
+
+    def _screen(self, package: KnowledgePackage, items: list[tuple[str, Problem, object]]
+                ) -> tuple[list[tuple[Problem, object, str]], int, int]:
+        """Re-run the tests of every item that has them: (kept items with their bodies, failed, failed claims)."""
+        bodies = [self._item_body(p, v) for _, p, v in items]
+        if not self.config.check_received:
+            return [(p, v, b) for (_, p, v), b in zip(items, bodies)], 0, 0
+        tested = [i for i, (_, p, _) in enumerate(items) if p.tests.strip()]
+        ok = dict(zip(tested, self._check([items[i][1] for i in tested], [bodies[i] for i in tested])))
+        kept, failed, claims = [], 0, 0
+        for i, ((key, problem, value), body) in enumerate(zip(items, bodies)):
+            if i in ok and not ok[i]:
+                failed += 1
+                claims += key in package.verified
+            elif i in ok or self.config.untested != "drop":
+                kept.append((problem, value, body))
+        return kept, failed, claims
+
+    def distill(self, payload: bytes, transfer: Sequence[Problem], *, dev: Sequence[Problem] | None = None,
+                max_package_bytes: int = 256 << 20, progress: Progress | None = None,
+                dev_competence: Mapping[str, float] | None = None) -> DistillReport:
+        """Eq. 2 adaptive KD from one package, then Eq. 3's reward (on the validation split and the dev set)."""
+        return self.distill_many([("", payload)], transfer, dev=dev, max_package_bytes=max_package_bytes,
+                                 progress=progress, dev_competence=dev_competence).teachers[0]
+
+    def distill_many(self, packages: Sequence[tuple[str, bytes]], transfer: Sequence[Problem], *,
+                     dev: Sequence[Problem] | None = None, max_package_bytes: int = 256 << 20,
+                     progress: Progress | None = None,
+                     dev_competence: Mapping[str, float] | None = None) -> MultiDistillReport:
+        """One distillation phase from every package of the round (Eq. 2), and a reward per teacher.
+
+        Items whose public tests fail here are dropped and counted
+        (``check_received``). Rewards per teacher: Eq. 3 of the whole phase,
+        shared in proportion to the items each teacher's package gave; and
+        ``reward_covered``, the dev-set Pass@1 gain on the categories each
+        package covered (:func:`~knexa_node.learn.targeting.covered_gain`),
+        measured only when ``dev`` is given (``dev_competence``: the
+        measurement before, when the caller already has it). Verified items
+        used join :attr:`received` (``received_memory``).
+        """
+        started = time.monotonic()
+        opened = [(teacher, self._open(payload, max_package_bytes, len(transfer)), len(payload)) for teacher, payload in packages]
+        screened = []
+        for teacher, package, nbytes in opened:
+            kept, failed, claims = self._screen(package, self._kd_items(package, transfer))
+            screened.append((teacher, package, nbytes, kept, failed, claims))
         alpha = linear_schedule(self.config.alpha_start, self.config.alpha_end, self.round, self.config.total_rounds)
         temperature = linear_schedule(self.config.temperature_start, self.config.temperature_end, self.round,
                                       self.config.total_rounds)
         loss_pre = self.validation_loss()
         dev_pre = self.validation_loss(dev) if dev else None
-        local = self._examples(self.train_set)
+        used = sum(len(kept) for *_, kept, _, _ in screened)
+        competence_pre = dict(dev_competence) if dev_competence is not None else (
+            self.competence(dev) if dev and used else {})
         rng = random.Random(self.config.seed * 7919 + self.round)
-        rng.shuffle(items)
         size = self.config.batch_size
-        batches = [items[i:i + size] for i in range(0, len(items), size)]
+        batches: list[tuple[str, list[tuple[Problem, object, str]]]] = []
+        for _ in range(max(1, self.config.distill_epochs)):
+            for kind in ("text", "logits"):
+                pool = [item for _, package, _, kept, _, _ in screened if package.kind == kind for item in kept]
+                rng.shuffle(pool)
+                batches.extend((kind, pool[i:i + size]) for i in range(0, len(pool), size))
+        rng.shuffle(batches)
+        local = self._training_examples()
         self.model.train()
-        for step, batch in enumerate(batches):
-            kd_loss = self._kd_loss(package.kind, batch, temperature)
-            loss = alpha * kd_loss
+        for step, (kind, batch) in enumerate(batches):
+            loss = alpha * self._kd_loss(kind, [(p, v if kind == "logits" else b) for p, v, b in batch], temperature)
             if local and alpha < 1:
                 loss = loss + (1 - alpha) * self._loss(rng.sample(local, min(size, len(local))))
             self._step(loss, accumulate=1, update=True)
@@ -381,11 +628,37 @@ class Agent:
                 progress(step + 1, len(batches), float(loss.detach()))
         loss_post = self.validation_loss()
         dev_post = self.validation_loss(dev) if dev else None
+        competence_post = self.competence(dev) if dev and used else dict(competence_pre)
+        self._remember([item for *_, kept, _, _ in screened for item in kept])
+        total_bytes = sum(nbytes for _, _, nbytes, *_ in screened)
         kw = {"gamma": self.config.reward_gamma, "delta_per_kb": self.config.reward_delta}
-        reward = eq3_reward(loss_pre, loss_post, len(payload), **kw)
-        reward_dev = eq3_reward(dev_pre, dev_post, len(payload), **kw) if dev_pre is not None else None
-        return DistillReport(package.kind, len(package), len(items), len(batches), alpha, temperature, loss_pre,
-                             loss_post, reward, dev_pre, dev_post, reward_dev, len(payload), time.monotonic() - started)
+        dev_counts = {c: n for c, n in zip(CATEGORIES, category_counts(dev or []))}
+        all_items = {c: sum(1 for *_, kept, _, _ in screened for p, _, _ in kept if p.category == c) for c in CATEGORIES}
+        reports = []
+        for teacher, package, nbytes, kept, failed, claims in screened:
+            share = len(kept) / used if used else 1.0 / len(screened)
+            mine = {c: sum(1 for p, _, _ in kept if p.category == c) for c in CATEGORIES}
+            reward = share * eq3_reward(loss_pre, loss_post, total_bytes, **kw)
+            reward_dev = share * eq3_reward(dev_pre, dev_post, total_bytes, **kw) if dev_pre is not None else None
+            covered = tuple(c for c in CATEGORIES if mine[c])
+            reward_covered = covered_gain(competence_pre, competence_post, dev_counts, mine, all_items) if dev else None
+            reports.append(DistillReport(
+                package.kind, len(package), len(kept), len(batches), alpha, temperature, loss_pre, loss_post, reward,
+                dev_pre, dev_post, reward_dev, nbytes, time.monotonic() - started, teacher=teacher,
+                items_failed=failed, claims_failed=claims, covered=covered, reward_covered=reward_covered,
+                dev_pass1_pre=_mean_pass1(competence_pre, dev_counts), dev_pass1_post=_mean_pass1(competence_post, dev_counts)))
+        return MultiDistillReport(reports, len(batches), competence_pre, competence_post, time.monotonic() - started)
+
+    def _remember(self, items: Sequence[tuple[Problem, object, str]]) -> None:
+        """Keep verified answers (their tests passed here) for later local epochs, newest last, at most the cap."""
+        if self.config.received_memory <= 0 or not self.config.check_received:
+            return
+        for problem, _, body in items:
+            if problem.tests.strip():
+                self.received.pop(problem.task_id, None)
+                self.received[problem.task_id] = (problem, body)
+        while len(self.received) > self.config.received_memory:
+            self.received.pop(next(iter(self.received)))
 
     def _kd_loss(self, kind: str, batch: Sequence[tuple[Problem, object]], temperature: float) -> torch.Tensor:
         if kind == "text":

@@ -8,8 +8,11 @@ Layout (``v`` = :data:`PACKAGE_VERSION`)::
             | [{"id": task_id, "tokens": int32 bytes (L),
                 "topk_ids": int32 bytes (L*k), "topk_logp": float16 bytes (L*k)}]}  # logits
 
-Items name transfer problems by ``task_id``: the student already holds the
-public transfer set, so prompts never travel. Log-probabilities are
+Items name transfer problems by ``task_id`` (``"<task id>#<j>"`` for a
+further answer to the same prompt): the student already holds the public
+transfer set, so prompts never travel. An item may carry ``"verified": true``:
+the teacher ran its answer against the prompt's public tests and it passed (a
+claim the student checks again; optional, absent means false). Log-probabilities are
 temperature 1; the rest of the mass (``1 - sum(exp(topk_logp))``) is implied.
 Decoding untrusted bytes raises only :class:`PackageError`. It reads the
 bytes with :class:`~knexa_node.wire.codec.Reader` against the schema above and
@@ -77,8 +80,8 @@ class PackageLimits:
 
     @property
     def max_objects(self) -> int:
-        """msgpack values in the largest package: six top-level fields, and an id plus three fields per item."""
-        return 1 + 2 * 6 + self.max_items * (1 + 2 * 4)
+        """msgpack values in the largest package: six top-level fields; per item an id, three fields and ``verified``."""
+        return 1 + 2 * 6 + self.max_items * (1 + 2 * 5)
 
 
 class PackageError(ValueError):
@@ -100,6 +103,7 @@ class KnowledgePackage:
     texts: dict[str, str] = field(default_factory=dict)
     logits: dict[str, LogitItem] = field(default_factory=dict)
     k: int = 0
+    verified: frozenset[str] = frozenset()  # item ids the teacher marks as passing the public tests
 
     def __len__(self) -> int:
         return len(self.texts) if self.kind == "text" else len(self.logits)
@@ -115,6 +119,9 @@ def encode_package(package: KnowledgePackage) -> bytes:
                           "topk_ids": item.topk_ids.astype("<i4").tobytes(),
                           "topk_logp": item.topk_logp.astype("<f2").tobytes()}
                          for key, item in package.logits.items()]
+    for item in body["items"]:
+        if item["id"] in package.verified:
+            item["verified"] = True
     return pack(body)
 
 
@@ -173,34 +180,43 @@ def _decode(reader: Reader, limits: PackageLimits) -> KnowledgePackage:
     missing = [n for n in ("v", "kind", "tokenizer", "round", "items") if n not in fields]
     if missing or (fields["kind"] == "text") == ("k" in fields):
         raise PackageError(f"package fields missing {missing} or 'k' where it does not belong")
-    texts, logits = fields["items"]
-    return KnowledgePackage(fields["kind"], fields["tokenizer"], fields["round"], texts, logits, fields.get("k", 0))
+    texts, logits, verified = fields["items"]
+    return KnowledgePackage(fields["kind"], fields["tokenizer"], fields["round"], texts, logits, fields.get("k", 0),
+                            verified)
 
 
-def _items(reader: Reader, kind: str, k: int, limits: PackageLimits) -> tuple[dict[str, str], dict[str, LogitItem]]:
+def _items(reader: Reader, kind: str, k: int,
+           limits: PackageLimits) -> tuple[dict[str, str], dict[str, LogitItem], frozenset[str]]:
     texts: dict[str, str] = {}
     logits: dict[str, LogitItem] = {}
+    verified: set[str] = set()
     # Most bytes each binary field may hold, checked at its header.
     blob_limits = {"tokens": 4 * limits.max_tokens, "topk_ids": 4 * limits.max_tokens * k,
                    "topk_logp": 2 * limits.max_tokens * k}
-    wanted = ("id", "text") if kind == "text" else ("id", "tokens", "topk_ids", "topk_logp")
+    required = ("id", "text") if kind == "text" else ("id", "tokens", "topk_ids", "topk_logp")
     for index in range(reader.array_header(limits.max_items, "items")):
         item: dict[str, Any] = {}
-        for _ in range(reader.map_header(len(wanted), f"item {index}")):
+        for _ in range(reader.map_header(len(required) + 1, f"item {index}")):
             name = reader.text(16, "item field name")
-            if name not in wanted or name in item:
+            if name not in (*required, "verified") or name in item:
                 raise PackageError(f"item {index}: unexpected or repeated field {name!r}")
             if name == "id":
                 item[name] = reader.text(MAX_ID, "item id")
             elif name == "text":
                 item[name] = reader.text(limits.max_text, f"item {index} text")
+            elif name == "verified":
+                item[name] = reader.scalar(0)
+                if not isinstance(item[name], bool):
+                    raise PackageError(f"item {index}: 'verified' must be a boolean")
             else:
                 item[name] = reader.blob(blob_limits[name], f"item {index} {name}")
-        if len(item) != len(wanted):
-            raise PackageError(f"item {index}: fields missing {sorted(set(wanted) - set(item))}")
+        if any(name not in item for name in required):
+            raise PackageError(f"item {index}: fields missing {sorted(set(required) - set(item))}")
         key = item["id"]
         if key in texts or key in logits:
             raise PackageError(f"duplicate item id {key!r}")
+        if item.get("verified", False):
+            verified.add(key)
         if kind == "text":
             texts[key] = item["text"]
             continue
@@ -213,4 +229,4 @@ def _items(reader: Reader, kind: str, k: int, limits: PackageLimits) -> tuple[di
         if not np.all(np.isfinite(logp)) or np.any(logp > 0):
             raise PackageError(f"item {key!r}: log-probabilities must be finite and <= 0")
         logits[key] = LogitItem(tokens.astype(np.int32, copy=False), ids.astype(np.int32, copy=False), logp)
-    return texts, logits
+    return texts, logits, frozenset(verified)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from knexa_cpm.features import CONCAT_DIM, js_divergence, knexa_dim
+from knexa_cpm.features import COMPETENCE_DIM, CONCAT_DIM, js_divergence, knexa_dim
 from knexa_cpm.policies import POLICY_NAMES, Pairing, PolicyError, make_policy
 from knexa_cpm.runner import run_one
 from knexa_cpm.sim import Federation, SimConfig
@@ -45,6 +45,7 @@ def test_context_dimensions():
     f = fed()
     assert policy("linucb", f).propose(f.profiles(), 3, 0)[0].context.shape == (CONCAT_DIM,)
     assert policy("knexa", f).propose(f.profiles(), 3, 0)[0].context.shape == (knexa_dim(True),)
+    assert policy("knexa", f, competence=True).propose(f.profiles(), 3, 0)[0].context.shape == (knexa_dim(True) + COMPETENCE_DIM,)
 
 
 def test_heuristic_takes_max_js_and_higher_performer_teaches():
@@ -153,3 +154,51 @@ def test_knexa_learns_beyond_random_in_a_short_run():
     config = SimConfig(clients=16, seed=11)
     finals = {name: run_one(name, config, rounds=40, budget=6)["final_pass"] for name in ("random", "knexa")}
     assert finals["knexa"] > finals["random"]
+
+
+@settings(max_examples=20, deadline=None)
+@given(name=st.sampled_from(POLICY_NAMES), n=st.integers(2, 12), c=st.integers(2, 4), seed=st.integers(0, 50))
+def test_up_to_c_teachers_per_student_and_students_per_teacher(name, n, c, seed):
+    f = fed(n, seed)
+    profiles = f.profiles()
+    pairs = policy(name, f).propose(profiles, c * n, round=1, per_node=c)
+    teaching = [p.teacher for p in pairs]
+    learning = [p.student for p in pairs]
+    assert all(teaching.count(a) <= c and learning.count(a) <= c for a in profiles)
+    assert len({(p.teacher, p.student) for p in pairs}) == len(pairs) and all(p.teacher != p.student for p in pairs)
+    # More than disjoint pairs allow (greedy may end a few short of min(c, n - 1) teachers for everyone).
+    assert n // 2 < len(pairs) <= min(c, n - 1) * n or name == "heuristic"  # heuristic: one direction per pair
+
+
+def test_per_node_one_is_the_disjoint_pairing_and_bad_values_raise():
+    f = fed(10, 3)
+    for name in ("random", "knexa", "linucb", "heuristic"):
+        a, b = make_policy(name), make_policy(name)
+        pa, pb = a.propose(f.profiles(), 5, 0), b.propose(f.profiles(), 5, 0, per_node=1)
+        assert [(p.teacher, p.student) for p in pa] == [(p.teacher, p.student) for p in pb]
+        with pytest.raises(PolicyError):
+            a.propose(f.profiles(), 5, 0, per_node=0)
+
+
+def test_knexa_picks_the_teacher_strong_where_the_student_is_weak_and_avoids_repeating_a_pair():
+    f = fed(4, 0)
+    profiles = f.profiles()
+    names = sorted(profiles)
+    cats = ("string", "list", "math", "logic")
+    # names[0] knows nothing; names[1] knows everything names[0] lacks; the others know a little.
+    competence = {names[0]: dict.fromkeys(cats, 0.0), names[1]: dict.fromkeys(cats, 1.0),
+                  names[2]: dict.fromkeys(cats, 0.25), names[3]: dict.fromkeys(cats, 0.25)}
+    pol = make_policy("knexa", seed=1, beta0=0.0, competence=True)
+    pairs = pol.propose(profiles, 4, 1, per_node=1, competence=competence)
+    assert (names[1], names[0]) in {(p.teacher, p.student) for p in pairs}
+    for p in pairs:
+        pol.feedback(p, 0.0)
+    assert pol.history[(names[1], names[0])] == [1, 1]
+    # Right after, the same pair is worth less (teach_need_fresh is discounted), and a restored policy agrees.
+    restored = make_policy("knexa", seed=1, beta0=0.0, competence=True)
+    restored.load_state_dict(pol.state_dict())
+    assert restored.history == pol.history
+    first = {(p.teacher, p.student): p.score for p in pairs}
+    again = {(p.teacher, p.student): p.score for p in pol.propose(profiles, 4, 2, competence=competence)}
+    if (names[1], names[0]) in again:
+        assert again[(names[1], names[0])] < first[(names[1], names[0])]

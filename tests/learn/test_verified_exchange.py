@@ -1,0 +1,106 @@
+"""Verified, targeted, multi-teacher exchanges on real tiny agents and the real sandbox.
+
+The teacher's decoder is the one thing replaced (:class:`KnowsHalf`): a tiny
+untrained model answers nothing right, and these tests are about what happens
+to right and wrong answers. Everything after decoding (tests in the sandbox,
+the package codec, the student's re-check, training, rewards) is real.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import pytest
+
+from knexa_node.learn.agent import Agent, AgentConfig, ExchangeRequest
+from knexa_node.learn.data import dirichlet_split, embedded_task, split_validation
+from knexa_node.learn.generation import Generation
+from knexa_node.learn.package import KnowledgePackage, decode_package, encode_package
+from knexa_node.learn.problems import Problem
+from knexa_node.learn.sandbox import SandboxLimits
+
+pytestmark = pytest.mark.slow
+
+TASK = embedded_task(0, train_per_category=20, transfer_per_category=2, dev_per_category=1, test_per_category=1)
+SHARDS = dirichlet_split(TASK.train_pool, 2, 0.2, seed=0, per_client=64)
+WRONG = "    return None\n"
+
+
+class KnowsHalf(Agent):
+    """Greedy answers: the reference solution for even-numbered prompts of a call, a wrong one otherwise;
+    sampled answers: always the reference (so sampling rescues what greedy got wrong)."""
+
+    def generate(self, problems: Sequence[Problem], *, temperature: float = 0.0, top_k_logits: int = 0,
+                 seed: int = 0) -> list[Generation]:
+        self.decoded = getattr(self, "decoded", 0) + len(problems)
+        return [Generation(p.solution if temperature > 0 or i % 2 == 0 else WRONG, [], True)
+                for i, p in enumerate(problems)]
+
+
+def make(models: dict[str, Path], family: str, state: Path, cls: type = Agent, shard: int = 0, **overrides) -> Agent:
+    train, validation = split_validation(SHARDS[shard], 0.15, seed=shard)
+    config = AgentConfig(**{"train_mode": "full", "lr": 3e-3, "batch_size": 8, "max_new_tokens": 20,
+                            "sandbox": SandboxLimits(timeout_s=2.0, cpu_s=2), "verify": "tests", "check_received": True,
+                            **overrides})
+    return cls(str(models[family]), state, config, train=train, validation=validation)
+
+
+def test_teacher_sends_only_answers_that_pass_and_samples_rescue_failures(tiny_models, tmp_path) -> None:
+    transfer = TASK.transfer[:8]
+    greedy_only = make(tiny_models, "gpt2", tmp_path / "a", KnowsHalf)
+    built = greedy_only.teacher_package(transfer)
+    package = decode_package(built.payload, max_size=1 << 20)
+    assert set(package.texts) == {p.task_id for p in transfer[0::2]} == package.verified
+    assert built.verified == built.items == 4 and built.candidates == 8
+    rescued = make(tiny_models, "gpt2", tmp_path / "b", KnowsHalf, teacher_samples=2).teacher_package(transfer)
+    assert rescued.verified == 8 and rescued.candidates == 8 + 4 * 2
+    paper = make(tiny_models, "gpt2", tmp_path / "c", KnowsHalf, verify="off").teacher_package(transfer)
+    assert paper.items == 8 and paper.verified == 0 and not decode_package(paper.payload, max_size=1 << 20).verified
+
+
+def test_teacher_answers_the_requested_categories_within_the_budget_once_per_model_state(tiny_models, tmp_path) -> None:
+    teacher = make(tiny_models, "gpt2", tmp_path / "t", KnowsHalf, teacher_samples=1)
+    wanted = ("math", "set")
+    built = teacher.teacher_package(TASK.transfer, request=ExchangeRequest(wanted, budget=3))
+    package = decode_package(built.payload, max_size=1 << 20)
+    by_id = {p.task_id: p for p in TASK.transfer}
+    assert built.prompts == 3 and {by_id[k].category for k in package.texts} <= set(wanted)
+    decoded = teacher.decoded
+    teacher.teacher_package(TASK.transfer, request=ExchangeRequest(wanted, budget=3))  # a second student, same state
+    assert teacher.decoded == decoded
+    teacher.local_epoch()  # a new model state answers again
+    teacher.teacher_package(TASK.transfer, request=ExchangeRequest(wanted, budget=3))
+    assert teacher.decoded > decoded
+
+
+def test_student_rechecks_items_counts_false_claims_and_credits_each_teacher(tiny_models, tmp_path) -> None:
+    student = make(tiny_models, "llama", tmp_path / "s", received_memory=100)
+    transfer = TASK.transfer
+    honest = {p.task_id: p.solution for p in transfer[:6]}
+    liar = {p.task_id: WRONG for p in transfer[6:10]} | {p.task_id: p.solution for p in transfer[10:12]}
+    packages = [("honest", encode_package(KnowledgePackage("text", "x", 0, texts=honest, verified=frozenset(honest)))),
+                ("liar", encode_package(KnowledgePackage("text", "x", 0, texts=liar, verified=frozenset(liar))))]
+    report = student.distill_many(packages, transfer, dev=TASK.dev)
+    first, second = report.teachers
+    assert (first.teacher, first.items_used, first.items_failed, first.claims_failed) == ("honest", 6, 0, 0)
+    assert (second.teacher, second.items_used, second.items_failed, second.claims_failed) == ("liar", 2, 4, 4)
+    assert first.reward + second.reward == pytest.approx(
+        first.loss_pre - first.loss_post - 1e-6 * (first.package_bytes + second.package_bytes) / 1024)
+    assert first.reward_covered is not None and set(first.covered) == {p.category for p in transfer[:6]}
+    assert report.steps == 1  # one phase: the 8 items of both packages in one batch of 8
+    # Only checked answers are kept for later local epochs, and they survive a restart.
+    assert set(student.received) == set(honest) | {p.task_id for p in transfer[10:12]}
+    student.finish_round()
+    again = make(tiny_models, "llama", tmp_path / "s", received_memory=100)
+    assert set(again.received) == set(student.received)
+    assert again.local_epoch().samples == len(again.train_set) + len(again.received)
+
+
+def test_one_package_distill_keeps_its_report_shape(tiny_models, tmp_path) -> None:
+    student = make(tiny_models, "llama", tmp_path / "s")
+    texts = {p.task_id: p.solution for p in TASK.transfer[:4]}
+    report = student.distill(encode_package(KnowledgePackage("text", "x", 0, texts=texts)), TASK.transfer, dev=TASK.dev)
+    assert report.items_used == 4 and report.items_failed == 0 and report.dev_pass1_pre is not None
+    assert replace(report, teacher="t").teacher == "t"
