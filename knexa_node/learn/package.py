@@ -205,7 +205,7 @@ def _items(reader: Reader, kind: str, k: int,
             elif name == "text":
                 item[name] = reader.text(limits.max_text, f"item {index} text")
             elif name == "verified":
-                item[name] = reader.scalar(0)
+                item[name] = reader.scalar(16)
                 if not isinstance(item[name], bool):
                     raise PackageError(f"item {index}: 'verified' must be a boolean")
             else:
