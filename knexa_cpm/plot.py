@@ -28,8 +28,14 @@ def plot_results(results: Mapping[str, Any], path: Path) -> Path:
     left.legend()
     fig.suptitle(f"{config['clients']} clients, {config['setting']}, {config['heterogeneity']} heterogeneity, "
                  f"{config['seeds']} seeds")
-    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(figure: Any, path: Path | str) -> Path:
+    """Lay out, write as PNG (creating the folder) and close ``figure``; the one way our plots are saved."""
     path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
     return path

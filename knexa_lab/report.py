@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from knexa_cpm.plot import save_figure  # noqa: E402
 from knexa_lab.orchestrate import DemoResult, Snapshot, served_as_teacher  # noqa: E402
 
 
@@ -123,11 +124,7 @@ def plot_curves(results: list[DemoResult], path: Path) -> Path:
     right.set(xlabel="after local phase of round (final: after the last distillation)",
               ylabel="mean token CE on the public dev set", title="dev loss")
     left.legend(fontsize=7)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def compare_table(results: list[DemoResult]) -> Table:

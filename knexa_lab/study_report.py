@@ -23,6 +23,7 @@ matplotlib.use("Agg")  # headless: servers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from knexa_cpm.plot import save_figure  # noqa: E402
 from knexa_cpm.runner import t95  # noqa: E402
 from knexa_lab.study import StudySpec, curve_labels  # noqa: E402
 
@@ -192,8 +193,4 @@ def plot_study(document: Mapping[str, Any], path: Path) -> Path:
              title=f"{s['nodes']} nodes, Dirichlet {s['dirichlet_alpha']}, c = {s['teachers_per_student']}, "
                    f"seeds {','.join(map(str, s['seeds']))} (95% intervals over seeds)")
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
