@@ -129,3 +129,18 @@ def make_handler(route: Callable[[Request], Response]) -> Callable[[trio.SocketS
                 await stream.aclose()
 
     return handle
+
+
+async def open_listeners(host: str, port: int) -> tuple[list[trio.SocketListener], tuple[str, int]]:
+    """Listen on ``host:port`` (port 0: a free one); the listeners and the address they bound. OSError if not."""
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    sockname = listeners[0].socket.getsockname()
+    return listeners, (str(sockname[0]), int(sockname[1]))
+
+
+async def serve_routes(listeners: list[trio.SocketListener], route: Callable[[Request], Response], *,
+                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Answer every request on ``listeners`` with ``route(request)`` until cancelled."""
+    async with trio.open_nursery() as nursery:
+        task_status.started()
+        await trio.serve_listeners(make_handler(route), listeners, handler_nursery=nursery)

@@ -30,7 +30,9 @@ from collections.abc import Callable, Iterator
 
 import trio
 
-from knexa_node.httpd import Request, Response, is_loopback_host, make_handler, parse_host_port, text
+from knexa_node.httpd import (
+    Request, Response, is_loopback_host, open_listeners, parse_host_port, serve_routes, text,
+)
 from knexa_node.net.errors import NetError
 from knexa_node.net.stats import NetStats
 
@@ -118,15 +120,11 @@ class MetricsServer:
             self.on_event("warning", problem=f"metrics are served on {self.host}, not loopback: anyone who reaches that "
                                              "address sees this node's peers and traffic. Prefer 127.0.0.1 and a scraper on this host.")
         try:
-            listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+            listeners, self.bound = await open_listeners(self.host, self.port)
         except OSError as exc:
             raise MetricsError(f"cannot listen for metrics on {self.host}:{self.port}: {exc}") from None
-        sockname = listeners[0].socket.getsockname()
-        self.bound = (str(sockname[0]), int(sockname[1]))
         self.on_event("metrics-listening", address=f"{self.bound[0]}:{self.bound[1]}")
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            await trio.serve_listeners(make_handler(self.route), listeners, handler_nursery=nursery)
+        await serve_routes(listeners, self.route, task_status=task_status)
 
     def route(self, request: Request) -> Response:
         if request.path not in ("/metrics", "/"):

@@ -19,7 +19,9 @@ from typing import Any
 
 import trio
 
-from knexa_node.httpd import Request, Response, is_loopback_host, make_handler, parse_host_port, text
+from knexa_node.httpd import (
+    Request, Response, is_loopback_host, open_listeners, parse_host_port, serve_routes, text,
+)
 from knexa_node.net.errors import NetError
 
 EventFn = Callable[..., None]
@@ -104,12 +106,8 @@ class DashboardServer:
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
-            listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+            listeners, self.bound = await open_listeners(self.host, self.port)
         except OSError as exc:
             raise DashboardError(f"cannot listen for the dashboard on {self.host}:{self.port}: {exc}") from None
-        sockname = listeners[0].socket.getsockname()
-        self.bound = (str(sockname[0]), int(sockname[1]))
         self.on_event("dashboard-listening", url=self.url)
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            await trio.serve_listeners(make_handler(self.route), listeners, handler_nursery=nursery)
+        await serve_routes(listeners, self.route, task_status=task_status)
