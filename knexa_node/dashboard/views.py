@@ -6,7 +6,7 @@ The page's JSON (``GET /api/dashboard``) is one object:
 - ``status``: exactly ``knexa-node status --json`` (or ``knexa-cpm status --json``);
 - ``curve``: the node's evaluation points (``state/metrics.jsonl``: round, phase, pass1, dev_loss, ...);
 - ``exchanges``: one row per exchange in the node's audit log (proposal, round, role, peer, outcome,
-  bytes, reward, distillation losses, verified items when the log carries them, audit seqs);
+  bytes, reward, distillation losses, items used (those that passed the student's re-check), audit seqs);
 - ``audit``: the log's verification (``ok``, ``entries``, ``problem``).
 
 Reading and verifying the audit log costs time proportional to its size, so
@@ -42,7 +42,7 @@ def exchange_rows(entries: Iterable[Any]) -> list[dict[str, Any]]:
         row = rows.setdefault(ev.proposal_id, {
             "proposal": ev.proposal_id.hex()[:16], "round": ev.round, "role": None, "peer": ev.peer,
             "protocol": ev.protocol, "outcome": ev.outcome, "bytes": 0, "reward": None, "loss_before": None,
-            "loss_after": None, "verified_items": None, "seqs": [], "time": entry.time,
+            "loss_after": None, "items_used": None, "seqs": [], "time": entry.time,
         })
         row["seqs"].append(entry.seq)
         row["outcome"] = ev.outcome
@@ -59,9 +59,8 @@ def exchange_rows(entries: Iterable[Any]) -> list[dict[str, Any]]:
         for key in ("reward", "loss_before", "loss_after"):
             if isinstance(metrics.get(key), (int, float)):
                 row[key] = float(metrics[key])
-        for key in ("verified", "verified_items", "items_verified"):
-            if isinstance(metrics.get(key), int):
-                row["verified_items"] = int(metrics[key])
+        if isinstance(metrics.get("items_used"), int):  # the distillation entry: items that passed the re-check
+            row["items_used"] = metrics["items_used"]
     return list(rows.values())[-MAX_EXCHANGE_ROWS:]
 
 

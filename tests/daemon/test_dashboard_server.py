@@ -115,9 +115,10 @@ def test_exchange_rows_group_by_proposal():
     a, b = b"\1" * 32, b"\2" * 32
     entries = [Entry(0, Ev("proposal-accepted", a, metrics={"role": "student"})),
                Entry(1, Ev("package-received", a, size=900)),
-               Entry(2, Ev("reward-reported", a, metrics={"reward": 0.25, "loss_before": 2.0, "loss_after": 1.5})),
-               Entry(3, Ev("package-sent", b, peer="S", size=700, round=2)),
-               Entry(4, Ev("refused-outsider", b"\0" * 32))]
+               Entry(2, Ev("distillation", a, metrics={"items_used": 12, "steps": 3})),
+               Entry(3, Ev("reward-reported", a, metrics={"reward": 0.25, "loss_before": 2.0, "loss_after": 1.5})),
+               Entry(4, Ev("package-sent", b, peer="S", size=700, round=2)),
+               Entry(5, Ev("refused-outsider", b"\0" * 32))]
     rows = exchange_rows(entries)
-    assert [(r["role"], r["peer"], r["bytes"], r["reward"], r["seqs"]) for r in rows] == [
-        ("student", "T", 900, 0.25, [0, 1, 2]), ("teacher", "S", 700, None, [3])]
+    assert [(r["role"], r["peer"], r["bytes"], r["items_used"], r["reward"], r["seqs"]) for r in rows] == [
+        ("student", "T", 900, 12, 0.25, [0, 1, 2, 3]), ("teacher", "S", 700, None, None, [4])]
