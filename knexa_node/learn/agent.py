@@ -41,7 +41,7 @@ from knexa_node.learn.passk import PassAtK, summarize
 from knexa_node.learn.problems import Problem
 from knexa_node.learn.sandbox import SandboxLimits, check_program, detect_backend, run_programs
 from knexa_node.learn.schedule import eq3_reward, linear_schedule, warmup_factor
-from knexa_node.learn.targeting import covered_gain, select_prompts, weak_categories
+from knexa_node.learn.targeting import covered_gain, select_prompts, teachable_order, weak_categories
 from knexa_node.learn.state import StateError, load_state, save_state
 from knexa_node.models import EMBEDDED_PREFIX
 from knexa_node.profile import CATEGORIES, ProfileInputs, build_profile, squash_loss
@@ -245,6 +245,8 @@ class Agent:
         self.received: dict[str, tuple[Problem, str]] = {}
         self._answers: dict[str, tuple[list[Generation], bool]] = {}  # a teacher's answers for one model state
         self._answers_state: tuple[int, int, int] | None = None
+        # The last public dev-set measurement of this model (competence()): a teacher answers its strengths first.
+        self.own_competence: dict[str, float] = {}
         self._restore()
 
     # --- identity and state ------------------------------------------------------------------
@@ -406,7 +408,8 @@ class Agent:
     def competence(self, dev: Sequence[Problem]) -> dict[str, float]:
         """Greedy Pass@1 per category on the public dev set (what a request and the profile may reveal)."""
         report = self.evaluate(dev, samples=1)
-        return {c: float(report.per_category[c]) for c in CATEGORIES if c in report.per_category}
+        self.own_competence = {c: float(report.per_category[c]) for c in CATEGORIES if c in report.per_category}
+        return dict(self.own_competence)
 
     def exchange_request(self, competence: Mapping[str, float]) -> ExchangeRequest:
         """The categories to ask teachers for (dev-set Pass@1 below ``weak_pass1``), weakest first."""
@@ -473,7 +476,7 @@ class Agent:
 
     def teacher_package(self, transfer: Sequence[Problem], *, protocol: str = "text",
                         request: ExchangeRequest | None = None) -> BuiltPackage:
-        """Answers to the public transfer set (the request's categories first), as text or top-k log-probabilities.
+        """Answers to the public transfer set (the requested categories it knows best first), as text or top-k logits.
 
         With ``verify == "tests"`` only answers that pass the public tests are
         sent, each marked verified; a logit item is sent only when its decoded
@@ -484,7 +487,11 @@ class Agent:
         if protocol not in ("text", "logits"):
             raise ValueError(f"unknown protocol {protocol!r}")
         request = request or ExchangeRequest()
-        prompts = select_prompts(transfer, request.categories, request.budget or self.config.exchange_budget)
+        categories = teachable_order(request.categories, self.own_competence) if request.categories else ()
+        if request.categories and not categories:
+            prompts = []  # it measured no skill in anything asked: answers would fail the tests and cost decoding
+        else:
+            prompts = select_prompts(transfer, categories, request.budget or self.config.exchange_budget)
         k = self.config.top_k_logits if protocol == "logits" else 0
         answers, tested, decoded = self._cached_candidates(prompts, k)
         eos = self.tokenizer.eos_token_id
