@@ -17,8 +17,9 @@ from typing import Any, Callable
 
 import torch
 
-from knexa_node.config import load_config
+from knexa_node.config import Config, load_config
 from knexa_node.daemon.datasets import NodeData, load_node_data
+from knexa_node.identity import NodeHome
 from knexa_node.daemon.learner import agent_config, evaluation_point
 from knexa_lab.orchestrate import DemoResult, _build_models
 from knexa_lab.plan import DemoLayout, DemoSettings, lay_out
@@ -81,6 +82,37 @@ def _to_cache(cache: Path | None, key: str, agent: Agent) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _load_agent(home: NodeHome, settings: DemoSettings, state_name: str) -> tuple[Config, NodeData, Agent]:
+    config = load_config(home.config_file)
+    data = load_node_data(config, base=home.root)
+    agent = Agent(config.model.path, home.state_dir / state_name, agent_config(config, total_rounds=settings.rounds),
+                  train=data.train, validation=data.validation)
+    return config, data, agent
+
+
+def cached_warmup(settings: DemoSettings, index: int) -> bool:
+    """Whether node ``index``'s warm-up is already in ``settings.warmup_cache``."""
+    cache = Path(settings.warmup_cache) if settings.warmup_cache else None
+    return cache is not None and (cache / warmup_key(settings, index) / CURRENT).exists()
+
+
+def warm_up_node(workdir: Path, settings: DemoSettings, index: int) -> None:
+    """Run node ``index``'s warm-up alone and publish it to ``settings.warmup_cache``.
+
+    A study does this for every node of a seed before that seed's runs, on all
+    cores, so that the runs (every policy of the seed) start from it instead of
+    each warming up the same nodes again.
+    """
+    if not settings.warmup_cache or settings.warmup_epochs < 1 or cached_warmup(settings, index):
+        return
+    layout = lay_out(workdir, settings)
+    _build_models(settings)
+    *_, agent = _load_agent(layout.nodes[index], settings, "agent-warmup")
+    for _ in range(settings.warmup_epochs):
+        agent.local_epoch()
+    _to_cache(Path(settings.warmup_cache), warmup_key(settings, index), agent)
+
+
 def prepare_nodes(workdir: Path, settings: DemoSettings, say: Callable[[str], None],
                   *, state_name: str = "agent-local") -> tuple[DemoLayout, list[LocalNode]]:
     """Lay out the homes, build the embedded models, load every agent and run its warm-up.
@@ -93,12 +125,9 @@ def prepare_nodes(workdir: Path, settings: DemoSettings, say: Callable[[str], No
     cache = Path(settings.warmup_cache) if settings.warmup_cache else None
     nodes = []
     for i, home in enumerate(layout.nodes):
-        config = load_config(home.config_file)
-        data = load_node_data(config, base=home.root)
         key = warmup_key(settings, i)
         cached = settings.warmup_epochs > 0 and _from_cache(cache, key, home.state_dir / state_name)
-        agent = Agent(config.model.path, home.state_dir / state_name, agent_config(config, total_rounds=settings.rounds),
-                      train=data.train, validation=data.validation)
+        config, data, agent = _load_agent(home, settings, state_name)
         node = LocalNode(f"node-{i}", layout.node_peers[i], config.model.path, agent, data)
         if not cached:
             for _ in range(settings.warmup_epochs):
