@@ -16,23 +16,21 @@ the several epochs tiny models need, most of a study's time.
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
 import shutil
-import signal
 import tempfile
 import time
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
 from knexa_lab.central import run_central_kd
-from knexa_lab.inprocess import cached_warmup, warm_up_node
+from knexa_lab.inprocess import WarmupTask, cached_warmup, run_warmup_task
 from knexa_lab.lockstep import run_lockstep
-from knexa_lab.orchestrate import CHILD_ENV, DemoResult, _build_models
+from knexa_lab.pool import each
+from knexa_lab.orchestrate import DemoResult, _build_models
 from knexa_lab.plan import DemoSettings
 from knexa_lab.pooled import run_pooled
 from knexa_lab.study import LOCKSTEP_POLICIES, StudyFiles, StudySpec, finished_runs, run_record
@@ -55,29 +53,6 @@ class RunTask:
         return replace(self.settings, warmup_cache=str(self.files.warmups))
 
 
-@dataclass(frozen=True)
-class WarmupTask:
-    seed: int
-    index: int  # the node
-    settings: DemoSettings  # any run's of that seed (the warm-up key ignores the policy)
-    files: StudyFiles
-
-
-def execute_warmup(task: WarmupTask) -> dict[str, Any]:
-    """One node's warm-up into the study's cache; ``{"error": ...}`` if it failed (its runs then warm up alone)."""
-    torch.set_num_threads(1)
-    started = time.monotonic()
-    task.files.work.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f"warmup-seed{task.seed}-node{task.index}-", dir=task.files.work))
-    try:
-        warm_up_node(workdir, replace(task.settings, warmup_cache=str(task.files.warmups)), task.index)
-    except Exception as exc:  # the runs of this seed warm the node up themselves
-        return {"seed": task.seed, "node": task.index, "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return {"seed": task.seed, "node": task.index, "wall_s": time.monotonic() - started}
-
-
 def warmup_tasks(tasks: list[RunTask]) -> list[WarmupTask]:
     """Every (seed, node) warm-up the pending runs start from and the cache does not hold yet."""
     wanted: dict[tuple[int, int], WarmupTask] = {}
@@ -87,7 +62,7 @@ def warmup_tasks(tasks: list[RunTask]) -> list[WarmupTask]:
             continue
         for index in range(settings.nodes):
             if (task.seed, index) not in wanted and not cached_warmup(settings, index):
-                wanted[(task.seed, index)] = WarmupTask(task.seed, index, task.settings, task.files)
+                wanted[(task.seed, index)] = WarmupTask(settings, index, task.files.work)
     return list(wanted.values())
 
 
@@ -113,22 +88,6 @@ def execute_run(task: RunTask) -> dict[str, Any]:
     return record
 
 
-def _each(job: Callable[[Any], dict[str, Any]], tasks: list[Any], workers: int) -> Iterator[dict[str, Any]]:
-    """``job(task)`` for every task, in this process or in ``workers`` fresh one-thread processes; as they end."""
-    if workers <= 1 or not tasks:
-        yield from map(job, tasks)
-        return
-    os.environ.update(CHILD_ENV)  # inherited by the workers: one OpenMP thread each, nothing downloaded
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter per run: no torch state shared
-    with context.Pool(min(workers, len(tasks)), initializer=_worker_init, maxtasksperchild=1) as pool:
-        yield from pool.imap_unordered(job, tasks)
-
-
-def _worker_init() -> None:
-    # Ctrl-C reaches the whole process group: only the study answers it (and ends the workers).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def run_study(spec: StudySpec, files: StudyFiles, *, workers: int,
               on_done: Callable[[dict[str, Any]], None] | None = None,
               on_warmup: Callable[[dict[str, Any], int], None] | None = None) -> list[dict[str, Any]]:
@@ -147,9 +106,9 @@ def run_study(spec: StudySpec, files: StudyFiles, *, workers: int,
     report = on_done or (lambda record: None)
     warmups = warmup_tasks(tasks)
     warmed = on_warmup or (lambda entry, total: None)
-    for entry in _each(execute_warmup, warmups, workers):
+    for entry in each(run_warmup_task, warmups, workers):
         warmed(entry, len(warmups))
-    for record in _each(execute_run, tasks, workers):
+    for record in each(execute_run, tasks, workers):
         results.append(record)
         report(record)
     if files.work.exists() and not any(files.work.iterdir()):
