@@ -172,6 +172,7 @@ class DistillReport:
     teacher: str = ""
     items_failed: int = 0  # items with tests that failed here: dropped before training
     claims_failed: int = 0  # of those, items the teacher marked verified (a sign against its trust)
+    items_known: int = 0  # passing items for prompts the student already held an answer to: not used, not credited
     covered: tuple[str, ...] = ()  # categories of the items used
     reward_covered: float | None = None  # dev-set Pass@1 gain on the covered categories (schedule.covered_gain)
     dev_pass1_pre: float | None = None  # public dev-set Pass@1 of the whole phase, before and after
@@ -593,7 +594,10 @@ class Agent:
         """One distillation phase from every package of the round (Eq. 2), and a reward per teacher.
 
         Items whose public tests fail here are dropped and counted
-        (``check_received``). Rewards per teacher: Eq. 3 of the whole phase,
+        (``check_received``); items for prompts the student already holds a
+        verified answer to (:attr:`received`) are counted as known and left
+        out: a second package from the same teacher brings little new, and
+        its reward says so. Rewards per teacher, over the new items: Eq. 3 of the whole phase,
         shared in proportion to the items each teacher's package gave; and
         ``reward_covered``, the dev-set Pass@1 gain on the categories each
         package covered (:func:`~knexa_node.learn.targeting.covered_gain`),
@@ -603,10 +607,14 @@ class Agent:
         """
         started = time.monotonic()
         opened = [(teacher, self._open(payload, max_package_bytes, len(transfer)), len(payload)) for teacher, payload in packages]
-        screened = []
+        screened, known = [], []
         for teacher, package, nbytes in opened:
             kept, failed, claims = self._screen(package, self._kd_items(package, transfer))
-            screened.append((teacher, package, nbytes, kept, failed, claims))
+            # A prompt this student already holds a verified answer to (received earlier, replayed in every local
+            # epoch) teaches nothing new: not trained on again, and not credited to this teacher.
+            fresh = [item for item in kept if item[0].task_id not in self.received]
+            known.append(len(kept) - len(fresh))
+            screened.append((teacher, package, nbytes, fresh, failed, claims))
         alpha = linear_schedule(self.config.alpha_start, self.config.alpha_end, self.round, self.config.total_rounds)
         temperature = linear_schedule(self.config.temperature_start, self.config.temperature_end, self.round,
                                       self.config.total_rounds)
@@ -642,7 +650,7 @@ class Agent:
         dev_counts = {c: n for c, n in zip(CATEGORIES, category_counts(dev or []))}
         all_items = {c: sum(1 for *_, kept, _, _ in screened for p, _, _ in kept if p.category == c) for c in CATEGORIES}
         reports = []
-        for teacher, package, nbytes, kept, failed, claims in screened:
+        for (teacher, package, nbytes, kept, failed, claims), held in zip(screened, known):
             share = len(kept) / used if used else 1.0 / len(screened)
             mine = {c: sum(1 for p, _, _ in kept if p.category == c) for c in CATEGORIES}
             reward = share * eq3_reward(loss_pre, loss_post, total_bytes, **kw)
@@ -652,7 +660,7 @@ class Agent:
             reports.append(DistillReport(
                 package.kind, len(package), len(kept), len(batches), alpha, temperature, loss_pre, loss_post, reward,
                 dev_pre, dev_post, reward_dev, nbytes, time.monotonic() - started, teacher=teacher,
-                items_failed=failed, claims_failed=claims, covered=covered, reward_covered=reward_covered,
+                items_failed=failed, claims_failed=claims, items_known=held, covered=covered, reward_covered=reward_covered,
                 dev_pass1_pre=_mean_pass1(competence_pre, dev_counts), dev_pass1_post=_mean_pass1(competence_post, dev_counts)))
         return MultiDistillReport(reports, len(batches), competence_pre, competence_post, time.monotonic() - started)
 

@@ -107,6 +107,10 @@ def test_student_rechecks_items_counts_false_claims_and_credits_each_teacher(tin
     again = make(tiny_models, "llama", tmp_path / "s", received_memory=100)
     assert set(again.received) == set(student.received)
     assert again.local_epoch().samples == len(again.train_set) + len(again.received)
+    # The same teacher again: the student holds those answers already; nothing new is trained on or credited.
+    repeat = again.distill_many(packages[:1], transfer, dev=TASK.dev).teachers[0]
+    assert (repeat.items_used, repeat.items_known, repeat.covered, repeat.steps) == (0, 6, (), 0)
+    assert repeat.reward_covered == 0.0
 
 
 def test_one_package_distill_keeps_its_report_shape(tiny_models, tmp_path) -> None:
