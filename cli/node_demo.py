@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -25,6 +26,16 @@ def _print_dashboards(console: Console, layout: DemoLayout) -> None:
     names = ["cpm", *(f"node-{i}" for i in range(len(layout.nodes)))]
     for name, url in zip(names, layout.dashboards):
         console.print(f"dashboard {name}: {url}", highlight=False, soft_wrap=True)
+
+
+def _warm_up_once(settings: DemoSettings, root: Path, console: Console) -> None:
+    inprocess = load("knexa_lab.inprocess")  # torch
+    console.print(f"warming up {settings.nodes} nodes once ({settings.warmup_epochs} epochs each, "
+                  f"{os.cpu_count() or 1} at a time); every compared policy starts from them")
+    for entry in inprocess.warm_up_all(settings, root / "warmup-work", os.cpu_count() or 1):
+        if "error" in entry:
+            raise DemoError(f"warm-up of node {entry['node']} failed: {entry['error']}")
+        console.print(f"  node-{entry['node']} warmed up ({entry['wall_s']:.0f} s)")
 
 
 def _run_one(workdir: Path, settings: DemoSettings, console: Console, quiet: bool) -> DemoResult:
@@ -76,15 +87,21 @@ def demo(
     # Wide tables when writing to a file or pipe (rich would wrap them at 80 columns).
     console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 150)
     results = []
-    for name in policies:
+    # Compared policies start from the same nodes: each node warms up once, all at a time, before the first run.
+    shared_warmup = str(root / "warmup") if len(policies) > 1 and warmup_epochs > 0 else ""
+    for index, name in enumerate(policies):
         settings = DemoSettings(nodes=nodes, rounds=rounds, policy=name, seed=seed, models=tuple(model) or DEFAULT_MODELS,
                                 protocol=protocol, dirichlet_alpha=alpha, shard_size=shard_size, lr=lr, pretrained_lr=pretrained_lr,
                                 warmup_epochs=warmup_epochs, dp=dp, round_deadline_s=round_deadline,
-                                proposal_ttl_s=round_deadline, dashboard=dashboard)
+                                proposal_ttl_s=round_deadline, dashboard=dashboard, warmup_cache=shared_warmup)
         where = root / name if len(policies) > 1 else root
-        if not as_json:
-            console.rule(f"policy {name}: {nodes} nodes, {rounds} rounds, homes in {where}")
         try:
+            if shared_warmup and index == 0:
+                _warm_up_once(settings, root, console)
+            if shared_warmup:
+                load("knexa_lab.inprocess").seed_daemon_homes(where, settings)
+            if not as_json:
+                console.rule(f"policy {name}: {nodes} nodes, {rounds} rounds, homes in {where}")
             result = _run_one(where, settings, console, as_json)
         except DemoError as exc:
             fail(f"demo failed: {exc}", code=1)

@@ -77,11 +77,22 @@ def study(
                                        f"{100 * record['final_pass1']:.1f}% ({record['wall_s']:.0f} s)")
             progress.advance(bar)
 
+        warm_bar = None
+
+        def warmed(entry: dict, total: int) -> None:
+            nonlocal warm_bar
+            if warm_bar is None:
+                warm_bar = progress.add_task(f"{total} node warm-ups (shared by the policies of a seed)", total=total)
+            if "error" in entry:
+                progress.console.print(f"[yellow]warm-up of seed {entry['seed']} node {entry['node']} failed "
+                                       f"(its runs warm up alone):[/] {entry['error']}")
+            progress.advance(warm_bar)
+
         try:
             kept = len(finished_runs(spec, files))
             progress.update(bar, completed=kept, description=f"{total} runs ({kept} kept from {files.runs.name}), "
                                                              f"{min(workers, total - kept) or 1} processes")
-            records = study_run.run_study(spec, files, workers=workers, on_done=done)
+            records = study_run.run_study(spec, files, workers=workers, on_done=done, on_warmup=warmed)
         except StudyError as exc:
             fail(str(exc))
         except DemoError as exc:

@@ -12,6 +12,7 @@ or ``knexa_cpm`` imports this package.
 - :mod:`.lockstep`    the matchmaker against real agents in one process, rounds in lock-step
 - :mod:`.pooled`      the data-pooling upper bound: each model kind trained on every node's private data
 - :mod:`.study`       ``knexa-node study``: settings, runs, resumable files, one run's record (no torch)
+- :mod:`.pool`        one job per task in fresh one-thread processes on all cores (warm-ups, study runs)
 - :mod:`.study_run`   a study's runs, one one-thread process each on all cores, each record written when done
 - :mod:`.study_report` intervals over seeds, ratios paired by seed, the study's JSON, table and PNG
 """

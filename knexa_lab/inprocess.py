@@ -9,21 +9,30 @@ demo, then read back, so both paths train identical agents on identical data.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
-from knexa_node.config import load_config
+from knexa_node.config import Config, load_config
 from knexa_node.daemon.datasets import NodeData, load_node_data
-from knexa_node.daemon.learner import agent_config, evaluation_point
+from knexa_node.identity import NodeHome
+from knexa_node.daemon.curve import CURVE_FILE
+from knexa_node.daemon.learner import AGENT_DIR, agent_config, evaluation_point
 from knexa_lab.orchestrate import DemoResult, _build_models
 from knexa_lab.plan import DemoLayout, DemoSettings, lay_out
+from knexa_lab.pool import each
 from knexa_node.learn.agent import Agent
+from knexa_node.fsutil import atomic_write_text
 from knexa_node.learn.state import CURRENT
+
+WARMUP_POINT = "warmup-point.json"  # beside a cached state: its warm-up measurement (a daemon's first curve point)
 
 
 @dataclass
@@ -67,18 +76,112 @@ def _from_cache(cache: Path | None, key: str, state_dir: Path) -> bool:
     return True
 
 
-def _to_cache(cache: Path | None, key: str, agent: Agent) -> None:
-    """Publish a warm-up state atomically (another run of the same seed may race: the first one wins)."""
+def _to_cache(cache: Path | None, key: str, agent: Agent, point: dict[str, Any] | None = None) -> None:
+    """Publish a warm-up state (and its measurement) atomically; another run of the same seed may race: first wins."""
     if cache is None:
         return
     cache.mkdir(parents=True, exist_ok=True)
     staging = cache / f".{key}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(agent.save().parent, staging)
+    if point is not None:
+        (staging / WARMUP_POINT).write_text(json.dumps(point))
     try:
         os.rename(staging, cache / key)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _load_agent(home: NodeHome, settings: DemoSettings, state_name: str) -> tuple[Config, NodeData, Agent]:
+    config = load_config(home.config_file)
+    data = load_node_data(config, base=home.root)
+    agent = Agent(config.model.path, home.state_dir / state_name, agent_config(config, total_rounds=settings.rounds),
+                  train=data.train, validation=data.validation)
+    return config, data, agent
+
+
+def cached_warmup(settings: DemoSettings, index: int) -> bool:
+    """Whether node ``index``'s warm-up is already in ``settings.warmup_cache``."""
+    cache = Path(settings.warmup_cache) if settings.warmup_cache else None
+    return cache is not None and (cache / warmup_key(settings, index) / CURRENT).exists()
+
+
+def warm_up_node(workdir: Path, settings: DemoSettings, index: int) -> None:
+    """Run node ``index``'s warm-up alone and publish it, with its measurement, to ``settings.warmup_cache``.
+
+    A study does this for every node of a seed before that seed's runs, on all
+    cores, so that the runs (every policy of the seed) start from it instead of
+    each warming up the same nodes again; the demo's ``--compare`` does it for
+    the daemons of every policy it compares (:func:`seed_daemon_home`).
+    """
+    if not settings.warmup_cache or settings.warmup_epochs < 1 or cached_warmup(settings, index):
+        return
+    layout = lay_out(workdir, settings)
+    _build_models(settings)
+    _, data, agent = _load_agent(layout.nodes[index], settings, "agent-warmup")
+    for _ in range(settings.warmup_epochs):
+        agent.local_epoch()
+    point = evaluation_point(agent, data, 0, "warm-up")
+    _to_cache(Path(settings.warmup_cache), warmup_key(settings, index), agent, point)
+
+
+@dataclass(frozen=True)
+class WarmupTask:
+    """One node's warm-up for :func:`knexa_lab.pool.each`: settings carry the cache; ``scratch`` holds its homes."""
+
+    settings: DemoSettings
+    index: int
+    scratch: Path
+
+
+def run_warmup_task(task: WarmupTask) -> dict[str, Any]:
+    """:func:`warm_up_node` in a scratch directory; ``{"error": ...}`` if it failed (its runs then warm up alone)."""
+    torch.set_num_threads(1)
+    started = time.monotonic()
+    task.scratch.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"warmup-seed{task.settings.seed}-node{task.index}-", dir=task.scratch))
+    entry: dict[str, Any] = {"seed": task.settings.seed, "node": task.index}
+    try:
+        warm_up_node(workdir, task.settings, task.index)
+    except Exception as exc:  # noqa: BLE001 - reported to the caller; the runs can still warm up alone
+        return {**entry, "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {**entry, "wall_s": time.monotonic() - started}
+
+
+def warm_up_all(settings: DemoSettings, scratch: Path, workers: int) -> Iterator[dict[str, Any]]:
+    """Every node's warm-up into ``settings.warmup_cache``, ``workers`` at a time; one entry per node as it ends."""
+    tasks = [WarmupTask(settings, index, scratch) for index in range(settings.nodes) if not cached_warmup(settings, index)]
+    try:
+        yield from each(run_warmup_task, tasks, workers)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def seed_daemon_homes(workdir: Path, settings: DemoSettings) -> DemoLayout:
+    """Lay out a demo's homes and give every node daemon its cached warm-up (:func:`seed_daemon_home`)."""
+    layout = lay_out(workdir, settings)
+    for index, home in enumerate(layout.nodes):
+        seed_daemon_home(settings, index, home)
+    return layout
+
+
+def seed_daemon_home(settings: DemoSettings, index: int, home: NodeHome) -> bool:
+    """Give a node daemon's fresh home the cached warm-up: its agent state and the warm-up point of its curve.
+
+    The daemon's participant then finds its warm-up done and starts with round 1.
+    False (nothing written) when the cache does not hold it or the home already has a state.
+    """
+    key = warmup_key(settings, index)
+    cache = Path(settings.warmup_cache) if settings.warmup_cache else None
+    if cache is None or not (cache / key / WARMUP_POINT).exists():
+        return False
+    if not _from_cache(cache, key, home.state_dir / AGENT_DIR):
+        return False
+    point = (cache / key / WARMUP_POINT).read_text()
+    atomic_write_text(home.state_dir / CURVE_FILE, point.strip() + "\n")
+    return True
 
 
 def prepare_nodes(workdir: Path, settings: DemoSettings, say: Callable[[str], None],
@@ -93,12 +196,9 @@ def prepare_nodes(workdir: Path, settings: DemoSettings, say: Callable[[str], No
     cache = Path(settings.warmup_cache) if settings.warmup_cache else None
     nodes = []
     for i, home in enumerate(layout.nodes):
-        config = load_config(home.config_file)
-        data = load_node_data(config, base=home.root)
         key = warmup_key(settings, i)
         cached = settings.warmup_epochs > 0 and _from_cache(cache, key, home.state_dir / state_name)
-        agent = Agent(config.model.path, home.state_dir / state_name, agent_config(config, total_rounds=settings.rounds),
-                      train=data.train, validation=data.validation)
+        config, data, agent = _load_agent(home, settings, state_name)
         node = LocalNode(f"node-{i}", layout.node_peers[i], config.model.path, agent, data)
         if not cached:
             for _ in range(settings.warmup_epochs):

@@ -132,7 +132,8 @@ def run_lockstep(workdir: Path, settings: DemoSettings, *, on_progress: Callable
                      "protocol": record.pairing.protocol, "reward_eq3": report.reward_dev,
                      "reward_covered": report.reward_covered, "items_received": report.items_received,
                      "items_used": report.items_used, "items_failed": report.items_failed,
-                     "claims_failed": report.claims_failed, "covered": list(report.covered)}
+                     "claims_failed": report.claims_failed, "items_known": report.items_known,
+                     "covered": list(report.covered)}
             student.rewards.append(entry)
             rewards.append(reward)
             pairs.append(f"{teacher.name}->{student.name}")

@@ -10,7 +10,9 @@ study resumable, and the reduction of a finished run to its record.
 Files of a study written to ``--out study.json``: ``study.json`` (the
 document), ``study.png`` (the curves) and ``study.runs/<policy>-seed<s>.json``
 (one record per finished run, written atomically by the run's own process, so
-a study that is killed keeps what it measured and a rerun skips those runs).
+a study that is killed keeps what it measured and a rerun skips those runs),
+``study.warmup/`` (the nodes' warm-ups, one per seed and node, shared by the
+policies of that seed).
 """
 
 from __future__ import annotations
@@ -114,13 +116,14 @@ class StudyFiles:
     runs: Path  # one record per finished run
     png: Path
     work: Path  # the runs' node homes while they run (removed after each run)
+    warmups: Path  # every (seed, node) warm-up, shared by the runs of that seed and kept for a rerun
 
     @classmethod
     def at(cls, out: Path) -> StudyFiles:
         out = out.expanduser().resolve()
         stem = out.with_suffix("") if out.suffix == ".json" else out
         return cls(out, stem.with_name(stem.name + ".runs"), stem.with_name(stem.name + ".png"),
-                   stem.with_name(stem.name + ".work"))
+                   stem.with_name(stem.name + ".work"), stem.with_name(stem.name + ".warmup"))
 
     def record(self, policy: str, seed: int) -> Path:
         return self.runs / f"{policy}-seed{seed}.json"

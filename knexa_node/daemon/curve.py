@@ -8,6 +8,8 @@ from typing import Any
 
 from knexa_node.fsutil import atomic_write_text
 
+CURVE_FILE = "metrics.jsonl"  # in the home's state directory
+
 
 class LearningCurve:
     def __init__(self, path: Path) -> None:

@@ -20,6 +20,7 @@ from knexa_node.daemon.datasets import NodeData
 from knexa_node.learn.agent import Agent, AgentConfig, default_train_mode
 
 T = TypeVar("T")
+AGENT_DIR = "agent"  # the agent's state, in the home's state directory
 
 
 def agent_config(config: Config, *, total_rounds: int) -> AgentConfig:
@@ -85,7 +86,7 @@ class Learner:
         self.seconds: dict[str, float] = {}  # busy time by kind of work ("local epoch", "distilling", ...)
 
     def _load(self) -> Agent:
-        return Agent(self.config.model.path, self.state_dir / "agent", agent_config(self.config, total_rounds=self.total_rounds),
+        return Agent(self.config.model.path, self.state_dir / AGENT_DIR, agent_config(self.config, total_rounds=self.total_rounds),
                      train=self.data.train, validation=self.data.validation, model_cache=self.model_cache)
 
     async def load(self) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import trio
 
 from knexa_node.daemon.cpm_link import CpmLink, describe
-from knexa_node.daemon.curve import LearningCurve
+from knexa_node.daemon.curve import CURVE_FILE, LearningCurve
 from knexa_node.daemon.learner import Learner, evaluation_point
 from knexa_node.daemon.lessons import Lessons, StudentSide
 from knexa_node.daemon.role import RoleHost
@@ -57,7 +57,7 @@ class Participant:
         self.config = host.config
         self.cpm = CpmLink(host.net, host.signer, self.config.consortium.cpm, host.log.event)
         self.machine = NodeRound(me=host.signer.peer_id, limits=limits or RoundLimits())
-        self.curve = LearningCurve(host.home.state_dir / "metrics.jsonl")
+        self.curve = LearningCurve(host.home.state_dir / CURVE_FILE)
         self.lessons = Lessons(learner, exchanges, self.cpm, self.config, host.log.event)
         self._nursery: trio.Nursery | None = None
 

@@ -41,7 +41,7 @@ from knexa_node.learn.passk import PassAtK, summarize
 from knexa_node.learn.problems import Problem
 from knexa_node.learn.sandbox import SandboxLimits, check_program, detect_backend, run_programs
 from knexa_node.learn.schedule import eq3_reward, linear_schedule, warmup_factor
-from knexa_node.learn.targeting import covered_gain, select_prompts, weak_categories
+from knexa_node.learn.targeting import covered_gain, select_prompts, teachable_order, weak_categories
 from knexa_node.learn.state import StateError, load_state, save_state
 from knexa_node.models import EMBEDDED_PREFIX
 from knexa_node.profile import CATEGORIES, ProfileInputs, build_profile, squash_loss
@@ -172,6 +172,7 @@ class DistillReport:
     teacher: str = ""
     items_failed: int = 0  # items with tests that failed here: dropped before training
     claims_failed: int = 0  # of those, items the teacher marked verified (a sign against its trust)
+    items_known: int = 0  # passing items for prompts the student already held an answer to: not used, not credited
     covered: tuple[str, ...] = ()  # categories of the items used
     reward_covered: float | None = None  # dev-set Pass@1 gain on the covered categories (schedule.covered_gain)
     dev_pass1_pre: float | None = None  # public dev-set Pass@1 of the whole phase, before and after
@@ -245,6 +246,8 @@ class Agent:
         self.received: dict[str, tuple[Problem, str]] = {}
         self._answers: dict[str, tuple[list[Generation], bool]] = {}  # a teacher's answers for one model state
         self._answers_state: tuple[int, int, int] | None = None
+        # The last public dev-set measurement of this model (competence()): a teacher answers its strengths first.
+        self.own_competence: dict[str, float] = {}
         self._restore()
 
     # --- identity and state ------------------------------------------------------------------
@@ -406,7 +409,8 @@ class Agent:
     def competence(self, dev: Sequence[Problem]) -> dict[str, float]:
         """Greedy Pass@1 per category on the public dev set (what a request and the profile may reveal)."""
         report = self.evaluate(dev, samples=1)
-        return {c: float(report.per_category[c]) for c in CATEGORIES if c in report.per_category}
+        self.own_competence = {c: float(report.per_category[c]) for c in CATEGORIES if c in report.per_category}
+        return dict(self.own_competence)
 
     def exchange_request(self, competence: Mapping[str, float]) -> ExchangeRequest:
         """The categories to ask teachers for (dev-set Pass@1 below ``weak_pass1``), weakest first."""
@@ -473,7 +477,7 @@ class Agent:
 
     def teacher_package(self, transfer: Sequence[Problem], *, protocol: str = "text",
                         request: ExchangeRequest | None = None) -> BuiltPackage:
-        """Answers to the public transfer set (the request's categories first), as text or top-k log-probabilities.
+        """Answers to the public transfer set (the requested categories it knows best first), as text or top-k logits.
 
         With ``verify == "tests"`` only answers that pass the public tests are
         sent, each marked verified; a logit item is sent only when its decoded
@@ -484,7 +488,11 @@ class Agent:
         if protocol not in ("text", "logits"):
             raise ValueError(f"unknown protocol {protocol!r}")
         request = request or ExchangeRequest()
-        prompts = select_prompts(transfer, request.categories, request.budget or self.config.exchange_budget)
+        categories = teachable_order(request.categories, self.own_competence) if request.categories else ()
+        if request.categories and not categories:
+            prompts = []  # it measured no skill in anything asked: answers would fail the tests and cost decoding
+        else:
+            prompts = select_prompts(transfer, categories, request.budget or self.config.exchange_budget)
         k = self.config.top_k_logits if protocol == "logits" else 0
         answers, tested, decoded = self._cached_candidates(prompts, k)
         eos = self.tokenizer.eos_token_id
@@ -586,7 +594,10 @@ class Agent:
         """One distillation phase from every package of the round (Eq. 2), and a reward per teacher.
 
         Items whose public tests fail here are dropped and counted
-        (``check_received``). Rewards per teacher: Eq. 3 of the whole phase,
+        (``check_received``); items for prompts the student already holds a
+        verified answer to (:attr:`received`) are counted as known and left
+        out: a second package from the same teacher brings little new, and
+        its reward says so. Rewards per teacher, over the new items: Eq. 3 of the whole phase,
         shared in proportion to the items each teacher's package gave; and
         ``reward_covered``, the dev-set Pass@1 gain on the categories each
         package covered (:func:`~knexa_node.learn.targeting.covered_gain`),
@@ -596,10 +607,14 @@ class Agent:
         """
         started = time.monotonic()
         opened = [(teacher, self._open(payload, max_package_bytes, len(transfer)), len(payload)) for teacher, payload in packages]
-        screened = []
+        screened, known = [], []
         for teacher, package, nbytes in opened:
             kept, failed, claims = self._screen(package, self._kd_items(package, transfer))
-            screened.append((teacher, package, nbytes, kept, failed, claims))
+            # A prompt this student already holds a verified answer to (received earlier, replayed in every local
+            # epoch) teaches nothing new: not trained on again, and not credited to this teacher.
+            fresh = [item for item in kept if item[0].task_id not in self.received]
+            known.append(len(kept) - len(fresh))
+            screened.append((teacher, package, nbytes, fresh, failed, claims))
         alpha = linear_schedule(self.config.alpha_start, self.config.alpha_end, self.round, self.config.total_rounds)
         temperature = linear_schedule(self.config.temperature_start, self.config.temperature_end, self.round,
                                       self.config.total_rounds)
@@ -635,7 +650,7 @@ class Agent:
         dev_counts = {c: n for c, n in zip(CATEGORIES, category_counts(dev or []))}
         all_items = {c: sum(1 for *_, kept, _, _ in screened for p, _, _ in kept if p.category == c) for c in CATEGORIES}
         reports = []
-        for teacher, package, nbytes, kept, failed, claims in screened:
+        for (teacher, package, nbytes, kept, failed, claims), held in zip(screened, known):
             share = len(kept) / used if used else 1.0 / len(screened)
             mine = {c: sum(1 for p, _, _ in kept if p.category == c) for c in CATEGORIES}
             reward = share * eq3_reward(loss_pre, loss_post, total_bytes, **kw)
@@ -645,7 +660,7 @@ class Agent:
             reports.append(DistillReport(
                 package.kind, len(package), len(kept), len(batches), alpha, temperature, loss_pre, loss_post, reward,
                 dev_pre, dev_post, reward_dev, nbytes, time.monotonic() - started, teacher=teacher,
-                items_failed=failed, claims_failed=claims, covered=covered, reward_covered=reward_covered,
+                items_failed=failed, claims_failed=claims, items_known=held, covered=covered, reward_covered=reward_covered,
                 dev_pass1_pre=_mean_pass1(competence_pre, dev_counts), dev_pass1_post=_mean_pass1(competence_post, dev_counts)))
         return MultiDistillReport(reports, len(batches), competence_pre, competence_post, time.monotonic() - started)
 

@@ -5,6 +5,10 @@
 - :func:`select_prompts`: the transfer prompts a teacher answers for a request:
   the requested categories in turn (round-robin, so a small budget still covers
   each of them), at most ``budget``.
+- :func:`teachable_order`: the requested categories reordered by what the
+  teacher itself knows (its own public dev-set Pass@1): the budget goes first
+  to the categories where its answers will pass the tests, and categories it
+  measured no skill in at all are left out (answers that fail are never sent).
 - :func:`covered_gain`: the reward that measures new knowledge: the student's
   dev-set Pass@1 gain on the categories a package covered, each category's gain
   shared among the teachers in proportion to the items each contributed there.
@@ -21,6 +25,17 @@ def weak_categories(competence: Mapping[str, float], threshold: float) -> tuple[
     """Categories whose Pass@1 is below ``threshold``, weakest first (ties in the given order)."""
     weak = [(value, index, name) for index, (name, value) in enumerate(competence.items()) if value < threshold]
     return tuple(name for _, _, name in sorted(weak))
+
+
+def teachable_order(requested: Sequence[str], own: Mapping[str, float]) -> tuple[str, ...]:
+    """``requested`` with the teacher's strongest categories first; those it scored 0 in are dropped.
+
+    Without a measurement of its own (``own`` empty) the student's order stands.
+    """
+    if not own:
+        return tuple(requested)
+    ranked = sorted(enumerate(requested), key=lambda item: (-own.get(item[1], 0.0), item[0]))
+    return tuple(name for _, name in ranked if own.get(name, 0.0) > 0.0)
 
 
 def select_prompts(transfer: Sequence[Problem], categories: Sequence[str] = (), budget: int = 0) -> list[Problem]:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from knexa_cpm.features import COMPETENCE_DIM, CONCAT_DIM, js_divergence, knexa_dim
+from knexa_cpm.features import COMPETENCE_DIM, CONCAT_DIM, REPEAT_DISCOUNT, competence_features, js_divergence, knexa_dim
 from knexa_cpm.policies import POLICY_NAMES, Pairing, PolicyError, make_policy
 from knexa_cpm.runner import run_one
 from knexa_cpm.sim import Federation, SimConfig
@@ -178,6 +178,17 @@ def test_per_node_one_is_the_disjoint_pairing_and_bad_values_raise():
         assert [(p.teacher, p.student) for p in pa] == [(p.teacher, p.student) for p in pb]
         with pytest.raises(PolicyError):
             a.propose(f.profiles(), 5, 0, per_node=0)
+
+
+def test_fresh_teach_need_falls_with_every_earlier_exchange_of_the_pair():
+    C = np.array([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    known = np.array([True, True])
+    t, s = np.array([0, 0, 0]), np.array([1, 1, 1])
+    count, recent = np.array([0.0, 1.0, 2.0]), np.array([0.0, 1 / 3, 1 / 5])  # new; taught 2 and 4 rounds ago
+    fresh = competence_features(C, known, t, s, count, recent)[:, -1]
+    assert fresh[0] == pytest.approx(0.5)  # teacher knows 2 of 4 categories the student lacks
+    assert fresh[1] == pytest.approx(0.5 * (2 / 3) * REPEAT_DISCOUNT)
+    assert fresh[2] == pytest.approx(0.5 * (4 / 5) * REPEAT_DISCOUNT ** 2)
 
 
 def test_knexa_picks_the_teacher_strong_where_the_student_is_weak_and_avoids_repeating_a_pair():

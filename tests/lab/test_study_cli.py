@@ -54,7 +54,7 @@ def test_help_explains_the_study() -> None:
 def test_a_tiny_real_study_writes_its_document_and_plot_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "tiny.json"
     args = ["--nodes", "2", "--rounds", "1", "--seeds", "0", "--policies", "local-only,pooled,random",
-            "--models", "embedded:llama-tiny,embedded:gpt2-tiny", "--shard-size", "24", "--warmup-epochs", "0",
+            "--models", "embedded:llama-tiny,embedded:gpt2-tiny", "--shard-size", "24", "--warmup-epochs", "1",
             "--workers", "2", "--json", "--out", str(out)]
     done = knexa_node(*args, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -76,6 +76,10 @@ def test_a_tiny_real_study_writes_its_document_and_plot_and_resumes(tmp_path: Pa
     png = Path(document["png"])
     assert png == tmp_path / "tiny.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
 
+    # One warm-up per node, done once and shared by local-only and random (pooled trains its own models).
+    assert len([p for p in (tmp_path / "tiny.warmup").iterdir() if not p.name.startswith(".")]) == 2
+    assert document["policies"]["local-only"]["curve_by_seed"]["0"][0] == \
+        document["policies"]["random"]["curve_by_seed"]["0"][0]
     records = sorted((tmp_path / "tiny.runs").glob("*.json"))
     assert [r.name for r in records] == ["local-only-seed0.json", "pooled-seed0.json", "random-seed0.json"]
     stamps = [r.stat().st_mtime_ns for r in records]

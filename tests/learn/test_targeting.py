@@ -6,7 +6,7 @@ import pytest
 
 from knexa_node.learn.data import embedded_task
 from knexa_node.learn.package import KnowledgePackage, PackageError, decode_package, encode_package
-from knexa_node.learn.targeting import covered_gain, select_prompts, weak_categories
+from knexa_node.learn.targeting import covered_gain, select_prompts, teachable_order, weak_categories
 from knexa_node.wire.codec import pack, unpack
 
 TASK = embedded_task(0, train_per_category=2, transfer_per_category=3, dev_per_category=2, test_per_category=1)
@@ -24,6 +24,14 @@ def test_select_prompts_takes_requested_categories_in_turn_within_the_budget() -
     assert select_prompts(TASK.transfer, ("math",)) == [p for p in TASK.transfer if p.category == "math"]
     assert select_prompts(TASK.transfer) == TASK.transfer
     assert len(select_prompts(TASK.transfer, budget=4)) == 4
+
+
+def test_teachable_order_puts_the_teachers_strengths_first_and_drops_what_it_cannot_do() -> None:
+    requested = ("list", "dict", "math", "string")
+    own = {"list": 0.25, "dict": 0.0, "math": 1.0, "string": 0.25}
+    assert teachable_order(requested, own) == ("math", "list", "string")
+    assert teachable_order(requested, {}) == requested  # no measurement of its own: the student's order
+    assert teachable_order(requested, {"logic": 1.0}) == ()
 
 
 def test_covered_gain_is_the_gain_on_covered_categories_shared_by_items() -> None:

@@ -75,6 +75,17 @@ def test_teacher_answers_the_requested_categories_within_the_budget_once_per_mod
     assert teacher.decoded > decoded
 
 
+def test_teacher_spends_the_budget_on_the_requested_categories_it_knows(tiny_models, tmp_path) -> None:
+    teacher = make(tiny_models, "gpt2", tmp_path / "t", KnowsHalf)
+    teacher.own_competence = {"math": 0.25, "set": 1.0, "list": 0.0}  # what competence(dev) would have measured
+    by_id = {p.task_id: p for p in TASK.transfer}
+    built = teacher.teacher_package(TASK.transfer, request=ExchangeRequest(("math", "set", "list"), budget=2))
+    assert built.prompts == 2
+    assert [by_id[k].category for k in decode_package(built.payload, max_size=1 << 20).texts] == ["set"]  # greedy: 1 of 2
+    nothing = teacher.teacher_package(TASK.transfer, request=ExchangeRequest(("list",), budget=2))
+    assert nothing.prompts == 0 and nothing.items == 0
+
+
 def test_student_rechecks_items_counts_false_claims_and_credits_each_teacher(tiny_models, tmp_path) -> None:
     student = make(tiny_models, "llama", tmp_path / "s", received_memory=100)
     transfer = TASK.transfer
@@ -96,6 +107,10 @@ def test_student_rechecks_items_counts_false_claims_and_credits_each_teacher(tin
     again = make(tiny_models, "llama", tmp_path / "s", received_memory=100)
     assert set(again.received) == set(student.received)
     assert again.local_epoch().samples == len(again.train_set) + len(again.received)
+    # The same teacher again: the student holds those answers already; nothing new is trained on or credited.
+    repeat = again.distill_many(packages[:1], transfer, dev=TASK.dev).teachers[0]
+    assert (repeat.items_used, repeat.items_known, repeat.covered, repeat.steps) == (0, 6, (), 0)
+    assert repeat.reward_covered == 0.0
 
 
 def test_one_package_distill_keeps_its_report_shape(tiny_models, tmp_path) -> None:
