@@ -5,12 +5,14 @@ central-kd / pooled rows with the gap closed and the paired ratios per seed."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import pytest
 from rich.console import Console
 
 from knexa_lab.plan import DemoSettings
+from knexa_lab import study_report
 from knexa_lab.study import StudySpec, exchange_outcomes, node_curve, run_record
 from knexa_lab.study_report import collapse, correlation, study_document, study_table
 
@@ -229,3 +231,15 @@ def test_gap_closed_and_ratios_per_seed_with_intervals() -> None:
     assert knexa["vs_local_only"]["ratio"] == pytest.approx(0.75 / 0.4)
     assert knexa["vs_random"]["by_seed"] == pytest.approx({"0": 1.5, "1": 1.0, "2": 2.0})
     assert knexa["vs_random"]["ci95"][0] < knexa["vs_random"]["ratio"] < knexa["vs_random"]["ci95"][1]
+
+
+def test_the_plot_draws_central_kd_and_pooled_like_the_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn: list[str] = []
+
+    def keep_labels(figure: Any, path: Path) -> Path:
+        drawn.extend(line.get_label() for axis in figure.axes for line in axis.get_lines())
+        return path
+
+    monkeypatch.setattr(study_report, "save_figure", keep_labels)
+    study_report.plot_study(study(), tmp_path / "s.png")
+    assert set(FINALS) <= set(drawn)
