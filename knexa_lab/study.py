@@ -159,18 +159,23 @@ def curve_labels(rounds: int) -> list[str]:
     return ["start", *(str(r) for r in range(1, rounds + 1)), "final"]
 
 
+# A student's test measurement right after its distillation (a runner may add it); not a curve point.
+AFTER_EXCHANGE = "after-exchange"
+
+
 def node_curve(points: Sequence[dict[str, Any]], rounds: int) -> list[float | None]:
     """A node's Pass@1 at each :func:`curve_labels` point.
 
     Round r is the node's last measurement in round r before the final one
     (the lock-step runner measures after the local phase; Central-KD after its
-    distillation); a runner that does not measure the last round separately
+    distillation), leaving out :data:`AFTER_EXCHANGE` points, which only
+    students have; a runner that does not measure the last round separately
     (Central-KD, pooled) has its final measurement there.
     """
     final = next((p["pass1"] for p in points if p["phase"] == "final"), None)
     values: list[float | None] = [points[0]["pass1"] if points else None]
     for r in range(1, rounds + 1):
-        inside = [p["pass1"] for p in points if p["round"] == r and p["phase"] != "final"]
+        inside = [p["pass1"] for p in points if p["round"] == r and p["phase"] not in ("final", AFTER_EXCHANGE)]
         values.append(inside[-1] if inside else final if r == rounds else None)
     values.append(final)
     return values
@@ -188,9 +193,52 @@ def headroom(per_category: Sequence[dict[str, float]]) -> float | None:
     return sum(max(node.get(c, 0.0) for node in per_category) for c in categories) / len(categories)
 
 
+def _point(points: Sequence[dict[str, Any]], round_: int, phases: Sequence[str]) -> dict[str, Any] | None:
+    """The node's last measurement of ``round_`` in one of ``phases``."""
+    found = [p for p in points if p["round"] == round_ and p["phase"] in phases]
+    return found[-1] if found else None
+
+
+def exchange_outcomes(name: str, points: Sequence[dict[str, Any]], rewards: Sequence[dict[str, Any]],
+                      rounds: int) -> list[dict[str, Any]]:
+    """What each exchange this node was student in did to its test Pass@1 (docs/study.md, "Exchanges").
+
+    ``pass1_before``: the measurement after the round's local phase, just before the exchange.
+    ``pass1_after``: right after the distillation: the :data:`AFTER_EXCHANGE` point when the runner
+    measured one, the final measurement after the last round (nothing happens between them), else
+    the next round's after-local point (``after_basis`` says which; that one includes a local phase).
+    ``gain_next``: Pass@1 after the next round's local phase minus ``pass1_before``; None in the last
+    round (there is no next local phase). Several teachers of one round share the student's figures.
+    """
+    outcomes = []
+    for entry in rewards:
+        if entry.get("student", name) != name:
+            continue
+        r = int(entry["round"])
+        before = _point(points, r, ("after-local",))
+        next_local = _point(points, r + 1, ("after-local",)) if r < rounds else None
+        after, basis = _point(points, r, (AFTER_EXCHANGE,)), AFTER_EXCHANGE
+        if after is None and r == rounds:
+            after, basis = _point(points, r, ("final",)), "final"
+        if after is None:
+            after, basis = next_local, "next-local"
+        pass1_before = before["pass1"] if before else None
+        pass1_after = after["pass1"] if after and before else None
+        pass1_next = next_local["pass1"] if next_local and before else None
+        outcomes.append({
+            "round": r, "student": name, "teacher": entry.get("teacher"), "reward": entry.get("reward"),
+            "reward_eq3": entry.get("reward_eq3"), "reward_eq3_private": entry.get("reward_eq3_private"),
+            "reward_covered": entry.get("reward_covered"),
+            "items_used": entry.get("items_used"), "pass1_before": pass1_before,
+            "pass1_after": pass1_after, "after_basis": basis if pass1_after is not None else None,
+            "pass1_next": pass1_next, "gain_next": None if pass1_next is None else pass1_next - pass1_before})
+    return outcomes
+
+
 def run_record(policy: str, seed: int, settings: DemoSettings, nodes: Sequence[dict[str, Any]], *,
                wall_s: float, cpu_s: float, history: Any = None) -> dict[str, Any]:
-    """What a study keeps of one run: per node the final and per-round Pass@1, per run the means and costs."""
+    """What a study keeps of one run: per node the final and per-round Pass@1, per run the means and costs,
+    and per exchange its rewards and what it did to the student (:func:`exchange_outcomes`)."""
     finals = [next(p for p in node["curve"] if p["phase"] == "final") for node in nodes]
     curves = [node_curve(node["curve"], settings.rounds) for node in nodes]
     node_rounds = settings.nodes * settings.rounds
@@ -204,6 +252,8 @@ def run_record(policy: str, seed: int, settings: DemoSettings, nodes: Sequence[d
         "node_seconds_per_round": wall_s / node_rounds, "node_cpu_seconds_per_round": cpu_s / node_rounds,
         "exchanges": sum(node.get("exchanges_as_student", 0) for node in nodes),
         "history": history,
+        "exchange_outcomes": [outcome for node in nodes for outcome in exchange_outcomes(
+            node["name"], node["curve"], node.get("rewards", []), settings.rounds)],
         "nodes": [{"name": node["name"], "model": node["model"], "pass1_before": node["pass1_before"],
                    "pass1_after": node["pass1_after"], "per_category_final": final.get("per_category"),
                    "curve": curve, "rewards": node.get("rewards", [])}

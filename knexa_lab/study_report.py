@@ -8,7 +8,19 @@ Statistics (all 95%, Student t with n - 1 degrees of freedom, n = seeds):
   sd(a_i - R b_i) / (sqrt(n) |mean(b)|). ``knexa`` vs ``local-only`` is
   ``paired_ratio(knexa, local-only)``; the share of the gap from local-only to
   pooled that a policy closes is ``paired_ratio(policy - local-only,
-  pooled - local-only)``, the same estimator on per-seed differences.
+  pooled - local-only)``, the same estimator on per-seed differences. Both
+  also list the per-seed values (``by_seed``).
+
+Over the exchanges of the lock-step runs (``exchange_outcomes`` of each run record):
+
+- :func:`correlation`: Pearson's r and Spearman's rho (ties ranked by their mean
+  rank) of each reward with the student's test Pass@1 gain one round later,
+  with Fisher-z 95% intervals (standard error 1/sqrt(n - 3) for r, Fieller's
+  sqrt(1.06/(n - 3)) for rho; approximate: one student's exchanges are not
+  independent);
+- :func:`collapse`: per distillation (a student in a round, whatever its number
+  of teachers), whether its test Pass@1 right after the distillation fell below
+  its Pass@1 before the exchange, and by how much.
 """
 
 from __future__ import annotations
@@ -21,6 +33,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: servers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
+from rich.console import Group  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from knexa_cpm.plot import save_figure  # noqa: E402
@@ -60,6 +73,96 @@ def paired_ratio(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     return {"ratio": ratio, "ci95": [ratio - half, ratio + half], "n": n}
 
 
+# The rewards whose validity a study reports: outcome key -> name in the document.
+REWARDS = {"reward_eq3": "eq3", "reward_eq3_private": "eq3_private", "reward_covered": "covered"}
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks, tied values sharing their mean rank."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for k in range(start, end + 1):
+            ranks[order[k]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def _pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
+    n = len(x)
+    if n < 2:
+        return None
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
+    if sxx == 0 or syy == 0:
+        return None  # a constant side has no correlation
+    return max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
+
+
+def _fisher_ci(r: float | None, n: int, variance: float) -> list[float] | None:
+    if r is None or n < 4:
+        return None
+    if abs(r) == 1.0:
+        return [r, r]
+    half = 1.959964 * math.sqrt(variance / (n - 3))
+    z = math.atanh(r)
+    return [math.tanh(z - half), math.tanh(z + half)]
+
+
+def correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
+    """Pearson and Spearman correlation of paired values with Fisher-z 95% intervals (None where undefined)."""
+    if len(x) != len(y):
+        raise ValueError("correlation: both sides need one value per pair")
+    n = len(x)
+    pearson = _pearson(x, y)
+    spearman = _pearson(_ranks(x), _ranks(y)) if n >= 2 else None
+    return {"pearson": pearson, "pearson_ci95": _fisher_ci(pearson, n, 1.0),
+            "spearman": spearman, "spearman_ci95": _fisher_ci(spearman, n, 1.06), "n": n}
+
+
+def reward_validity(outcomes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per reward, its correlation with ``gain_next`` over the exchanges that have both."""
+    result = {}
+    for key, name in REWARDS.items():
+        pairs = [(o[key], o["gain_next"]) for o in outcomes
+                 if o.get(key) is not None and o.get("gain_next") is not None]
+        result[name] = correlation([float(r) for r, _ in pairs], [float(g) for _, g in pairs])
+    return result
+
+
+def collapse(outcomes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Share of distillations that left the student below its Pass@1 before the exchange, and the mean drop.
+
+    One distillation is one (seed, student, round), however many teachers' packages it had
+    (``seed`` is added to each outcome by :func:`study_document`). ``mean_drop`` is the mean of
+    (before - after) over the distillations that dropped, ``mean_change`` the mean of
+    (after - before) over all; ``basis`` counts how ``pass1_after`` was measured.
+    """
+    phases: dict[tuple[Any, Any, Any], Mapping[str, Any]] = {}
+    for o in outcomes:
+        if o.get("pass1_before") is not None and o.get("pass1_after") is not None:
+            phases.setdefault((o.get("seed"), o["student"], o["round"]), o)
+    changes = [o["pass1_after"] - o["pass1_before"] for o in phases.values()]
+    drops = [-c for c in changes if c < 0]
+    basis: dict[str, int] = {}
+    for o in phases.values():
+        basis[o["after_basis"]] = basis.get(o["after_basis"], 0) + 1
+    n = len(changes)
+    return {"distillations": n, "worse": len(drops), "share_worse": len(drops) / n if n else None,
+            "mean_drop": sum(drops) / len(drops) if drops else None,
+            "mean_change": sum(changes) / n if n else None, "basis": basis}
+
+
+def _outcomes(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Every exchange outcome of these runs, tagged with its run's seed (older records have none)."""
+    return [{**o, "seed": r["seed"]} for r in runs for o in r.get("exchange_outcomes") or []]
+
+
 def _by_seed(records: Sequence[Mapping[str, Any]], key: str) -> dict[str, Any]:
     return {str(r["seed"]): r[key] for r in sorted(records, key=lambda r: r["seed"])}
 
@@ -69,21 +172,26 @@ def _paired(mine: Mapping[str, float], other: Mapping[str, float]) -> tuple[list
     return [mine[s] for s in seeds], [other[s] for s in seeds], [int(s) for s in seeds]
 
 
+def _per_seed(a: Sequence[float], b: Sequence[float], seeds: Sequence[int]) -> dict[str, float | None]:
+    return {str(s): (x / y if y else None) for x, y, s in zip(a, b, seeds)}
+
+
 def _compare(mine: Mapping[str, float], base: Mapping[str, float] | None) -> dict[str, Any] | None:
     if base is None:
         return None
     a, b, seeds = _paired(mine, base)
-    return {**paired_ratio(a, b), "seeds": seeds}
+    return {**paired_ratio(a, b), "seeds": seeds, "by_seed": _per_seed(a, b, seeds)}
 
 
 def _gap_closed(mine: Mapping[str, float], low: Mapping[str, float] | None,
                 high: Mapping[str, float] | None) -> dict[str, Any] | None:
     if low is None or high is None:
         return None
-    seeds = sorted(set(mine) & set(low) & set(high), key=int)
+    seeds = sorted((s for s in set(mine) & set(low) & set(high) if None not in (mine[s], low[s], high[s])), key=int)
     gains = [mine[s] - low[s] for s in seeds]
     gaps = [high[s] - low[s] for s in seeds]
-    return {**paired_ratio(gains, gaps), "seeds": [int(s) for s in seeds]}
+    ints = [int(s) for s in seeds]
+    return {**paired_ratio(gains, gaps), "seeds": ints, "by_seed": _per_seed(gains, gaps, ints)}
 
 
 def _curve(curves: Sequence[Sequence[float | None]], labels: list[str]) -> dict[str, Any]:
@@ -115,6 +223,8 @@ def study_document(spec: StudySpec, records: Sequence[Mapping[str, Any]], *, wor
             "wall_s_by_seed": _by_seed(runs, "wall_s"),
             "node_seconds_per_round_by_seed": _by_seed(runs, "node_seconds_per_round"),
             "node_cpu_seconds_per_round_by_seed": _by_seed(runs, "node_cpu_seconds_per_round"),
+            "reward_validity": reward_validity(_outcomes(runs)),
+            "collapse": collapse(_outcomes(runs)),
         }
     local = by_policy.get("local-only") or []
     return {
@@ -122,6 +232,7 @@ def study_document(spec: StudySpec, records: Sequence[Mapping[str, Any]], *, wor
                      "workers": workers},
         "policies": policies,
         "headroom": _by_seed(local, "headroom"),
+        "reward_validity": reward_validity(_outcomes(good)),
         "failed": [{"policy": r["policy"], "seed": r["seed"], "error": r["error"]} for r in records if "error" in r],
         "runs": len(good),
         "run_wall_s_total": sum(r["wall_s"] for r in good),
@@ -145,7 +256,13 @@ def _interval(figure: Mapping[str, Any] | None, key: str, *, percent: bool = Fal
     return text + (f" [{fmt(figure['ci95'][0])}, {fmt(figure['ci95'][1])}]" if figure.get("ci95") else "")
 
 
-def study_table(document: Mapping[str, Any]) -> Table:
+def study_table(document: Mapping[str, Any]) -> Group:
+    """The policies' table, then the exchanges' (reward validity and collapse) where any run exchanged."""
+    exchanges = exchange_table(document)
+    return Group(policy_table(document), *([exchanges] if exchanges.row_count else []))
+
+
+def policy_table(document: Mapping[str, Any]) -> Table:
     s = document["settings"]
     table = Table(title=f"study: {s['nodes']} nodes, {s['rounds']} rounds, seeds {','.join(map(str, s['seeds']))}, "
                         f"Dirichlet {s['dirichlet_alpha']}, c = {s['teachers_per_student']} "
@@ -163,6 +280,42 @@ def study_table(document: Mapping[str, Any]) -> Table:
                       f"{sum(walls) / len(walls):.0f}" if walls else "-",
                       f"{sum(node_s) / len(node_s):.1f}" if node_s else "-",
                       f"{sum(node_cpu) / len(node_cpu):.1f}" if node_cpu else "-")
+    return table
+
+
+def _correlation_cell(figure: Mapping[str, Any] | None, key: str) -> str:
+    if not figure or figure.get(key) is None:
+        return "-"
+    interval = figure.get(f"{key}_ci95")
+    return f"{figure[key]:+.2f}" + (f" [{interval[0]:+.2f}, {interval[1]:+.2f}]" if interval else "")
+
+
+def _collapse_cell(figure: Mapping[str, Any]) -> str:
+    if not figure["distillations"]:
+        return "-"
+    drop = f", mean drop {100 * figure['mean_drop']:.1f} pp" if figure["mean_drop"] is not None else ""
+    return f"{figure['worse']}/{figure['distillations']} ({_pct(figure['share_worse'])}){drop}"
+
+
+def exchange_table(document: Mapping[str, Any]) -> Table:
+    """Per policy that exchanged (and over all of them): each recorded reward's correlation with the
+    student's test gain one round later, and the distillations that left the student worse."""
+    overall = document.get("reward_validity") or {}
+    rewards = [name for name in REWARDS.values() if (overall.get(name) or {}).get("n")]
+    table = Table(title="exchanges: correlation of each reward with the student's test Pass@1 gain one round later "
+                        "(95% Fisher-z intervals); distillations after which the student's test Pass@1 was lower")
+    stats = [f"{name} {stat}" for name in rewards for stat in ("r", "rho")]
+    for column in ("policy", f"pairs ({'/'.join(rewards)})", *stats, "worse after distillation", "measured"):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    rows = [(name, p.get("reward_validity") or {}, p.get("collapse")) for name, p in document["policies"].items()]
+    rows.append(("all", overall, None))
+    for name, validity, fell in rows:
+        counts = [(validity.get(reward) or {}).get("n", 0) for reward in rewards]
+        if not any(counts) and not (fell and fell["distillations"]):
+            continue
+        cells = [_correlation_cell(validity.get(reward), key) for reward in rewards for key in ("pearson", "spearman")]
+        basis = ", ".join(f"{k} {v}" for k, v in sorted(fell["basis"].items())) if fell else ""
+        table.add_row(name, "/".join(map(str, counts)), *cells, _collapse_cell(fell) if fell else "", basis)
     return table
 
 

@@ -73,6 +73,14 @@ def test_a_tiny_real_study_writes_its_document_and_plot_and_resumes(tmp_path: Pa
     assert document["headroom"] == document["policies"]["local-only"]["headroom_by_seed"]
     assert "gap_closed" in document["policies"]["random"] and "vs_local_only" in document["policies"]["pooled"]
     assert document["settings"]["teachers_per_student"] == 1 and document["failed"] == []
+    # The one exchange is in the last round: measured right after it (final), no gain one round later.
+    (outcome,) = json.loads((tmp_path / "tiny.runs" / "random-seed0.json").read_text())["exchange_outcomes"]
+    assert outcome["round"] == 1 and outcome["student"] in ("node-0", "node-1") and outcome["gain_next"] is None
+    assert outcome["after_basis"] in ("final", "after-exchange") and 0.0 <= outcome["pass1_after"] <= 1.0
+    collapse = document["policies"]["random"]["collapse"]
+    assert collapse["distillations"] == 1 and collapse["worse"] == int(outcome["pass1_after"] < outcome["pass1_before"])
+    assert document["reward_validity"]["eq3"]["n"] == 0
+    assert document["policies"]["pooled"]["collapse"]["distillations"] == 0
     png = Path(document["png"])
     assert png == tmp_path / "tiny.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
 
