@@ -20,6 +20,7 @@ The round rules themselves live in :mod:`knexa_cpm.rounds` (pure).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -68,6 +69,7 @@ class CpmService:
             quorum=config.cpm.quorum,
             proposal_ttl_s=config.cpm.proposal_ttl_s,
             pairs_per_round=config.cpm.pairs_per_round,
+            teachers_per_student=config.cpm.teachers_per_student,
         )
         self.book: RoundBook | None = None
         self.closed_round = 0  # the last round whose closing was recorded
@@ -171,9 +173,7 @@ class CpmService:
         number = self.last_round + 1 if round_ is None else int(round_)
         if number <= 0:
             raise ValueError("round must be >= 1")
-        settings = self.settings if deadline_s is None else RoundSettings(
-            deadline_s=deadline_s, quorum=self.settings.quorum, proposal_ttl_s=self.settings.proposal_ttl_s,
-            pairs_per_round=self.settings.pairs_per_round)
+        settings = self.settings if deadline_s is None else dataclasses.replace(self.settings, deadline_s=deadline_s)
         expected = len(self.members) if self.members else 0
         self.book = RoundBook(round=number, opened_at=self.clock(), settings=settings, expected_members=expected,
                               members=self.members)
@@ -194,7 +194,9 @@ class CpmService:
             raise Refusal("not-collecting", "no round is collecting profiles")
         vectors = book.profile_vectors()
         started = time.perf_counter()
-        pairings = self.policy.propose(vectors, book.budget(), book.round) if len(vectors) >= 2 else []
+        per_node = max(1, book.settings.teachers_per_student)
+        pairings = (self.policy.propose(vectors, book.budget(), book.round, per_node=per_node)
+                    if len(vectors) >= 2 else [])
         seconds = time.perf_counter() - started
         proposals = book.record_pairings(pairings, self.clock())
         for proposal in proposals:

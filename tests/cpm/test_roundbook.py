@@ -48,6 +48,16 @@ def refused(code: str, fn, *args) -> None:
     assert info.value.code == code
 
 
+def test_budget_is_half_the_members_or_c_per_member():
+    for c, expected in ((1, 2), (2, 8), (3, 12)):
+        b = book(settings_=RoundSettings(teachers_per_student=c))
+        for peer in MEMBERS:
+            b.add_profile(peer, profile())
+        assert b.budget() == expected
+    fixed = book(settings_=RoundSettings(teachers_per_student=2, pairs_per_round=3))
+    assert fixed.budget() == 3
+
+
 def test_profiles_pair_on_quorum_or_at_the_deadline_with_two():
     quorum = book()
     for peer in MEMBERS[:3]:

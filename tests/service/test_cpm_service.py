@@ -34,8 +34,10 @@ class Clock:
         return self.now
 
 
-def make_service(tmp_path: Path, clock: Clock, *, policy: str = "knexa", members: list[str] | None = None) -> tuple[CpmService, list]:
+def make_service(tmp_path: Path, clock: Clock, *, policy: str = "knexa", members: list[str] | None = None,
+                 teachers_per_student: int = 1) -> tuple[CpmService, list]:
     config = Config()
+    config.cpm.teachers_per_student = teachers_per_student
     config.consortium.members = [n.peer_id for n in NODES] if members is None else members
     config.cpm.round_deadline_s = 30.0
     config.cpm.proposal_ttl_s = 60.0
@@ -115,6 +117,26 @@ async def test_round_profiles_pairs_feedback_and_replay(tmp_path: Path) -> None:
     assert status["counters"]["feedback"] == 1 and status["counters"]["failed_exchanges"] == 1
     assert status["bandit_updates"] == 1 and status["rounds_closed"] == 1
     assert first.teacher in dict(status["trust"]["top"]) | dict(status["trust"]["bottom"])
+
+
+async def test_several_teachers_per_student(tmp_path: Path) -> None:
+    """c = 2: every student gets two teachers and every teacher two students, one proposal per directed pair."""
+    clock = Clock()
+    service, published = make_service(tmp_path, clock, policy="random", teachers_per_student=2)
+    await service.open_round()
+    for i, node in enumerate(NODES):
+        assert ask(service, node, profile_of(i, 1)).ok
+    await service.tick()
+    proposals = [open_envelope(data)[1] for topic, data in published if topic.endswith("/proposals")]
+    pairs = [(p.teacher, p.student) for p in proposals]
+    assert len(pairs) == len(set(pairs)) == 2 * len(NODES)
+    for node in NODES:
+        assert sum(student == node.peer_id for _, student in pairs) == 2
+        assert sum(teacher == node.peer_id for teacher, _ in pairs) == 2
+    student = NODES[0]
+    listed = ask(service, student, ProposalQuery(round=1))
+    assert isinstance(listed, ProposalList)
+    assert sum(open_envelope(e)[1].student == student.peer_id for e in listed.proposals) == 2
 
 
 async def test_refusals(tmp_path: Path) -> None:
