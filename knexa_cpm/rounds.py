@@ -91,6 +91,10 @@ class RoundBook:
     def profile_vectors(self) -> dict[str, np.ndarray]:
         return {peer: np.asarray(p.vector, dtype=np.float64) for peer, p in sorted(self.profiles.items())}
 
+    def competence(self) -> dict[str, dict[str, float]]:
+        """Peer -> public dev-set Pass@1 per category, for the profiles that carry one (older nodes send none)."""
+        return {peer: p.competence for peer, p in sorted(self.profiles.items()) if p.competence}
+
     def budget(self) -> int:
         """Pairs to ask the policy for: the configured number, else every member's share at ``c`` per node."""
         if self.settings.pairs_per_round > 0:

@@ -60,7 +60,7 @@ class CpmService:
         self.signer, self.config, self.clock, self.on_event, self.on_round = signer, config, clock, on_event, on_round
         self.publish, self.topic_peers = publish, topic_peers
         self.policy_name = policy_name or config.cpm.policy
-        self.policy = build_policy(self.policy_name, seed)
+        self.policy = build_policy(self.policy_name, seed, competence=config.cpm.competence)
         self.store = PolicyStore.open(Path(state_dir), self.policy)
         self.last_round = int(self.store.extra.get("round", 0))
         self.members = frozenset(config.consortium.members) or None
@@ -195,7 +195,9 @@ class CpmService:
         vectors = book.profile_vectors()
         started = time.perf_counter()
         per_node = max(1, book.settings.teachers_per_student)
-        pairings = (self.policy.propose(vectors, book.budget(), book.round, per_node=per_node)
+        competence = book.competence()
+        pairings = (self.policy.propose(vectors, book.budget(), book.round, per_node=per_node,
+                                        competence=competence or None)
                     if len(vectors) >= 2 else [])
         seconds = time.perf_counter() - started
         proposals = book.record_pairings(pairings, self.clock())
@@ -207,7 +209,7 @@ class CpmService:
                           protocol=proposal.protocol, score=round(proposal.score, 4))
         self.counters["proposals"] += len(proposals)
         self.on_event("paired", round=book.round, profiles=len(vectors), pairs=len(proposals),
-                      matchmaking_s=round(seconds, 6))
+                      with_competence=len(competence), matchmaking_s=round(seconds, 6))
         if not proposals:
             self._finish_round("no-pairs")
         return proposals

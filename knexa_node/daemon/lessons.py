@@ -38,6 +38,7 @@ class Lessons:
         self.learner, self.exchanges, self.cpm, self.config, self.on_event = learner, exchanges, cpm, config, on_event
         self.counts = {"as_student": 0, "as_teacher": 0, "failed": 0, "bytes_received": 0}
         self.rewards: list[dict[str, Any]] = []
+        self.competence: dict[str, float] = {}  # public dev-set Pass@1 per category, measured with the last profile
         self._fetched: dict[bytes, ExchangeOutcome] = {}
         self._reports: dict[bytes, DistillReport] = {}
 

@@ -4,8 +4,9 @@ One round t, as this node lives it (DESIGN.md, "Protocol"):
 
 1. ``RoundOpen(t)`` from the trusted CPM (gossip) starts the round.
 2. Local epoch(s) on the private split; evaluation (Pass@1/5 on the local test
-   set, loss on the private validation split and the public dev set); the
-   profile goes to the CPM as a signed ``Profile`` over ``/knexa/cpm``.
+   set, loss on the private validation split and the public dev set, greedy
+   Pass@1 per category on the public dev set: the competence); the profile
+   and the competence go to the CPM as a signed ``Profile`` over ``/knexa/cpm``.
 3. Proposals arrive on gossip, and by ``ProposalQuery`` polling when gossip
    missed them. Named as teacher: nothing to do (the exchange handler serves
    the student). Named as student: fetch the sealed package, distil it, and
@@ -201,8 +202,13 @@ class Participant:
         agent = self.learner.agent
         if agent is None:
             raise RuntimeError("the learner has no agent")
-        profile = Profile(round=round_, vector=tuple(float(x) for x in vector), model_type=agent.model_type,
-                          tokenizer_id=agent.tokenizer_fingerprint(), addrs=tuple(self.host.net.dialable_addrs()))
+        # Public dev-set Pass@1 per category: sent with the profile, and what this round's requests ask for.
+        dev = self.learner.data.dev
+        competence = await self.learner.call(lambda agent: agent.competence(dev), doing="competence") if dev else {}
+        self.lessons.competence = competence
+        profile = Profile.with_competence(
+            competence, round=round_, vector=tuple(float(x) for x in vector), model_type=agent.model_type,
+            tokenizer_id=agent.tokenizer_fingerprint(), addrs=tuple(self.host.net.dialable_addrs()))
         answer = await self.cpm.ask(profile)
         if not (isinstance(answer, Ack) and answer.ok):
             self.host.log.event("profile-refused", round=round_, answer=describe(answer))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, get_args, get_origin, get_type_hints
 
 from knexa_node.crypto import is_valid_peer_id
-from knexa_node.profile import PROFILE_DIM
+from knexa_node.profile import CATEGORIES, PROFILE_DIM
 from knexa_node.wire.codec import MAX_INT, pack
 from knexa_node.wire.errors import WireError
 
@@ -71,18 +71,46 @@ class RoundOpen(Message):
 
 @dataclass(frozen=True)
 class Profile(Message):
-    """Node -> CPM: the node's abstract profile for a round (never data or weights)."""
+    """Node -> CPM: the node's abstract profile for a round (never data or weights).
+
+    Version 2 adds the node's competence: its greedy Pass@1 per category on the
+    *public* dev set (``competence_categories[i]`` -> ``competence_pass1[i]``,
+    categories from :data:`~knexa_node.profile.CATEGORIES`, each at most once,
+    values in [0, 1]); empty when the node does not measure it. Version 1
+    profiles (older nodes) still read, with no competence.
+    """
 
     TYPE = "profile"
+    VERSION = 2
+    OLDER = {1: {"competence_categories": (), "competence_pass1": ()}}
     round: int
     vector: tuple[float, ...]
     model_type: str
     tokenizer_id: str  # hash of the tokenizer; equal ids make the logits protocol admissible
     addrs: tuple[str, ...]
+    competence_categories: tuple[str, ...] = ()
+    competence_pass1: tuple[float, ...] = ()
 
     def check(self) -> None:
         if len(self.vector) != PROFILE_DIM:
             raise WireError("bad-field", f"profile vector must have {PROFILE_DIM} entries")
+        _check_categories("competence_categories", self.competence_categories)
+        if len(self.competence_pass1) != len(self.competence_categories):
+            raise WireError("bad-field", "competence_pass1 must have one value per competence category")
+        if not all(0.0 <= v <= 1.0 for v in self.competence_pass1):
+            raise WireError("bad-field", "competence_pass1 values must lie in 0..1")
+
+    @property
+    def competence(self) -> dict[str, float]:
+        """Category -> public dev-set Pass@1 (empty: not measured, or an older node)."""
+        return dict(zip(self.competence_categories, self.competence_pass1))
+
+    @classmethod
+    def with_competence(cls, competence: dict[str, float], **fields: Any) -> "Profile":
+        """A profile carrying ``competence`` in :data:`CATEGORIES` order (unknown categories are left out)."""
+        known = [c for c in CATEGORIES if c in competence]
+        return cls(**fields, competence_categories=tuple(known),
+                   competence_pass1=tuple(min(max(float(competence[c]), 0.0), 1.0) for c in known))
 
 
 @dataclass(frozen=True)
@@ -294,6 +322,15 @@ def _check_value(name: str, expected: Any, value: Any) -> Any:
             raise WireError("bad-field", f"{name} must be bytes")
         return value
     raise AssertionError(f"unsupported wire type {expected!r}")
+
+
+def _check_categories(name: str, categories: tuple[str, ...]) -> None:
+    """Known categories (:data:`~knexa_node.profile.CATEGORIES`), each at most once: bounded by their number."""
+    if len(categories) > len(CATEGORIES) or len(set(categories)) != len(categories):
+        raise WireError("bad-field", f"{name} must name each category at most once")
+    unknown = [c for c in categories if c not in CATEGORIES]
+    if unknown:
+        raise WireError("bad-field", f"{name}: unknown category {unknown[0][:40]!r}")
 
 
 def _check_time(name: str, value: float) -> None:

@@ -139,6 +139,31 @@ async def test_several_teachers_per_student(tmp_path: Path) -> None:
     assert sum(open_envelope(e)[1].student == student.peer_id for e in listed.proposals) == 2
 
 
+async def test_competence_in_profiles_reaches_the_policy(tmp_path: Path) -> None:
+    """Profiles with competence (and one older node without) pair; the knexa policy sees every competence sent."""
+    clock = Clock()
+    service, _ = make_service(tmp_path, clock)
+    assert service.policy.use_competence
+    seen: list = []
+    propose = service.policy.propose
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("competence"))
+        return propose(*args, **kwargs)
+
+    service.policy.propose = spy
+    await service.open_round()
+    for i, node in enumerate(NODES):
+        plain = profile_of(i, 1)
+        sent = plain if i == 3 else Profile.with_competence(
+            {"math": 0.2 * i, "string": 1.0 - 0.2 * i}, round=1, vector=plain.vector, model_type="llama",
+            tokenizer_id="t", addrs=())
+        assert ask(service, node, sent).ok
+    await service.tick()
+    assert service.book is not None and service.book.phase == "paired" and len(service.book.proposals) == 2
+    assert seen == [{NODES[i].peer_id: {"string": 1.0 - 0.2 * i, "math": 0.2 * i} for i in range(3)}]
+
+
 async def test_refusals(tmp_path: Path) -> None:
     clock = Clock()
     service, _ = make_service(tmp_path, clock)

@@ -1,0 +1,67 @@
+"""The fields that several-teacher, targeted rounds add to the wire: bounded, validated, and older versions still read."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from knexa_node.crypto import Signer
+from knexa_node.profile import CATEGORIES, PROFILE_DIM
+from knexa_node.wire import Message, Profile, WireError, open_envelope, seal_envelope
+from knexa_node.wire.codec import pack
+from knexa_node.wire.envelope import Envelope
+
+SIGNER = Signer(bytes(range(32)))
+VECTOR = tuple(0.1 for _ in range(PROFILE_DIM))
+
+
+def sealed_as(message: Message, version: int, body: dict) -> bytes:
+    """``message``'s type signed as ``version`` with ``body``: what an older (or a hostile) peer sends."""
+    unsigned = Envelope(version, message.TYPE, SIGNER.peer_id, 1.7e9, bytes(16), pack(body), b"")
+    return dataclasses.replace(unsigned, signature=SIGNER.sign(unsigned.signed_bytes())).to_bytes()
+
+
+def body_of(message: Message, **changes: object) -> dict:
+    fields = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
+    fields = {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+    return {**fields, **changes}
+
+
+def profile(**competence: float) -> Profile:
+    return Profile.with_competence(competence, round=2, vector=VECTOR, model_type="llama", tokenizer_id="t", addrs=())
+
+
+def test_a_profile_carries_its_competence_in_category_order() -> None:
+    sent = profile(math=0.25, string=1.0)
+    _, received = open_envelope(seal_envelope(SIGNER, sent).to_bytes())
+    assert isinstance(received, Profile) and received == sent
+    assert received.competence_categories == ("string", "math")
+    assert received.competence == {"string": 1.0, "math": 0.25}
+
+
+def test_an_older_profile_without_competence_still_reads() -> None:
+    old = {k: v for k, v in body_of(profile()).items() if not k.startswith("competence")}
+    _, received = open_envelope(sealed_as(profile(), 1, old))
+    assert isinstance(received, Profile) and received.competence == {} and received.vector == VECTOR
+
+
+@pytest.mark.parametrize("changes", [
+    {"competence_categories": ["math"], "competence_pass1": [1.5]},          # out of [0, 1]
+    {"competence_categories": ["math"], "competence_pass1": [-0.1]},
+    {"competence_categories": ["math", "math"], "competence_pass1": [0.1, 0.2]},  # twice
+    {"competence_categories": ["cooking"], "competence_pass1": [0.1]},       # unknown category
+    {"competence_categories": ["math"], "competence_pass1": []},             # lengths differ
+    {"competence_categories": list(CATEGORIES) + ["x"], "competence_pass1": [0.0] * (len(CATEGORIES) + 1)},
+    {"competence_categories": ["math"], "competence_pass1": ["high"]},       # not a number
+    {"competence_categories": "math", "competence_pass1": [0.1]},            # not a list
+])
+def test_a_bad_competence_is_refused(changes: dict) -> None:
+    with pytest.raises(WireError) as info:
+        open_envelope(sealed_as(profile(), Profile.VERSION, body_of(profile(), **changes)))
+    assert info.value.reason == "bad-field"
+
+
+def test_a_version_1_profile_may_not_smuggle_competence() -> None:
+    with pytest.raises(WireError):
+        open_envelope(sealed_as(profile(), 1, body_of(profile(math=0.5))))
