@@ -20,14 +20,15 @@ from knexa_node.daemon.round_machine import (
     Distilled, Event, ExchangeFailed, FeedbackReported, FetchFailed, PackageFetched,
 )
 from knexa_node.exchange.errors import ExchangeOutcome
-from knexa_node.learn.agent import DistillReport
+from knexa_node.learn.agent import DistillReport, ExchangeRequest
 from knexa_node.wire import Ack, Feedback, Message, PairingProposal
 
 
 class StudentSide(Protocol):
     """What a lesson needs of :class:`~knexa_node.daemon.exchanges.ExchangeService`."""
 
-    async def fetch(self, proposal_envelope: bytes, proposal: PairingProposal) -> ExchangeOutcome: ...
+    async def fetch(self, proposal_envelope: bytes, proposal: PairingProposal, *, categories: tuple[str, ...] = (),
+                    budget: int = 0) -> ExchangeOutcome: ...
     async def record_distillation(self, outcome: ExchangeOutcome, report: Any, *, error: str | None = None) -> Any: ...
     async def record_reward(self, proposal: PairingProposal, feedback: Feedback, *, outcome: str = ...) -> Any: ...
 
@@ -39,11 +40,14 @@ class Lessons:
         self.counts = {"as_student": 0, "as_teacher": 0, "failed": 0, "bytes_received": 0}
         self.rewards: list[dict[str, Any]] = []
         self.competence: dict[str, float] = {}  # public dev-set Pass@1 per category, measured with the last profile
+        self.request: ExchangeRequest | None = None  # what this round's requests ask teachers for (from competence)
         self._fetched: dict[bytes, ExchangeOutcome] = {}
         self._reports: dict[bytes, DistillReport] = {}
 
     async def fetch(self, proposal: PairingProposal, raw: bytes) -> Event:
-        outcome = await self.exchanges.fetch(raw, proposal)
+        request = self.request
+        outcome = await self.exchanges.fetch(raw, proposal, categories=request.categories if request else (),
+                                             budget=request.budget if request else 0)
         if not outcome.ok:
             self.counts["failed"] += 1
             return FetchFailed(proposal.proposal_id)

@@ -206,6 +206,7 @@ class Participant:
         dev = self.learner.data.dev
         competence = await self.learner.call(lambda agent: agent.competence(dev), doing="competence") if dev else {}
         self.lessons.competence = competence
+        self.lessons.request = agent.exchange_request(competence) if competence else None
         profile = Profile.with_competence(
             competence, round=round_, vector=tuple(float(x) for x in vector), model_type=agent.model_type,
             tokenizer_id=agent.tokenizer_fingerprint(), addrs=tuple(self.host.net.dialable_addrs()))

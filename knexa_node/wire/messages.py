@@ -29,6 +29,7 @@ MAX_LOSS = 1e4  # a cross-entropy in nats; honest values are below 20
 MAX_REWARD = 1e6
 MAX_TIME = 1e11  # unix seconds, as the envelope's timestamp
 PROTOCOLS = ("text", "logits")
+MAX_REQUEST_BUDGET = 1_000_000  # transfer prompts a request may ask for (as learning.exchange_budget)
 NO_RECEIPT = bytes(32)  # receipt_hash of a Feedback that reports a failed exchange
 
 
@@ -142,13 +143,27 @@ class ExchangeRequest(Message):
     """Student -> teacher on /knexa/exchange: serve me the package of this proposal.
 
     ``proposal`` is the CPM's signed proposal envelope, verbatim. ``ephemeral_key``
-    is the student's one-time X25519 public key for this exchange.
+    is the student's one-time X25519 public key for this exchange. Version 2
+    adds what the student asks for: its weak ``categories`` (weakest first,
+    from its public dev-set Pass@1; known categories, each at most once) and
+    ``budget``, the transfer prompts to answer at most (0: the teacher's own
+    budget; at most :data:`MAX_REQUEST_BUDGET`). A version-1 request asks for
+    nothing in particular.
     """
 
     TYPE = "exchange-request"
+    VERSION = 2
+    OLDER = {1: {"categories": (), "budget": 0}}
     FIXED32_FIELDS = ("ephemeral_key",)
     proposal: bytes
     ephemeral_key: bytes
+    categories: tuple[str, ...] = ()
+    budget: int = 0
+
+    def check(self) -> None:
+        _check_categories("categories", self.categories)
+        if self.budget > MAX_REQUEST_BUDGET:
+            raise WireError("bad-field", f"budget must lie in 0..{MAX_REQUEST_BUDGET}")
 
 
 @dataclass(frozen=True)

@@ -144,7 +144,8 @@ class FakeExchanges:
         self.distilled: list[Any] = []
         self.rewards: list[tuple[Any, str]] = []
 
-    async def fetch(self, proposal_envelope: bytes, proposal: Any) -> ExchangeOutcome:
+    async def fetch(self, proposal_envelope: bytes, proposal: Any, *, categories: tuple = (),
+                    budget: int = 0) -> ExchangeOutcome:
         await trio.sleep(2)
         return ExchangeOutcome(status="done", role="student", peer=proposal.teacher, proposal_id=proposal.proposal_id,
                                round=proposal.round, payload=b"package", payload_size=7, receipt_envelope=b"receipt")

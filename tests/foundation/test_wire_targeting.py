@@ -8,7 +8,8 @@ import pytest
 
 from knexa_node.crypto import Signer
 from knexa_node.profile import CATEGORIES, PROFILE_DIM
-from knexa_node.wire import Message, Profile, WireError, open_envelope, seal_envelope
+from knexa_node.wire import ExchangeRequest, Message, Profile, WireError, open_envelope, seal_envelope
+from knexa_node.wire.messages import MAX_REQUEST_BUDGET
 from knexa_node.wire.codec import pack
 from knexa_node.wire.envelope import Envelope
 
@@ -65,3 +66,33 @@ def test_a_bad_competence_is_refused(changes: dict) -> None:
 def test_a_version_1_profile_may_not_smuggle_competence() -> None:
     with pytest.raises(WireError):
         open_envelope(sealed_as(profile(), 1, body_of(profile(math=0.5))))
+
+
+def request(categories: tuple[str, ...] = (), budget: int = 0) -> ExchangeRequest:
+    return ExchangeRequest(proposal=b"envelope", ephemeral_key=bytes(range(32)), categories=categories, budget=budget)
+
+
+def test_a_request_names_weak_categories_and_a_budget() -> None:
+    sent = request(("math", "string"), 12)
+    _, received = open_envelope(seal_envelope(SIGNER, sent).to_bytes())
+    assert received == sent
+
+
+def test_an_older_request_asks_for_nothing_in_particular() -> None:
+    old = {k: v for k, v in body_of(request()).items() if k not in ("categories", "budget")}
+    _, received = open_envelope(sealed_as(request(), 1, old))
+    assert isinstance(received, ExchangeRequest) and received.categories == () and received.budget == 0
+
+
+@pytest.mark.parametrize("changes", [
+    {"categories": ["math", "math"]},
+    {"categories": ["cooking"]},
+    {"categories": list(CATEGORIES) * 2},
+    {"budget": MAX_REQUEST_BUDGET + 1},
+    {"budget": -1},
+    {"budget": 1.5},
+])
+def test_a_bad_request_is_refused(changes: dict) -> None:
+    with pytest.raises(WireError) as info:
+        open_envelope(sealed_as(request(), ExchangeRequest.VERSION, body_of(request(), **changes)))
+    assert info.value.reason == "bad-field"
