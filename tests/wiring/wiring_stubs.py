@@ -78,7 +78,7 @@ class BlockedAgent(StubAgent):
         self.release = threading.Event()
         self.started = threading.Event()
 
-    def teacher_package(self, transfer: Sequence[Problem], *, protocol: str = "text") -> Built:
+    def teacher_package(self, transfer: Sequence[Problem], *, protocol: str = "text", request: Any = None) -> Built:
         self.started.set()
         self.release.wait(30)
-        return super().teacher_package(transfer, protocol=protocol)
+        return super().teacher_package(transfer, protocol=protocol, request=request)
