@@ -132,14 +132,19 @@ class CpmService:
                 raise Refusal("bad-feedback", str(exc)) from None
         record = self.book.add_feedback(remote, feedback, self.clock())
         # Journaled and fsynced before the Ack is sent: an acknowledged reward survives kill -9.
+        # claims_failed > 0 (verified answers that failed the student's tests) also counts against the teacher's trust.
         seq = self.store.record_feedback(record.pairing, feedback.reward, {
             "proposal_id": feedback.proposal_id.hex(), "round": feedback.round, "nonce": envelope.nonce.hex(),
+            "claims_failed": feedback.claims_failed,
         })
         self.counters["feedback"] += 1
+        if feedback.claims_failed:
+            self.counters["failed_claims"] = self.counters.get("failed_claims", 0) + 1
         self.rewards.append(feedback.reward)
         entry = {"round": feedback.round, "teacher": record.proposal.teacher, "student": remote,
                  "reward": feedback.reward, "loss_before": feedback.loss_before, "loss_after": feedback.loss_after,
-                 "bytes": feedback.package_bytes, "seq": seq}
+                 "bytes": feedback.package_bytes, "items_used": feedback.items_used,
+                 "items_failed": feedback.items_failed, "claims_failed": feedback.claims_failed, "seq": seq}
         self.feedback_log.append(entry)
         self.on_event("feedback", **entry)
         self._wake.set()

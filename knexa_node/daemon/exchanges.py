@@ -320,7 +320,9 @@ class ExchangeService:
             extra: dict[str, float | int] = {}
             for name, key in (("reward", "reward"), ("items_used", "items_used"), ("alpha", "alpha"),
                               ("temperature", "temperature"), ("dev_loss_pre", "dev_loss_before"),
-                              ("dev_loss_post", "dev_loss_after"), ("reward_dev", "reward_dev")):
+                              ("dev_loss_post", "dev_loss_after"), ("reward_dev", "reward_dev"),
+                              ("reward_covered", "reward_covered"), ("items_failed", "items_failed"),
+                              ("claims_failed", "claims_failed")):
                 value = getattr(report, name, None)
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     extra[key] = value

@@ -30,6 +30,7 @@ MAX_REWARD = 1e6
 MAX_TIME = 1e11  # unix seconds, as the envelope's timestamp
 PROTOCOLS = ("text", "logits")
 MAX_REQUEST_BUDGET = 1_000_000  # transfer prompts a request may ask for (as learning.exchange_budget)
+MAX_FEEDBACK_ITEMS = 10_000_000  # items a feedback may count (a package holds at most one per transfer prompt and answer)
 NO_RECEIPT = bytes(32)  # receipt_hash of a Feedback that reports a failed exchange
 
 
@@ -232,9 +233,19 @@ class Receipt(Message):
 
 @dataclass(frozen=True)
 class Feedback(Message):
-    """Student -> CPM: the reward (Eq. 3) of an exchange, tied to the teacher's receipt."""
+    """Student -> CPM: the reward of an exchange, tied to the teacher's receipt.
+
+    Version 2 adds what the student's own sandbox found in the package:
+    ``items_used`` (trained on), ``items_failed`` (items whose public tests
+    failed here, dropped) and ``claims_failed`` (of those, items the teacher
+    had marked verified: evidence against it), each at most
+    :data:`MAX_FEEDBACK_ITEMS`, ``claims_failed <= items_failed``. Version 1
+    feedback reads with zeros.
+    """
 
     TYPE = "feedback"
+    VERSION = 2
+    OLDER = {1: {"items_used": 0, "items_failed": 0, "claims_failed": 0}}
     ID_FIELDS = ("proposal_id",)
     FIXED32_FIELDS = ("receipt_hash",)
     proposal_id: bytes
@@ -244,12 +255,18 @@ class Feedback(Message):
     loss_after: float
     package_bytes: int
     receipt_hash: bytes
+    items_used: int = 0
+    items_failed: int = 0
+    claims_failed: int = 0
 
     def check(self) -> None:
         if not (0 <= self.loss_before <= MAX_LOSS and 0 <= self.loss_after <= MAX_LOSS):
             raise WireError("bad-field", f"losses must lie in 0..{MAX_LOSS:g}")
         if not -MAX_REWARD <= self.reward <= MAX_REWARD:
             raise WireError("bad-field", f"reward must lie in -{MAX_REWARD:g}..{MAX_REWARD:g}")
+        if max(self.items_used, self.items_failed) > MAX_FEEDBACK_ITEMS or self.claims_failed > self.items_failed:
+            raise WireError("bad-field", f"item counts must lie in 0..{MAX_FEEDBACK_ITEMS:g}, "
+                                         "claims_failed at most items_failed")
 
     @classmethod
     def failure(cls, proposal_id: bytes, round: int) -> "Feedback":

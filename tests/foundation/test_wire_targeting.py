@@ -8,8 +8,8 @@ import pytest
 
 from knexa_node.crypto import Signer
 from knexa_node.profile import CATEGORIES, PROFILE_DIM
-from knexa_node.wire import ExchangeRequest, Message, Profile, WireError, open_envelope, seal_envelope
-from knexa_node.wire.messages import MAX_REQUEST_BUDGET
+from knexa_node.wire import ExchangeRequest, Feedback, Message, Profile, WireError, open_envelope, seal_envelope
+from knexa_node.wire.messages import MAX_FEEDBACK_ITEMS, MAX_REQUEST_BUDGET
 from knexa_node.wire.codec import pack
 from knexa_node.wire.envelope import Envelope
 
@@ -95,4 +95,30 @@ def test_an_older_request_asks_for_nothing_in_particular() -> None:
 def test_a_bad_request_is_refused(changes: dict) -> None:
     with pytest.raises(WireError) as info:
         open_envelope(sealed_as(request(), ExchangeRequest.VERSION, body_of(request(), **changes)))
+    assert info.value.reason == "bad-field"
+
+
+def feedback(**counts: int) -> Feedback:
+    return Feedback(bytes(16), 2, 0.5, 1.0, 0.5, 100, bytes(range(32)), **counts)
+
+
+def test_feedback_carries_what_the_students_sandbox_found() -> None:
+    sent = feedback(items_used=10, items_failed=3, claims_failed=2)
+    assert open_envelope(seal_envelope(SIGNER, sent).to_bytes())[1] == sent
+    old = {k: v for k, v in body_of(sent).items() if k not in ("items_used", "items_failed", "claims_failed")}
+    _, received = open_envelope(sealed_as(sent, 1, old))
+    assert isinstance(received, Feedback) and (received.items_used, received.items_failed, received.claims_failed) == (0, 0, 0)
+    assert not received.reports_failure and Feedback.failure(bytes(16), 2).reports_failure
+
+
+@pytest.mark.parametrize("changes", [
+    {"claims_failed": 2, "items_failed": 1},     # more failed claims than failed items
+    {"items_failed": MAX_FEEDBACK_ITEMS + 1},
+    {"items_used": MAX_FEEDBACK_ITEMS + 1},
+    {"items_used": -1},
+    {"claims_failed": True},
+])
+def test_bad_feedback_counts_are_refused(changes: dict) -> None:
+    with pytest.raises(WireError) as info:
+        open_envelope(sealed_as(feedback(), Feedback.VERSION, body_of(feedback(), **changes)))
     assert info.value.reason == "bad-field"

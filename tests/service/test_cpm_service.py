@@ -212,3 +212,31 @@ async def test_acknowledged_feedback_survives_reopen(tmp_path: Path) -> None:
     assert state_before["feedback_count"] == 1
     await reopened.open_round()
     assert reopened.last_round == 2
+
+
+async def test_failed_verified_claims_count_against_the_teacher_and_survive_reopen(tmp_path: Path) -> None:
+    """Two students report the same reward on the same teacher; the one whose sandbox failed verified claims lowers its trust more."""
+    trusts = {}
+    for claims in (0, 3):
+        clock = Clock()
+        where = tmp_path / f"claims-{claims}"
+        service, published = make_service(where, clock, policy="knexa", teachers_per_student=2)
+        await service.open_round()
+        for i, node in enumerate(NODES):
+            assert ask(service, node, profile_of(i, 1)).ok
+        await service.tick()
+        proposals = [open_envelope(d)[1] for t, d in published if t.endswith("/proposals")]
+        for proposal in proposals:
+            student = next(n for n in NODES if n.peer_id == proposal.student)
+            feedback = Feedback(proposal.proposal_id, 1, 0.1, 1.0, 0.9, 10, bytes(32 * [1]), items_used=4,
+                                items_failed=claims, claims_failed=claims)
+            assert ask(service, student, feedback).ok
+        status = service.status()
+        assert all(entry["claims_failed"] == claims for entry in status["feedback"])
+        assert status["counters"].get("failed_claims", 0) == (len(proposals) if claims else 0)
+        trusts[claims] = service.policy.trust.scores([n.peer_id for n in NODES])
+        service.close()  # only the journal holds the feedback and its evidence
+        reopened, _ = make_service(where, clock, policy="knexa", teachers_per_student=2)
+        np.testing.assert_allclose(reopened.policy.trust.scores([n.peer_id for n in NODES]), trusts[claims])
+        reopened.close()
+    assert (trusts[3] < trusts[0]).all()
