@@ -94,13 +94,7 @@ class Lessons:
 
     def reward_of(self, report: DistillReport) -> tuple[float, float, float]:
         """(reward, loss before, loss after) as configured (``learning.reward``, ``learning.reward_on``)."""
-        on_dev = self.config.learning.reward_on == "dev" and report.reward_dev is not None
-        before = report.dev_loss_pre if on_dev else report.loss_pre
-        after = report.dev_loss_post if on_dev else report.loss_post
-        if self.config.learning.reward == "covered" and report.reward_covered is not None:
-            return float(report.reward_covered), float(before or 0.0), float(after or 0.0)
-        reward = report.reward_dev if on_dev else report.reward
-        return float(reward or 0.0), float(before or 0.0), float(after or 0.0)
+        return reported_reward(report, self.config.learning.reward, self.config.learning.reward_on)
 
     async def report(self, proposal: PairingProposal, *, failed: bool) -> Event:
         """Send the lesson's reward, or (``failed``, or nothing to report) its failure."""
@@ -139,3 +133,19 @@ class Lessons:
         self.on_event("feedback-sent", round=feedback.round, reward=round(feedback.reward, 5),
                       failed=feedback.package_bytes == 0, answer=describe(answer))
         return answer
+
+
+def reported_reward(report: DistillReport, kind: str, on: str = "dev") -> tuple[float, float, float]:
+    """(reward, loss before, loss after) of one teacher's report.
+
+    ``kind`` "covered": the dev-set Pass@1 gain on the categories the package
+    covered (Eq. 3 when it was not measured); else Eq. 3 on ``on`` ("dev",
+    when measured, or the private "validation" split).
+    """
+    on_dev = on == "dev" and report.reward_dev is not None
+    before = report.dev_loss_pre if on_dev else report.loss_pre
+    after = report.dev_loss_post if on_dev else report.loss_post
+    if kind == "covered" and report.reward_covered is not None:
+        return float(report.reward_covered), float(before or 0.0), float(after or 0.0)
+    reward = report.reward_dev if on_dev else report.reward
+    return float(reward or 0.0), float(before or 0.0), float(after or 0.0)
