@@ -156,11 +156,14 @@ class FakeExchanges:
         self.distilled: list[Any] = []
         self.rewards: list[tuple[Any, str]] = []
         self.requests: list[tuple[tuple[str, ...], int]] = []
+        self.hang_from: set[str] = set()  # teachers whose package never comes
 
     async def fetch(self, proposal_envelope: bytes, proposal: Any, *, categories: tuple = (),
                     budget: int = 0) -> ExchangeOutcome:
         self.requests.append((categories, budget))
         await trio.sleep(2)
+        if proposal.teacher in self.hang_from:
+            await trio.sleep_forever()
         return ExchangeOutcome(status="done", role="student", peer=proposal.teacher, proposal_id=proposal.proposal_id,
                                round=proposal.round, payload=b"package", payload_size=7, receipt_envelope=b"receipt")
 
@@ -267,6 +270,27 @@ async def test_a_student_of_two_teachers_distils_once_and_reports_to_each(tmp_pa
         status = c.service.status()
         assert status["counters"]["feedback"] == 6 and status["bandit_updates"] == 6
         assert all(entry["claims_failed"] == 1 for entry in status["feedback"])
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_package_that_never_comes_is_abandoned_and_the_other_is_distilled(tmp_path, autojump_clock):
+    limits = RoundLimits(collect_s=100.0)
+    async with trio.open_nursery() as nursery:
+        c = await start(nursery, tmp_path, n=3, teachers_per_student=2, policy="random", limits=limits)
+        stuck, lost_teacher = c.participants[0], c.nodes[1].signer.peer_id
+        stuck.lessons.exchanges.hang_from = {lost_teacher}
+        await settle(c, lambda: all(p.machine.phase == "waiting" and p.learner.agent for p in c.participants))
+        await c.service.open_round()
+        await settle(c, lambda: all(p.lessons.rewards for p in c.participants)
+                     and all(p.status()["phase"] == "waiting" for p in c.participants))
+        events = c.nodes[0].events()
+        abandoned = [e for e in events if e["event"] == "exchange-abandoned"]
+        assert len(abandoned) == 1 and abandoned[0]["teacher"] == lost_teacher
+        phases = [e for e in events if e["event"] == "distil-phase"]
+        assert len(phases) == 1 and phases[0]["packages"] == 1 and lost_teacher not in phases[0]["teachers"]
+        assert [r["teacher"] for r in stuck.lessons.rewards] == [c.nodes[2].signer.peer_id]
+        assert "round-done" in c.nodes[0].names()
+        assert c.service.status()["counters"]["feedback"] == 5  # the others' four, and the package that came
         nursery.cancel_scope.cancel()
 
 
