@@ -76,7 +76,7 @@ async def tcp_once(payload: bytes, cpm: Signer, teacher: Signer, student: Signer
     port = listeners[0].socket.getsockname()[1]
     outcomes = {}
 
-    async def build(_: PairingProposal) -> BuiltPackage:
+    async def build(_: PairingProposal, request: object) -> BuiltPackage:
         return BuiltPackage(payload)
 
     async def teacher_side() -> None:

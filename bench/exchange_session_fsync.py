@@ -39,7 +39,7 @@ async def run(exchanges: int, payload: bytes, state: Path) -> dict:
     replay = ReplayCache.in_state_dir(state)
     budget = PrivacyBudget.in_state_dir(state, total=1e6, per_peer=1e6)
 
-    async def build(_: PairingProposal) -> BuiltPackage:
+    async def build(_: PairingProposal, request: object) -> BuiltPackage:
         return BuiltPackage(payload, dp_epsilon=0.01)
 
     lateness: list[float] = []

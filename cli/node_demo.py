@@ -69,6 +69,7 @@ def demo(
     pretrained_lr: float = typer.Option(2e-4, "--pretrained-lr", help="Learning rate of the LoRA adapter on a node whose --model is a pretrained directory."),
     warmup_epochs: int = typer.Option(1, "--warmup-epochs", min=0, help="Local epochs each node trains before round 1 (its starting model)."),
     round_deadline: float = typer.Option(600.0, "--round-deadline", min=30.0, help="Seconds the CPM waits for every profile before pairing, and the life of a proposal (raise it for a pretrained node on a CPU)."),
+    teachers_per_student: int = typer.Option(1, "--teachers-per-student", min=1, max=15, help="c: teachers per student and students per teacher in a round (1: the paper's disjoint pairs)."),
     dp: bool = typer.Option(False, "--dp", help="Turn on the differential-privacy layer."),
     dashboard: bool = typer.Option(False, "--dashboard", help="Every daemon serves its dashboard page on a loopback port; the URLs are printed once they listen."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON summary at the end instead of tables."),
@@ -93,6 +94,7 @@ def demo(
         settings = DemoSettings(nodes=nodes, rounds=rounds, policy=name, seed=seed, models=tuple(model) or DEFAULT_MODELS,
                                 protocol=protocol, dirichlet_alpha=alpha, shard_size=shard_size, lr=lr, pretrained_lr=pretrained_lr,
                                 warmup_epochs=warmup_epochs, dp=dp, round_deadline_s=round_deadline,
+                                teachers_per_student=teachers_per_student,
                                 proposal_ttl_s=round_deadline, dashboard=dashboard, warmup_cache=shared_warmup)
         where = root / name if len(policies) > 1 else root
         try:

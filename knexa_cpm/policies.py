@@ -69,7 +69,7 @@ from knexa_cpm.bandit import BanditError, LinUCB, RobustZScore
 from knexa_cpm.features import (
     COMPETENCE_DIM, CONCAT_DIM, PASS1, competence_features, concat_features, knexa_dim, knexa_features, pair_js,
 )
-from knexa_cpm.trust import TrustTracker
+from knexa_cpm.trust import SURPRISE_BOUND, TrustTracker
 from knexa_node.profile import CATEGORIES, FAMILY_SLICE, PROFILE_DIM
 
 PROTOCOLS: tuple[str, ...] = ("text", "logits")
@@ -559,6 +559,15 @@ class KnexaPolicy(_UCBPolicy):
         scores = self.bandit.score(X, beta) + self._prior(X)
         taken = greedy_disjoint(scores, t, s, missing)
         return self._pairings(names, P, t, s, proto, scores, taken, round, X)
+
+    def failed_claims(self, pairing: Pairing, count: int) -> None:
+        """The student's sandbox failed ``count`` answers the teacher had marked verified: evidence against it.
+
+        One observation at the worst surprise, whatever ``count``: per (teacher, student) the tracker
+        averages it with that student's other reports, so one student still has one bounded vote.
+        """
+        if count > 0:
+            self.trust.observe(pairing.teacher, pairing.student, -SURPRISE_BOUND, pairing.round)
 
     def _after_feedback(self, pairing: Pairing, z: float) -> None:
         # Trust sees only the part of z that the pairing's context does not predict, so that what

@@ -31,7 +31,8 @@ class RoundSettings:
     deadline_s: float = 300.0
     quorum: float = 1.0
     proposal_ttl_s: float = 900.0
-    pairs_per_round: int = 0  # 0: half the members with profiles
+    pairs_per_round: int = 0  # 0: half the members with profiles (c = 1), or c times them
+    teachers_per_student: int = 1  # c: teachers per student and students per teacher (1: disjoint pairs)
 
 
 class Refusal(Exception):
@@ -90,10 +91,18 @@ class RoundBook:
     def profile_vectors(self) -> dict[str, np.ndarray]:
         return {peer: np.asarray(p.vector, dtype=np.float64) for peer, p in sorted(self.profiles.items())}
 
+    def competence(self) -> dict[str, dict[str, float]]:
+        """Peer -> public dev-set Pass@1 per category, for the profiles that carry one (older nodes send none)."""
+        return {peer: p.competence for peer, p in sorted(self.profiles.items()) if p.competence}
+
     def budget(self) -> int:
+        """Pairs to ask the policy for: the configured number, else every member's share at ``c`` per node."""
         if self.settings.pairs_per_round > 0:
             return self.settings.pairs_per_round
-        return max(1, len(self.profiles) // 2)
+        per_node = max(1, self.settings.teachers_per_student)
+        if per_node == 1:
+            return max(1, len(self.profiles) // 2)
+        return per_node * len(self.profiles)
 
     def record_pairings(self, pairings: list[Any], now: float) -> list[PairingProposal]:
         """Turn the policy's pairings into signed-to-be proposals; the round is then paired."""

@@ -20,6 +20,7 @@ The round rules themselves live in :mod:`knexa_cpm.rounds` (pure).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -59,7 +60,7 @@ class CpmService:
         self.signer, self.config, self.clock, self.on_event, self.on_round = signer, config, clock, on_event, on_round
         self.publish, self.topic_peers = publish, topic_peers
         self.policy_name = policy_name or config.cpm.policy
-        self.policy = build_policy(self.policy_name, seed)
+        self.policy = build_policy(self.policy_name, seed, competence=config.cpm.competence)
         self.store = PolicyStore.open(Path(state_dir), self.policy)
         self.last_round = int(self.store.extra.get("round", 0))
         self.members = frozenset(config.consortium.members) or None
@@ -68,6 +69,7 @@ class CpmService:
             quorum=config.cpm.quorum,
             proposal_ttl_s=config.cpm.proposal_ttl_s,
             pairs_per_round=config.cpm.pairs_per_round,
+            teachers_per_student=config.cpm.teachers_per_student,
         )
         self.book: RoundBook | None = None
         self.closed_round = 0  # the last round whose closing was recorded
@@ -130,14 +132,19 @@ class CpmService:
                 raise Refusal("bad-feedback", str(exc)) from None
         record = self.book.add_feedback(remote, feedback, self.clock())
         # Journaled and fsynced before the Ack is sent: an acknowledged reward survives kill -9.
+        # claims_failed > 0 (verified answers that failed the student's tests) also counts against the teacher's trust.
         seq = self.store.record_feedback(record.pairing, feedback.reward, {
             "proposal_id": feedback.proposal_id.hex(), "round": feedback.round, "nonce": envelope.nonce.hex(),
+            "claims_failed": feedback.claims_failed,
         })
         self.counters["feedback"] += 1
+        if feedback.claims_failed:
+            self.counters["failed_claims"] = self.counters.get("failed_claims", 0) + 1
         self.rewards.append(feedback.reward)
         entry = {"round": feedback.round, "teacher": record.proposal.teacher, "student": remote,
                  "reward": feedback.reward, "loss_before": feedback.loss_before, "loss_after": feedback.loss_after,
-                 "bytes": feedback.package_bytes, "seq": seq}
+                 "bytes": feedback.package_bytes, "items_used": feedback.items_used,
+                 "items_failed": feedback.items_failed, "claims_failed": feedback.claims_failed, "seq": seq}
         self.feedback_log.append(entry)
         self.on_event("feedback", **entry)
         self._wake.set()
@@ -171,9 +178,7 @@ class CpmService:
         number = self.last_round + 1 if round_ is None else int(round_)
         if number <= 0:
             raise ValueError("round must be >= 1")
-        settings = self.settings if deadline_s is None else RoundSettings(
-            deadline_s=deadline_s, quorum=self.settings.quorum, proposal_ttl_s=self.settings.proposal_ttl_s,
-            pairs_per_round=self.settings.pairs_per_round)
+        settings = self.settings if deadline_s is None else dataclasses.replace(self.settings, deadline_s=deadline_s)
         expected = len(self.members) if self.members else 0
         self.book = RoundBook(round=number, opened_at=self.clock(), settings=settings, expected_members=expected,
                               members=self.members)
@@ -194,7 +199,11 @@ class CpmService:
             raise Refusal("not-collecting", "no round is collecting profiles")
         vectors = book.profile_vectors()
         started = time.perf_counter()
-        pairings = self.policy.propose(vectors, book.budget(), book.round) if len(vectors) >= 2 else []
+        per_node = max(1, book.settings.teachers_per_student)
+        competence = book.competence()
+        pairings = (self.policy.propose(vectors, book.budget(), book.round, per_node=per_node,
+                                        competence=competence or None)
+                    if len(vectors) >= 2 else [])
         seconds = time.perf_counter() - started
         proposals = book.record_pairings(pairings, self.clock())
         for proposal in proposals:
@@ -205,7 +214,7 @@ class CpmService:
                           protocol=proposal.protocol, score=round(proposal.score, 4))
         self.counters["proposals"] += len(proposals)
         self.on_event("paired", round=book.round, profiles=len(vectors), pairs=len(proposals),
-                      matchmaking_s=round(seconds, 6))
+                      with_competence=len(competence), matchmaking_s=round(seconds, 6))
         if not proposals:
             self._finish_round("no-pairs")
         return proposals

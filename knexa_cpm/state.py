@@ -27,7 +27,10 @@ The contract a service relies on:
 
 ``meta`` (a small msgpack-able dict per feedback, e.g. proposal id and nonce)
 and ``extra`` (per snapshot) carry the service's own state; after
-:meth:`open`, ``store.extra`` and ``store.replayed`` give them back.
+:meth:`open`, ``store.extra`` and ``store.replayed`` give them back. One
+key of ``meta`` is applied too, in order with its feedback (so a replay
+rebuilds it): ``claims_failed`` > 0 goes to the policy's ``failed_claims``
+(trust evidence against the teacher), where the policy has one.
 """
 
 from __future__ import annotations
@@ -262,7 +265,7 @@ class PolicyStore:
             if entry.seq != self.seq + 1:
                 raise StateCorruptError(f"journal.bin: expected sequence {self.seq + 1}, found {entry.seq}")
             try:
-                self.policy.feedback(entry.pairing, entry.reward)
+                self._apply(entry.pairing, entry.reward, entry.meta)
             except PolicyError as exc:
                 raise StateCorruptError(f"journal.bin: record {entry.seq} does not apply: {exc}") from None
             self.seq = entry.seq
@@ -308,9 +311,17 @@ class PolicyStore:
             written = os.write(self._journal_fd, view)
             view = view[written:]
         os.fsync(self._journal_fd)
-        self.policy.feedback(pairing, reward)
+        self._apply(pairing, reward, entry.meta)
         self.seq = entry.seq
         return entry.seq
+
+    def _apply(self, pairing: Pairing, reward: float, meta: dict[str, Any]) -> None:
+        """One feedback into the policy; verified claims that failed at the student count against the teacher."""
+        self.policy.feedback(pairing, reward)
+        claims = meta.get("claims_failed", 0)
+        failed_claims = getattr(self.policy, "failed_claims", None)
+        if isinstance(claims, int) and not isinstance(claims, bool) and claims > 0 and failed_claims is not None:
+            failed_claims(pairing, claims)
 
     def checkpoint(self, extra: dict[str, Any] | None = None) -> None:
         """Snapshot the policy (and the caller's ``extra``) atomically, then empty the journal."""

@@ -32,6 +32,7 @@ from knexa_cpm.rounds import RoundBook, RoundSettings
 from knexa_lab.inprocess import LocalNode, finish, measure, prepare_nodes
 from knexa_lab.orchestrate import DemoResult
 from knexa_lab.plan import DemoSettings
+from knexa_node.daemon.lessons import reported_reward
 from knexa_node.learn.agent import DistillReport, ExchangeRequest
 from knexa_node.wire import Profile
 
@@ -44,12 +45,6 @@ def _profile(node: LocalNode, round_: int, point: dict[str, Any]) -> Profile:
                                 dev_loss=point["dev_loss"])
     return Profile(round=round_, vector=tuple(float(x) for x in vector), model_type=node.agent.model_type,
                    tokenizer_id=node.agent.tokenizer_fingerprint(), addrs=())
-
-
-def _reward(report: DistillReport, kind: str) -> float:
-    if kind == "covered" and report.reward_covered is not None:
-        return float(report.reward_covered)
-    return float(report.reward_dev if report.reward_dev is not None else report.reward)
 
 
 def _exchanges(settings: DemoSettings, jobs: list[tuple[Any, LocalNode, LocalNode, str]]
@@ -88,14 +83,15 @@ def run_lockstep(workdir: Path, settings: DemoSettings, *, on_progress: Callable
     layout, nodes = prepare_nodes(workdir, settings, say, state_name="agent-lockstep")
     by_peer = {node.peer_id: node for node in nodes}
     policy = build_policy(settings.policy, settings.seed, competence=True)
-    round_settings = RoundSettings(deadline_s=settings.round_deadline_s, proposal_ttl_s=settings.proposal_ttl_s)
+    per_node = max(1, settings.teachers_per_student)
+    round_settings = RoundSettings(deadline_s=settings.round_deadline_s, proposal_ttl_s=settings.proposal_ttl_s,
+                                   teachers_per_student=per_node)
     history: list[dict[str, Any]] = []
     rewards: list[float] = []
     updates = 0
     if checkpoint:
         for node in nodes:
             checkpoint(node, "before")
-    per_node = max(1, settings.teachers_per_student)
     pairs_off = policy.name == NO_PAIRING
     seconds = {"local": 0.0, "measure": 0.0, "exchange": 0.0}
     for round_ in range(1, settings.rounds + 1):
@@ -111,8 +107,7 @@ def run_lockstep(workdir: Path, settings: DemoSettings, *, on_progress: Callable
             # Only what the policy or a request reads: local-only skips the dev-set decoding.
             node.competence = {} if pairs_off else node.agent.competence(node.data.dev)
             seconds["measure"] += time.monotonic() - mark
-        budget = book.budget() if per_node == 1 else per_node * len(nodes)
-        pairings = policy.propose(book.profile_vectors(), budget, round_, per_node=per_node,
+        pairings = policy.propose(book.profile_vectors(), book.budget(), round_, per_node=per_node,
                                   competence={n.peer_id: n.competence for n in nodes if n.competence})
         mark = time.monotonic()
         jobs = []
@@ -121,7 +116,7 @@ def run_lockstep(workdir: Path, settings: DemoSettings, *, on_progress: Callable
             jobs.append((record, by_peer[proposal.teacher], by_peer[proposal.student], proposal.protocol))
         pairs = []
         for record, teacher, student, report in _exchanges(settings, jobs):
-            reward = _reward(report, settings.reward)
+            reward = reported_reward(report, settings.reward)[0]  # as a networked student reports it
             try:
                 policy.validate_feedback(record.pairing, reward)
                 policy.feedback(record.pairing, reward)

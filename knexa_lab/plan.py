@@ -110,6 +110,7 @@ def lay_out(workdir: Path, settings: DemoSettings) -> DemoLayout:
     cpm_config.cpm.round_deadline_s = settings.round_deadline_s
     cpm_config.cpm.proposal_ttl_s = settings.proposal_ttl_s
     cpm_config.cpm.quorum = 1.0
+    cpm_config.cpm.teachers_per_student = settings.teachers_per_student
     _dashboard(cpm_config, dashboard_ports[:1])
     cpm_home.create_dirs()
     atomic_write_text(cpm_home.config_file, render_config(cpm_config), mode=0o600)

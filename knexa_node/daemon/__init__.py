@@ -18,12 +18,12 @@ The node's learning role (installed by :func:`.node_services.install_node`; the 
 - :mod:`.node_services`  installs the role: learner, exchanges, participant
 - :mod:`.round_machine`  :class:`NodeRound`: the node's round as a pure state machine (events in, actions out)
 - :mod:`.participant`    :class:`Participant`: the trio driver of :class:`NodeRound`
-- :mod:`.lessons`        one exchange as student, step by step: fetch, distil, report the feedback
+- :mod:`.lessons`        the exchanges as student: fetch each package, distil a round's together, report each
 - :mod:`.cpm_link`       signed requests to the CPM, retried with backoff
 - :mod:`.curve`          the learning curve (``state/metrics.jsonl``)
 - :mod:`.learner`        the agent behind one lock, its work in worker threads; ``evaluation_point``
 - :mod:`.datasets`       the node's data splits from its config
 - :mod:`.exchanges`      both sides of the knowledge exchange, the audit log and checkpoints
-- :mod:`.packaging`      the teacher's package for one proposal: guardrail and DP on the object, encoded once
+- :mod:`.packaging`      the teacher's package for one proposal and request: guardrail and DP on the object, encoded once
 - :mod:`.refusals`       how often a refusal of an outsider reaches the audit log (one entry per peer per interval)
 """

@@ -70,6 +70,7 @@ from knexa_node.privacy.budget import PrivacyBudget
 from knexa_node.wire import (
     Checkpoint,
     Envelope,
+    ExchangeRequest,
     Feedback,
     Message,
     PackageHeader,
@@ -163,7 +164,8 @@ class ExchangeService:
         config, home = daemon.config, daemon.home
         self.policy = ExchangePolicy.from_config(config)
         self.packager = packager or Packager(config.privacy, transfer, private_texts,
-                                             max_package_bytes=self.policy.max_package_bytes)
+                                             max_package_bytes=self.policy.max_package_bytes,
+                                             budget=config.learning.exchange_budget)
         self.stats = ExchangeStats()
         self.refusals = RefusalGate()  # outsiders' refusals reach the audit log at most once per peer per minute
         self._pending: OrderedDict[bytes, PairingProposal] = OrderedDict()
@@ -247,16 +249,20 @@ class ExchangeService:
             return
         await self._finish(outcome, stream.bytes_sent, stream.bytes_received, extra={"suppressed": suppressed})
 
-    async def _build(self, proposal: PairingProposal) -> BuiltPackage:
-        return await self.agent_call(lambda agent: self.packager.build(agent, proposal))
+    async def _build(self, proposal: PairingProposal, request: ExchangeRequest) -> BuiltPackage:
+        self.daemon.log.event("request-received", proposal_id=proposal.proposal_id.hex(), round=proposal.round,
+                              peer_id=proposal.student, categories=list(request.categories), budget=request.budget)
+        return await self.agent_call(lambda agent: self.packager.build(agent, proposal, request))
 
     # --- student side ------------------------------------------------------------------------------
 
-    async def fetch(self, proposal_envelope: bytes, proposal: PairingProposal) -> ExchangeOutcome:
+    async def fetch(self, proposal_envelope: bytes, proposal: PairingProposal, *, categories: tuple[str, ...] = (),
+                    budget: int = 0) -> ExchangeOutcome:
         """Fetch the package of ``proposal`` from its teacher; never raises for a failed exchange.
 
         ``proposal`` must be the message inside ``proposal_envelope`` (the CPM's
-        signed bytes, which the teacher checks again). The outcome is logged and
+        signed bytes, which the teacher checks again); ``categories`` and
+        ``budget`` are what the request asks for. The outcome is logged and
         audited before it is returned; ``outcome.payload`` holds the package
         when ``outcome.ok``.
         """
@@ -278,6 +284,7 @@ class ExchangeService:
             outcome = await fetch_package(
                 Libp2pExchangeStream(stream), remote=teacher, signer=self.signer, policy=self.policy,
                 proposal_envelope=proposal_envelope, current_round=current, clock=self.clock, log_head=head,
+                categories=categories, budget=budget,
             )
             sent, received = stream.bytes_sent, stream.bytes_received
         if outcome.ok:
@@ -313,7 +320,9 @@ class ExchangeService:
             extra: dict[str, float | int] = {}
             for name, key in (("reward", "reward"), ("items_used", "items_used"), ("alpha", "alpha"),
                               ("temperature", "temperature"), ("dev_loss_pre", "dev_loss_before"),
-                              ("dev_loss_post", "dev_loss_after"), ("reward_dev", "reward_dev")):
+                              ("dev_loss_post", "dev_loss_after"), ("reward_dev", "reward_dev"),
+                              ("reward_covered", "reward_covered"), ("items_failed", "items_failed"),
+                              ("claims_failed", "claims_failed")):
                 value = getattr(report, name, None)
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     extra[key] = value

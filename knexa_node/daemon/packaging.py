@@ -4,7 +4,9 @@ Blocking and trio-free: the exchange service runs :meth:`Packager.build` in a
 worker thread, under the agent's lock. Steps, in order:
 
 1. the agent answers the public transfer set (``teacher_package``) with the
-   proposal's protocol, as a :class:`~knexa_node.learn.package.KnowledgePackage`
+   proposal's protocol, the student's weak categories first and within the
+   item budget its request names (capped by this node's own
+   ``learning.exchange_budget``), as a :class:`~knexa_node.learn.package.KnowledgePackage`
    object (not yet encoded) — or, when DP is on, always as top-k logits, since
    only logits can be noised (a text package under DP is then decoded from
    the noisy release, see below);
@@ -28,6 +30,7 @@ worker thread, under the agent's lock. Steps, in order:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
@@ -63,12 +66,23 @@ class BuiltByAgent(Protocol):
     def package(self) -> KnowledgePackage: ...
 
 
+class Wanted(Protocol):
+    """What a student asks for: the wire's ``ExchangeRequest`` and the agent's have both fields."""
+
+    @property
+    def categories(self) -> tuple[str, ...]: ...
+
+    @property
+    def budget(self) -> int: ...
+
+
 class TeacherAgent(Protocol):
     """What packaging needs of :class:`knexa_node.learn.agent.Agent`."""
 
     tokenizer: Any  # ``decode(ids, skip_special_tokens=True)`` and ``eos_token_id``
 
-    def teacher_package(self, transfer: Sequence[Problem], *, protocol: str = "text") -> BuiltByAgent:
+    def teacher_package(self, transfer: Sequence[Problem], *, protocol: str = "text",
+                        request: Any = None) -> BuiltByAgent:
         ...
 
 
@@ -81,10 +95,12 @@ class Packager:
     """
 
     def __init__(self, privacy: PrivacySection, transfer: Sequence[Problem], private_texts: Iterable[str], *,
-                 max_package_bytes: int = 256 * 1024 * 1024, rng: np.random.Generator | None = None) -> None:
+                 max_package_bytes: int = 256 * 1024 * 1024, rng: np.random.Generator | None = None,
+                 budget: int = 0) -> None:
         if not transfer:
             raise ValueError("the transfer set is empty: there is nothing to teach on")
         self.privacy = privacy
+        self.budget = budget  # transfer prompts this teacher answers per request at most (0: all)
         self.transfer = list(transfer)
         self.max_package_bytes = max_package_bytes
         self.guardrail = Guardrail.build(GuardrailSettings.from_config(privacy), private_texts,
@@ -92,21 +108,34 @@ class Packager:
         # Without a seed numpy draws from OS entropy: noise must not be predictable by the student.
         self.rng = rng if rng is not None else np.random.default_rng()
 
-    def build(self, agent: TeacherAgent, proposal: PairingProposal) -> BuiltPackage:
-        """The package for ``proposal`` (blocking: model inference, then filtering and noise)."""
+    def build(self, agent: TeacherAgent, proposal: PairingProposal, request: Wanted | None = None) -> BuiltPackage:
+        """The package for ``proposal`` (blocking: model inference, then filtering and noise).
+
+        ``request``: what the student asked for; its budget never exceeds this teacher's own.
+        """
+        if request is not None:
+            request = capped(request, self.budget)
         return build_outgoing(agent, proposal, self.transfer, self.guardrail, self.privacy, self.rng,
-                              max_package_bytes=self.max_package_bytes)
+                              max_package_bytes=self.max_package_bytes, request=request)
+
+
+def capped(request: Any, budget: int) -> Any:
+    """``request`` (a frozen dataclass) with its item budget at most ``budget`` (0 on either side: the other one)."""
+    asked = request.budget
+    if budget > 0 and (asked == 0 or asked > budget):
+        return dataclasses.replace(request, budget=budget)
+    return request
 
 
 def build_outgoing(agent: TeacherAgent, proposal: PairingProposal, transfer: Sequence[Problem], guardrail: Guardrail,
                    privacy: PrivacySection, rng: np.random.Generator, *,
-                   max_package_bytes: int = 256 * 1024 * 1024) -> BuiltPackage:
+                   max_package_bytes: int = 256 * 1024 * 1024, request: Wanted | None = None) -> BuiltPackage:
     """Steps 1-4 of the module docstring for one proposal."""
     if proposal.protocol not in ("text", "logits"):
         raise PackagingError(f"unknown package protocol {proposal.protocol!r}")
     dp = privacy.dp_enabled
     asked = "logits" if dp else proposal.protocol
-    package = agent.teacher_package(transfer, protocol=asked).package
+    package = agent.teacher_package(transfer, protocol=asked, request=request).package
     if not isinstance(package, KnowledgePackage):
         raise PackagingError(f"the agent built a {type(package).__name__}, not a KnowledgePackage")
     if package.kind != asked:

@@ -4,13 +4,18 @@ One round t, as this node lives it (DESIGN.md, "Protocol"):
 
 1. ``RoundOpen(t)`` from the trusted CPM (gossip) starts the round.
 2. Local epoch(s) on the private split; evaluation (Pass@1/5 on the local test
-   set, loss on the private validation split and the public dev set); the
-   profile goes to the CPM as a signed ``Profile`` over ``/knexa/cpm``.
+   set, loss on the private validation split and the public dev set, greedy
+   Pass@1 per category on the public dev set: the competence); the profile
+   and the competence go to the CPM as a signed ``Profile`` over ``/knexa/cpm``.
 3. Proposals arrive on gossip, and by ``ProposalQuery`` polling when gossip
    missed them. Named as teacher: nothing to do (the exchange handler serves
-   the student). Named as student: fetch the sealed package, distil it, and
-   send the signed ``Feedback`` with Eq. 3's reward; a failed exchange is
-   reported too, so the round never waits on silence.
+   the student, answering the categories its request names). Named as
+   student (of up to c teachers): fetch each sealed package with a targeted
+   request (the weak categories of this round's competence), distil the
+   round's packages together in one phase once all are here (or the rest
+   given up), and send one signed ``Feedback`` per teacher with the reward
+   ``learning.reward`` names; a failed exchange is reported too, so the round
+   never waits on silence.
 4. The agent's state is persisted at the end of the round.
 
 The machine decides what happens next; this module only performs its
@@ -135,11 +140,11 @@ class Participant:
         elif isinstance(action, CloseRound):
             self._round_task(self._close(action))
         elif isinstance(action, FetchPackage):
-            self._lesson_task(action.proposal, self.lessons.fetch(action.proposal, action.raw))
+            self._lesson_task([action.proposal], self.lessons.fetch(action.proposal, action.raw))
         elif isinstance(action, Distil):
-            self._lesson_task(action.proposal, self.lessons.distil(action.proposal))
+            self._lesson_task(list(action.proposals), self.lessons.distil(action.proposals))
         elif isinstance(action, ReportFeedback):
-            self._lesson_task(action.proposal, self.lessons.report(action.proposal, failed=action.failed))
+            self._lesson_task([action.proposal], self.lessons.report(action.proposal, failed=action.failed))
         else:
             raise TypeError(f"no driver for {action!r}")
 
@@ -162,13 +167,16 @@ class Participant:
             self.feed(event)
         self._spawn(run)
 
-    def _lesson_task(self, proposal: PairingProposal, work: Awaitable[Event]) -> None:
+    def _lesson_task(self, proposals: list[PairingProposal], work: Awaitable[Event | list[Event]]) -> None:
+        """Run one lesson step for ``proposals`` (several: one distillation phase); feed what it returns."""
         async def run() -> None:
             try:
-                event = await work
+                done = await work
+                events = done if isinstance(done, list) else [done]
             except Exception as exc:  # distillation or reporting failed: logged and reported, never fatal
-                event = self.lessons.failed(proposal, exc)
-            self.feed(event)
+                events = [self.lessons.failed(proposal, exc) for proposal in proposals]
+            for event in events:
+                self.feed(event)
         self._spawn(run)
 
     # --- the round's steps -------------------------------------------------------------------------
@@ -201,8 +209,13 @@ class Participant:
         agent = self.learner.agent
         if agent is None:
             raise RuntimeError("the learner has no agent")
-        profile = Profile(round=round_, vector=tuple(float(x) for x in vector), model_type=agent.model_type,
-                          tokenizer_id=agent.tokenizer_fingerprint(), addrs=tuple(self.host.net.dialable_addrs()))
+        # Public dev-set Pass@1 per category: sent with the profile, and what this round's requests ask for.
+        dev = self.learner.data.dev
+        competence = await self.learner.call(lambda agent: agent.competence(dev), doing="competence") if dev else {}
+        self.lessons.measured(competence, agent.exchange_request(competence) if competence else None)
+        profile = Profile.with_competence(
+            competence, round=round_, vector=tuple(float(x) for x in vector), model_type=agent.model_type,
+            tokenizer_id=agent.tokenizer_fingerprint(), addrs=tuple(self.host.net.dialable_addrs()))
         answer = await self.cpm.ask(profile)
         if not (isinstance(answer, Ack) and answer.ok):
             self.host.log.event("profile-refused", round=round_, answer=describe(answer))

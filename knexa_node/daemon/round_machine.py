@@ -17,11 +17,18 @@ A round: ``RoundOpened`` -> ``Train`` -> ``TrainingDone`` -> ``SendProfile``
 paired the round and every exchange this node is student in is done ->
 ``CloseRound`` -> ``RoundClosed`` -> waiting. The node may be student of
 several teachers and teacher of several students in one round: exchanges are
-kept per proposal, in both roles. Time comes in as ``now`` with every event:
-a round the CPM does not pair by its announced deadline plus
-``pairing_grace_s`` is given up, and a student exchange still running
-``exchange_limit_s`` after it started no longer holds the round (its late
-results are still reported).
+kept per proposal, in both roles. As student, the round's packages are
+collected (step ``FETCHED``) until none is still being fetched and the CPM
+has paired the round, then distilled together in ONE phase (one ``Distil``
+action naming them all), and each is reported on its own. Time comes in as
+``now`` with every event: a round the CPM does not pair by its announced
+deadline plus ``pairing_grace_s`` is given up; a package still not fetched
+``collect_s`` after the first one of its round arrived (or when one that
+arrived is ``report_margin_s`` from its proposal's expiry) is abandoned and
+the others are distilled without it; and a student exchange still running
+``exchange_limit_s`` after it started no longer holds the round. An
+abandoned exchange's late results are still reported (a late package is
+distilled in a phase of its own).
 """
 
 from __future__ import annotations
@@ -60,7 +67,8 @@ class Step(enum.Enum):
     QUEUED = "queued"          # seen, waiting for this node's profile to be accepted in that round
     SERVING = "serving"        # teacher: the exchange handler serves the student when it dials
     FETCHING = "fetching"      # student: fetching the package
-    DISTILLING = "distilling"  # student: distilling it
+    FETCHED = "fetched"        # student: the package is here, waiting for the round's others
+    DISTILLING = "distilling"  # student: distilling it (with the round's other packages, in one phase)
     REPORTING = "reporting"    # student: sending the feedback (the reward, or the failure)
     DONE = "done"
 
@@ -214,6 +222,11 @@ class _Serve:
     """A queued teacher exchange of the round becomes active."""
 
 
+@dataclass(frozen=True)
+class _Gather:
+    """The round's packages are all here (or the rest given up): they are distilled together."""
+
+
 # --- actions (out) -------------------------------------------------------------------------------
 
 
@@ -263,7 +276,9 @@ class FetchPackage:
 
 @dataclass(frozen=True)
 class Distil:
-    proposal: PairingProposal
+    """Distil these fetched packages (one round's, one per teacher) in one phase; report each on its own."""
+
+    proposals: tuple[PairingProposal, ...]
 
 
 @dataclass(frozen=True)
@@ -325,7 +340,8 @@ ANY_STATE = (Tick, ProposalSeen, PackageFetched, FetchFailed, Distilled, Exchang
 STEP_TRANSITIONS: dict[Step, dict[type, Step]] = {
     Step.QUEUED: {_Start: Step.FETCHING, _Serve: Step.SERVING, TeachingFinished: Step.DONE},
     Step.SERVING: {TeachingFinished: Step.DONE},
-    Step.FETCHING: {PackageFetched: Step.DISTILLING, FetchFailed: Step.REPORTING, ExchangeFailed: Step.REPORTING},
+    Step.FETCHING: {PackageFetched: Step.FETCHED, FetchFailed: Step.REPORTING, ExchangeFailed: Step.REPORTING},
+    Step.FETCHED: {_Gather: Step.DISTILLING, ExchangeFailed: Step.REPORTING},
     Step.DISTILLING: {Distilled: Step.REPORTING, ExchangeFailed: Step.REPORTING},
     Step.REPORTING: {FeedbackReported: Step.DONE, ExchangeFailed: Step.REPORTING},
     Step.DONE: {},
@@ -341,6 +357,8 @@ class RoundLimits:
     poll_s: float = 1.0
     pairing_grace_s: float = 300.0
     exchange_limit_s: float | None = 3600.0
+    collect_s: float = 600.0        # the longest a fetched package waits for the round's others
+    report_margin_s: float = 60.0   # distil no later than this before a fetched proposal expires
 
 
 @dataclass
@@ -352,6 +370,7 @@ class Exchange:
     role: Role
     step: Step = Step.QUEUED
     started_at: float | None = None
+    fetched_at: float | None = None
     abandoned: bool = False
 
     @property
@@ -391,7 +410,7 @@ class NodeRound:
 
     def handle(self, event: Event, now: float) -> list[Action]:
         """Take ``event`` at time ``now``; return what the driver must do, in order."""
-        if isinstance(event, (_Begin, _Complete, _Superseded, _PairingOverdue, _Start, _Serve)):
+        if isinstance(event, (_Begin, _Complete, _Superseded, _PairingOverdue, _Start, _Serve, _Gather)):
             raise RoundProtocolError(self.state, event, "an internal move, not an event")
         actions: list[Action] = []
         if isinstance(event, ANY_STATE):
@@ -466,6 +485,7 @@ class NodeRound:
     def _follow_up(self, now: float, actions: list[Action]) -> None:
         """The moves the machine makes on its own after each event, until none applies."""
         self._stragglers(now, actions)
+        self._gather(now, actions)
         if self.state is RoundState.WAITING and self.pending is not None and self.pending[0] > self.round:
             self._move(_Begin())
             self._begin(now, actions)
@@ -494,6 +514,36 @@ class NodeRound:
             if exchange.waited_on and exchange.started_at is not None and now > exchange.started_at + limit:
                 exchange.abandoned = True
                 actions.append(AbandonExchange(exchange.proposal, f"still {exchange.step.value} after {limit:g} s"))
+
+    def _gather(self, now: float, actions: list[Action]) -> None:
+        """Distil each round's fetched packages together once nothing more is coming (or waiting is over)."""
+        rounds = sorted({x.proposal.round for x in self.exchanges.values()
+                         if x.role == "student" and x.step is Step.FETCHED})
+        for round_ in rounds:
+            group = [x for x in self.exchanges.values() if x.role == "student" and x.proposal.round == round_]
+            ready = [x for x in group if x.step is Step.FETCHED]
+            # Queued ones start only with an accepted profile, before any package of the round is fetched.
+            coming = [x for x in group if x.step is Step.FETCHING and not x.abandoned]
+            due = self._collect_due(ready, now)
+            if coming and due:
+                for exchange in coming:
+                    exchange.abandoned = True
+                    actions.append(AbandonExchange(exchange.proposal, f"package not here {self.limits.collect_s:g} s "
+                                                   "after the round's first (or its proposals expire soon): "
+                                                   "the others are distilled without it"))
+                coming = []
+            # In the round being followed, the CPM's "paired" says every proposal naming this node is known;
+            # a round no longer followed learns of no more.
+            all_known = round_ != self.round or self.paired or self.state is not RoundState.FOLLOWING
+            if not coming and (all_known or due):
+                for exchange in ready:
+                    self._step(exchange, _Gather())
+                actions.append(Distil(tuple(x.proposal for x in ready)))
+
+    def _collect_due(self, ready: list[Exchange], now: float) -> bool:
+        first = min(now if x.fetched_at is None else x.fetched_at for x in ready)
+        expires = min(x.proposal.expires for x in ready)
+        return now >= first + self.limits.collect_s or now >= expires - self.limits.report_margin_s
 
     # --- exchanges -----------------------------------------------------------------------------
 
@@ -530,7 +580,7 @@ class NodeRound:
             raise RoundProtocolError(exchange.step, event, "this node is the teacher of that exchange")
         self._step(exchange, event)
         if isinstance(event, PackageFetched):
-            actions.append(Distil(exchange.proposal))
+            exchange.fetched_at = now  # _gather distils it with the round's others
         elif isinstance(event, (FetchFailed, ExchangeFailed)):
             actions.append(ReportFeedback(exchange.proposal, failed=True))
         elif isinstance(event, Distilled):

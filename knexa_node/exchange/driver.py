@@ -42,7 +42,7 @@ from knexa_node.exchange.states import StudentState, TeacherState
 from knexa_node.exchange.student import StudentSession
 from knexa_node.exchange.teacher import TeacherSession
 from knexa_node.privacy.budget import PrivacyBudget
-from knexa_node.wire import PackageHeader, PairingProposal, WireError
+from knexa_node.wire import ExchangeRequest, PackageHeader, PairingProposal, WireError
 
 log = logging.getLogger("knexa.exchange")
 T = TypeVar("T")
@@ -76,7 +76,8 @@ class BuiltPackage:
     redactions: int = 0  # guardrail redactions and drops applied
 
 
-BuildPackage = Callable[[PairingProposal], Awaitable[BuiltPackage]]
+# (proposal, request) -> package: the request names the categories and the budget the student asks for.
+BuildPackage = Callable[[PairingProposal, ExchangeRequest], Awaitable[BuiltPackage]]
 
 
 class _Deadline:
@@ -180,7 +181,8 @@ async def serve_exchange(
                 # Accepting the request persists it in the replay cache (fsync): off the trio thread.
                 proposal = await persisting(session.receive_request, request)
                 try:
-                    built = await build_package(proposal)
+                    # receive_request accepted the request, so the session holds it
+                    built = await build_package(proposal, cast(ExchangeRequest, session.request))
                 except Exception as exc:  # the learning engine's failure must not kill the daemon
                     log.exception("building the package for %s failed", remote)
                     raise ExchangeError(BUILD_FAILED, f"{type(exc).__name__}: {exc}"[:300]) from None
@@ -223,10 +225,13 @@ async def fetch_package(
     current_round: int | None,
     clock: Callable[[], float] = time.time,
     log_head: tuple[int, bytes] = (0, bytes(32)),
+    categories: tuple[str, ...] = (),
+    budget: int = 0,
 ) -> ExchangeOutcome:
     """Student side: fetch the package of ``proposal_envelope`` from the teacher ``remote`` over ``stream``.
 
-    ``log_head`` (entries, head hash of this node's audit log) goes into the signed receipt.
+    ``log_head`` (entries, head hash of this node's audit log) goes into the signed receipt;
+    ``categories`` and ``budget`` into the request (what this student asks the teacher for).
     """
     started = trio.current_time()
     deadline = _Deadline(policy.timeout_s)
@@ -239,7 +244,7 @@ async def fetch_package(
                 policy.membership.check(remote)
                 session = StudentSession(
                     signer, policy, proposal_envelope=proposal_envelope, remote=remote, current_round=current_round, now=clock(),
-                    log_head=log_head,
+                    log_head=log_head, categories=categories, budget=budget,
                 )
                 await _send(stream, session.request_frame())
                 session.receive_header(await _receive(stream, MAX_CONTROL_FRAME, deadline))

@@ -48,8 +48,11 @@ class StudentSession:
         current_round: int | None,
         now: float,
         log_head: tuple[int, bytes] = (0, bytes(32)),
+        categories: tuple[str, ...] = (),
+        budget: int = 0,
     ) -> None:
         self.signer = signer
+        self.wanted = (tuple(categories), int(budget))  # the targeted request: weak categories, item budget
         self.log_head = log_head  # (entries, head hash) of this node's audit log, signed into the receipt
         self.policy = policy
         self.remote = remote
@@ -99,7 +102,9 @@ class StudentSession:
     def request_frame(self) -> bytes:
         self._machine.require(StudentEvent.REQUEST)
         ephemeral = cast(EphemeralKey, self._ephemeral)  # None only after HEADER or FAIL
-        request = ExchangeRequest(proposal=self._proposal_envelope, ephemeral_key=ephemeral.public)
+        categories, budget = self.wanted
+        request = ExchangeRequest(proposal=self._proposal_envelope, ephemeral_key=ephemeral.public,
+                                  categories=categories, budget=budget)
         self._machine.fire(StudentEvent.REQUEST)
         return seal_envelope(self.signer, request).to_bytes()
 

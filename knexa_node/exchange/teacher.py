@@ -77,6 +77,7 @@ class TeacherSession:
         self.budget = budget
         self._machine = teacher_machine()
         self.proposal: PairingProposal | None = None
+        self.request: ExchangeRequest | None = None  # the accepted request: what the student asks for
         self.header: PackageHeader | None = None
         self.header_envelope: bytes = b""
         self.receipt_envelope: bytes = b""
@@ -138,6 +139,7 @@ class TeacherSession:
         except ExchangeError as exc:
             raise self._fail(exc) from None
         self._student_ephemeral = request.ephemeral_key
+        self.request = request
         self._machine.fire(TeacherEvent.REQUEST)
         return proposal
 

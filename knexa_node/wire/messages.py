@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, get_args, get_origin, get_type_hints
 
 from knexa_node.crypto import is_valid_peer_id
-from knexa_node.profile import PROFILE_DIM
+from knexa_node.profile import CATEGORIES, PROFILE_DIM
 from knexa_node.wire.codec import MAX_INT, pack
 from knexa_node.wire.errors import WireError
 
@@ -29,6 +29,8 @@ MAX_LOSS = 1e4  # a cross-entropy in nats; honest values are below 20
 MAX_REWARD = 1e6
 MAX_TIME = 1e11  # unix seconds, as the envelope's timestamp
 PROTOCOLS = ("text", "logits")
+MAX_REQUEST_BUDGET = 1_000_000  # transfer prompts a request may ask for (as learning.exchange_budget)
+MAX_FEEDBACK_ITEMS = 10_000_000  # items a feedback may count (a package holds at most one per transfer prompt and answer)
 NO_RECEIPT = bytes(32)  # receipt_hash of a Feedback that reports a failed exchange
 
 
@@ -71,18 +73,46 @@ class RoundOpen(Message):
 
 @dataclass(frozen=True)
 class Profile(Message):
-    """Node -> CPM: the node's abstract profile for a round (never data or weights)."""
+    """Node -> CPM: the node's abstract profile for a round (never data or weights).
+
+    Version 2 adds the node's competence: its greedy Pass@1 per category on the
+    *public* dev set (``competence_categories[i]`` -> ``competence_pass1[i]``,
+    categories from :data:`~knexa_node.profile.CATEGORIES`, each at most once,
+    values in [0, 1]); empty when the node does not measure it. Version 1
+    profiles (older nodes) still read, with no competence.
+    """
 
     TYPE = "profile"
+    VERSION = 2
+    OLDER = {1: {"competence_categories": (), "competence_pass1": ()}}
     round: int
     vector: tuple[float, ...]
     model_type: str
     tokenizer_id: str  # hash of the tokenizer; equal ids make the logits protocol admissible
     addrs: tuple[str, ...]
+    competence_categories: tuple[str, ...] = ()
+    competence_pass1: tuple[float, ...] = ()
 
     def check(self) -> None:
         if len(self.vector) != PROFILE_DIM:
             raise WireError("bad-field", f"profile vector must have {PROFILE_DIM} entries")
+        _check_categories("competence_categories", self.competence_categories)
+        if len(self.competence_pass1) != len(self.competence_categories):
+            raise WireError("bad-field", "competence_pass1 must have one value per competence category")
+        if not all(0.0 <= v <= 1.0 for v in self.competence_pass1):
+            raise WireError("bad-field", "competence_pass1 values must lie in 0..1")
+
+    @property
+    def competence(self) -> dict[str, float]:
+        """Category -> public dev-set Pass@1 (empty: not measured, or an older node)."""
+        return dict(zip(self.competence_categories, self.competence_pass1))
+
+    @classmethod
+    def with_competence(cls, competence: dict[str, float], **fields: Any) -> "Profile":
+        """A profile carrying ``competence`` in :data:`CATEGORIES` order (unknown categories are left out)."""
+        known = [c for c in CATEGORIES if c in competence]
+        return cls(**fields, competence_categories=tuple(known),
+                   competence_pass1=tuple(min(max(float(competence[c]), 0.0), 1.0) for c in known))
 
 
 @dataclass(frozen=True)
@@ -114,13 +144,27 @@ class ExchangeRequest(Message):
     """Student -> teacher on /knexa/exchange: serve me the package of this proposal.
 
     ``proposal`` is the CPM's signed proposal envelope, verbatim. ``ephemeral_key``
-    is the student's one-time X25519 public key for this exchange.
+    is the student's one-time X25519 public key for this exchange. Version 2
+    adds what the student asks for: its weak ``categories`` (weakest first,
+    from its public dev-set Pass@1; known categories, each at most once) and
+    ``budget``, the transfer prompts to answer at most (0: the teacher's own
+    budget; at most :data:`MAX_REQUEST_BUDGET`). A version-1 request asks for
+    nothing in particular.
     """
 
     TYPE = "exchange-request"
+    VERSION = 2
+    OLDER = {1: {"categories": (), "budget": 0}}
     FIXED32_FIELDS = ("ephemeral_key",)
     proposal: bytes
     ephemeral_key: bytes
+    categories: tuple[str, ...] = ()
+    budget: int = 0
+
+    def check(self) -> None:
+        _check_categories("categories", self.categories)
+        if self.budget > MAX_REQUEST_BUDGET:
+            raise WireError("bad-field", f"budget must lie in 0..{MAX_REQUEST_BUDGET}")
 
 
 @dataclass(frozen=True)
@@ -189,9 +233,19 @@ class Receipt(Message):
 
 @dataclass(frozen=True)
 class Feedback(Message):
-    """Student -> CPM: the reward (Eq. 3) of an exchange, tied to the teacher's receipt."""
+    """Student -> CPM: the reward of an exchange, tied to the teacher's receipt.
+
+    Version 2 adds what the student's own sandbox found in the package:
+    ``items_used`` (trained on), ``items_failed`` (items whose public tests
+    failed here, dropped) and ``claims_failed`` (of those, items the teacher
+    had marked verified: evidence against it), each at most
+    :data:`MAX_FEEDBACK_ITEMS`, ``claims_failed <= items_failed``. Version 1
+    feedback reads with zeros.
+    """
 
     TYPE = "feedback"
+    VERSION = 2
+    OLDER = {1: {"items_used": 0, "items_failed": 0, "claims_failed": 0}}
     ID_FIELDS = ("proposal_id",)
     FIXED32_FIELDS = ("receipt_hash",)
     proposal_id: bytes
@@ -201,12 +255,18 @@ class Feedback(Message):
     loss_after: float
     package_bytes: int
     receipt_hash: bytes
+    items_used: int = 0
+    items_failed: int = 0
+    claims_failed: int = 0
 
     def check(self) -> None:
         if not (0 <= self.loss_before <= MAX_LOSS and 0 <= self.loss_after <= MAX_LOSS):
             raise WireError("bad-field", f"losses must lie in 0..{MAX_LOSS:g}")
         if not -MAX_REWARD <= self.reward <= MAX_REWARD:
             raise WireError("bad-field", f"reward must lie in -{MAX_REWARD:g}..{MAX_REWARD:g}")
+        if max(self.items_used, self.items_failed) > MAX_FEEDBACK_ITEMS or self.claims_failed > self.items_failed:
+            raise WireError("bad-field", f"item counts must lie in 0..{MAX_FEEDBACK_ITEMS:g}, "
+                                         "claims_failed at most items_failed")
 
     @classmethod
     def failure(cls, proposal_id: bytes, round: int) -> "Feedback":
@@ -294,6 +354,15 @@ def _check_value(name: str, expected: Any, value: Any) -> Any:
             raise WireError("bad-field", f"{name} must be bytes")
         return value
     raise AssertionError(f"unsupported wire type {expected!r}")
+
+
+def _check_categories(name: str, categories: tuple[str, ...]) -> None:
+    """Known categories (:data:`~knexa_node.profile.CATEGORIES`), each at most once: bounded by their number."""
+    if len(categories) > len(CATEGORIES) or len(set(categories)) != len(categories):
+        raise WireError("bad-field", f"{name} must name each category at most once")
+    unknown = [c for c in categories if c not in CATEGORIES]
+    if unknown:
+        raise WireError("bad-field", f"{name}: unknown category {unknown[0][:40]!r}")
 
 
 def _check_time(name: str, value: float) -> None:

@@ -22,7 +22,7 @@ from knexa_node.wire import PairingProposal, seal_envelope
 PAYLOAD = os.urandom(20_000)
 
 
-async def _build(proposal: PairingProposal) -> BuiltPackage:
+async def _build(proposal: PairingProposal, request: object) -> BuiltPackage:
     return BuiltPackage(PAYLOAD, dp_epsilon=0.25, redactions=3)
 
 

@@ -48,6 +48,39 @@ def refused(code: str, fn, *args) -> None:
     assert info.value.code == code
 
 
+def test_budget_is_half_the_members_or_c_per_member():
+    for c, expected in ((1, 2), (2, 8), (3, 12)):
+        b = book(settings_=RoundSettings(teachers_per_student=c))
+        for peer in MEMBERS:
+            b.add_profile(peer, profile())
+        assert b.budget() == expected
+    fixed = book(settings_=RoundSettings(teachers_per_student=2, pairs_per_round=3))
+    assert fixed.budget() == 3
+
+
+def test_competence_is_given_for_the_profiles_that_carry_one():
+    b = book()
+    b.add_profile("a", Profile.with_competence({"math": 0.5}, round=2, vector=GOOD, model_type="m", tokenizer_id="t",
+                                               addrs=()))
+    b.add_profile("b", profile())  # an older node: no competence
+    assert b.competence() == {"a": {"math": 0.5}}
+
+
+def test_two_teachers_per_student_each_get_their_own_proposal_and_feedback():
+    b = book(settings_=RoundSettings(teachers_per_student=2, proposal_ttl_s=50.0))
+    for peer in MEMBERS[:3]:
+        b.add_profile(peer, profile())
+    proposals = b.record_pairings([pairing("b", "a"), pairing("c", "a"), pairing("a", "b")], now=1.0)
+    assert [(p.teacher, p.student) for p in proposals] == [("b", "a"), ("c", "a"), ("a", "b")]
+    first, second, third = proposals
+    b.add_feedback("a", feedback(first.proposal_id), 2.0)
+    refused("not-student", b.add_feedback, "b", feedback(second.proposal_id), 2.0)
+    b.add_feedback("a", feedback(second.proposal_id), 2.0)
+    assert b.phase == PAIRED  # the third is still open
+    b.add_feedback("b", feedback(third.proposal_id, failed=True), 3.0)
+    assert b.phase == CLOSED
+
+
 def test_profiles_pair_on_quorum_or_at_the_deadline_with_two():
     quorum = book()
     for peer in MEMBERS[:3]:

@@ -28,7 +28,7 @@ from knexa_node.daemon.round_machine import RoundLimits, Step
 from knexa_node.daemon.rounds import RoundTracker
 from knexa_node.exchange.errors import ExchangeOutcome
 from knexa_node.identity import NodeHome
-from knexa_node.learn.agent import DistillReport
+from knexa_node.learn.agent import DistillReport, ExchangeRequest, MultiDistillReport
 from knexa_node.net.errors import StreamClosed, StreamTimeout
 from knexa_node.profile import PROFILE_DIM
 from knexa_node.testing import MemoryNetwork, framed_stream_pair
@@ -83,6 +83,7 @@ class FakeAgent:
     def __init__(self) -> None:
         self.rounds_finished = 0
         self.bad_packages = False
+        self.phases: list[tuple[list[str], Any]] = []  # (teachers, dev_competence) of each distillation phase
 
     def local_epoch(self) -> Any:
         return SimpleNamespace(steps=3, mean_loss=1.25, seconds=0.5)
@@ -100,12 +101,23 @@ class FakeAgent:
     def validation_loss(self, data: Any = None) -> float:
         return 1.0
 
-    def distill(self, payload: bytes, transfer: Any, *, dev: Any, max_package_bytes: int) -> DistillReport:
+    def competence(self, dev: Any) -> dict[str, float]:
+        return {"string": 0.8, "math": 0.1}
+
+    def exchange_request(self, competence: dict[str, float]) -> ExchangeRequest:
+        return ExchangeRequest(tuple(c for c, v in competence.items() if v < 0.5), 5)
+
+    def distill_many(self, packages: Any, transfer: Any, *, dev: Any, max_package_bytes: int,
+                     dev_competence: Any = None) -> MultiDistillReport:
         if self.bad_packages:
             raise ValueError("package is not JSON")
-        return DistillReport(protocol="text", items_received=2, items_used=2, steps=1, alpha=0.5, temperature=1.0,
-                             loss_pre=1.0, loss_post=0.9, reward=0.1, dev_loss_pre=None, dev_loss_post=None,
-                             reward_dev=None, package_bytes=len(payload), seconds=1.0)
+        self.phases.append(([teacher for teacher, _ in packages], dev_competence))
+        reports = [DistillReport(protocol="text", items_received=3, items_used=2, steps=1, alpha=0.5, temperature=1.0,
+                                 loss_pre=1.0, loss_post=0.9, reward=0.1, dev_loss_pre=1.2, dev_loss_post=1.1,
+                                 reward_dev=0.05, package_bytes=len(payload), seconds=1.0, teacher=teacher,
+                                 items_failed=1, claims_failed=1, covered=("math",), reward_covered=0.25)
+                   for teacher, payload in packages]
+        return MultiDistillReport(reports, 1, {}, {}, 1.0)
 
     def finish_round(self) -> None:
         self.rounds_finished += 1
@@ -122,7 +134,7 @@ class FakeLearner:
     def __init__(self, *, loads: bool = True) -> None:
         self.agent = FakeAgent() if loads else None
         self.loads = loads
-        self.data = SimpleNamespace(test=[], dev=[], transfer=[])
+        self.data = SimpleNamespace(test=[], dev=["a public dev problem"], transfer=[])
 
     async def load(self) -> None:
         await trio.sleep(5)
@@ -143,9 +155,15 @@ class FakeExchanges:
     def __init__(self) -> None:
         self.distilled: list[Any] = []
         self.rewards: list[tuple[Any, str]] = []
+        self.requests: list[tuple[tuple[str, ...], int]] = []
+        self.hang_from: set[str] = set()  # teachers whose package never comes
 
-    async def fetch(self, proposal_envelope: bytes, proposal: Any) -> ExchangeOutcome:
+    async def fetch(self, proposal_envelope: bytes, proposal: Any, *, categories: tuple = (),
+                    budget: int = 0) -> ExchangeOutcome:
+        self.requests.append((categories, budget))
         await trio.sleep(2)
+        if proposal.teacher in self.hang_from:
+            await trio.sleep_forever()
         return ExchangeOutcome(status="done", role="student", peer=proposal.teacher, proposal_id=proposal.proposal_id,
                                round=proposal.round, payload=b"package", payload_size=7, receipt_envelope=b"receipt")
 
@@ -166,7 +184,8 @@ class Consortium:
 
 
 async def start(nursery: trio.Nursery, tmp_path, *, n: int = 2, members: int | None = None, loads: bool = True,
-                limits: RoundLimits | None = None) -> Consortium:
+                limits: RoundLimits | None = None, teachers_per_student: int = 1, reward: str = "covered",
+                policy: str = "knexa") -> Consortium:
     hub = MemoryNetwork.Hub(nursery)
     cpm_signer, signers = Signer.generate(), [Signer.generate() for _ in range(n)]
     config = Config()
@@ -175,8 +194,10 @@ async def start(nursery: trio.Nursery, tmp_path, *, n: int = 2, members: int | N
     absent = [Signer.generate().peer_id for _ in range(count - n)]  # members that never show up
     config.consortium.members = [s.peer_id for s in signers[:count]] + absent
     config.cpm.round_deadline_s = 120.0
+    config.cpm.teachers_per_student = teachers_per_student
+    config.learning.reward = reward
     cpm = make_host(tmp_path, "cpm", hub, cpm_signer, config)
-    service = cpm_service.install(cpm, seed=1)
+    service = cpm_service.install(cpm, policy_name=policy, seed=1)
     service.clock = trio.current_time
     nodes, participants, learners = [], [], []
     for i, signer in enumerate(signers):
@@ -222,6 +243,54 @@ async def test_a_round_in_memory_trains_profiles_exchanges_reports_and_closes(tm
             assert [error for _, error in exchanges.distilled] == [None] and exchanges.rewards[0][1] == "ok"
         assert c.service.status()["counters"]["feedback"] == sum(p.lessons.counts["as_student"] for p in c.participants)
         assert c.cpm.rounds.current == 1  # the CPM's round, through the same owner
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("reward, expected", [("covered", 0.25), ("eq3", 0.05)])
+async def test_a_student_of_two_teachers_distils_once_and_reports_to_each(tmp_path, autojump_clock, reward, expected):
+    async with trio.open_nursery() as nursery:
+        c = await start(nursery, tmp_path, n=3, teachers_per_student=2, reward=reward, policy="random")
+        await settle(c, lambda: all(p.machine.phase == "waiting" and p.learner.agent for p in c.participants))
+        await c.service.open_round()
+        await settle(c, lambda: c.service.status()["rounds_closed"] == 1
+                     and all(p.status()["phase"] == "waiting" for p in c.participants))
+        for host, participant, learner in zip(c.nodes, c.participants, c.learners):
+            teachers = sorted(x.proposal.teacher for x in participant.machine.exchanges.values() if x.role == "student")
+            assert len(teachers) == 2
+            # One phase with both packages, the profile's competence as its "before".
+            assert [sorted(t) for t, _ in learner.agent.phases] == [teachers]
+            assert learner.agent.phases[0][1] == {"string": 0.8, "math": 0.1}
+            phases = [e for e in host.events() if e["event"] == "distil-phase"]
+            assert len(phases) == 1 and phases[0]["packages"] == 2
+            assert participant.lessons.exchanges.requests == [(("math",), 5)] * 2  # targeted at its weak category
+            rewards = participant.lessons.rewards
+            assert len(rewards) == 2 and all(r["accepted"] and r["reward"] == expected for r in rewards), rewards
+            sent = [feedback for feedback, _ in participant.lessons.exchanges.rewards]
+            assert all((f.items_used, f.items_failed, f.claims_failed) == (2, 1, 1) for f in sent)
+        status = c.service.status()
+        assert status["counters"]["feedback"] == 6 and status["bandit_updates"] == 6
+        assert all(entry["claims_failed"] == 1 for entry in status["feedback"])
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_package_that_never_comes_is_abandoned_and_the_other_is_distilled(tmp_path, autojump_clock):
+    limits = RoundLimits(collect_s=100.0)
+    async with trio.open_nursery() as nursery:
+        c = await start(nursery, tmp_path, n=3, teachers_per_student=2, policy="random", limits=limits)
+        stuck, lost_teacher = c.participants[0], c.nodes[1].signer.peer_id
+        stuck.lessons.exchanges.hang_from = {lost_teacher}
+        await settle(c, lambda: all(p.machine.phase == "waiting" and p.learner.agent for p in c.participants))
+        await c.service.open_round()
+        await settle(c, lambda: all(p.lessons.rewards for p in c.participants)
+                     and all(p.status()["phase"] == "waiting" for p in c.participants))
+        events = c.nodes[0].events()
+        abandoned = [e for e in events if e["event"] == "exchange-abandoned"]
+        assert len(abandoned) == 1 and abandoned[0]["teacher"] == lost_teacher
+        phases = [e for e in events if e["event"] == "distil-phase"]
+        assert len(phases) == 1 and phases[0]["packages"] == 1 and lost_teacher not in phases[0]["teachers"]
+        assert [r["teacher"] for r in stuck.lessons.rewards] == [c.nodes[2].signer.peer_id]
+        assert "round-done" in c.nodes[0].names()
+        assert c.service.status()["counters"]["feedback"] == 5  # the others' four, and the package that came
         nursery.cancel_scope.cancel()
 
 

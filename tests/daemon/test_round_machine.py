@@ -132,8 +132,10 @@ def test_a_student_of_two_teachers_and_teacher_of_one_waits_for_its_own_lessons_
     assert machine.handle(seen(second), 4.0) == [NoteProposal(second, "student"),
                                                  FetchPackage(second, b"envelope:" + second.proposal_id)]
     assert machine.handle(PollAnswered(1, paired=True), 5.0) == [PollProposals(1, at=6.0)]  # lessons pending
-    assert machine.handle(PackageFetched(first.proposal_id), 6.0) == [Distil(first)]
-    assert machine.handle(FetchFailed(second.proposal_id), 6.0) == [ReportFeedback(second, failed=True)]
+    assert machine.handle(PackageFetched(first.proposal_id), 6.0) == []  # waits for the round's other package
+    assert machine.exchanges[first.proposal_id].step is Step.FETCHED
+    assert machine.handle(FetchFailed(second.proposal_id), 6.0) == [ReportFeedback(second, failed=True),
+                                                                     Distil((first,))]
     assert machine.handle(Distilled(first.proposal_id), 7.0) == [ReportFeedback(first, failed=False)]
     assert machine.handle(FeedbackReported(second.proposal_id), 8.0) == []
     assert machine.handle(FeedbackReported(first.proposal_id), 9.0) == [CloseRound(1, completed=True)]
@@ -142,16 +144,69 @@ def test_a_student_of_two_teachers_and_teacher_of_one_waits_for_its_own_lessons_
     assert machine.exchanges[mine.proposal_id].step is Step.DONE
 
 
+def test_a_students_packages_are_distilled_together_once_all_are_here():
+    machine = following()
+    first, second = proposal(1, "t1", ME, 1), proposal(1, "t2", ME, 2)
+    machine.handle(seen(first), 11.0)
+    machine.handle(seen(second), 11.0)
+    machine.handle(PollAnswered(1, True), 12.0)
+    assert machine.handle(PackageFetched(second.proposal_id), 13.0) == []
+    assert machine.handle(PackageFetched(first.proposal_id), 14.0) == [Distil((first, second))]
+    assert {x.step for x in machine.exchanges.values()} == {Step.DISTILLING}
+    assert machine.handle(Distilled(first.proposal_id), 20.0) == [ReportFeedback(first, failed=False)]
+    assert machine.handle(Distilled(second.proposal_id), 20.0) == [ReportFeedback(second, failed=False)]
+    machine.handle(FeedbackReported(first.proposal_id), 21.0)
+    assert machine.handle(FeedbackReported(second.proposal_id), 21.0) == [CloseRound(1, completed=True)]
+
+
+def test_a_package_that_does_not_come_is_abandoned_and_the_others_are_distilled():
+    limits = RoundLimits(poll_s=1.0, pairing_grace_s=30.0, exchange_limit_s=None, collect_s=100.0)
+    machine = waiting(limits)
+    for event in (RoundOpened(1, 1e6), TrainingDone(1), ProfileAccepted(1)):
+        machine.handle(event, 0.0)
+    here, lost = proposal(1, "t1", ME, 1), proposal(1, "t2", ME, 2)
+    machine.handle(seen(here), 1.0)
+    machine.handle(seen(lost), 1.0)
+    machine.handle(PollAnswered(1, True), 2.0)
+    assert machine.handle(PackageFetched(here.proposal_id), 10.0) == []
+    assert machine.handle(Tick(), 109.0) == []
+    actions = machine.handle(Tick(), 110.0)
+    assert [type(a) for a in actions] == [AbandonExchange, Distil]
+    assert actions[0].proposal == lost and actions[1] == Distil((here,))
+    machine.handle(Distilled(here.proposal_id), 120.0)
+    assert machine.handle(FeedbackReported(here.proposal_id), 121.0) == [CloseRound(1, completed=True)]
+    # It came after all: distilled in a phase of its own, and reported.
+    machine.handle(RoundClosed(1), 122.0)
+    assert machine.handle(PackageFetched(lost.proposal_id), 130.0) == [Distil((lost,))]
+    assert machine.handle(Distilled(lost.proposal_id), 131.0) == [ReportFeedback(lost, failed=False)]
+
+
+def test_packages_are_distilled_before_their_proposal_expires():
+    limits = RoundLimits(exchange_limit_s=None, collect_s=1e6, report_margin_s=60.0)
+    machine = waiting(limits)
+    for event in (RoundOpened(1, 1e6), TrainingDone(1), ProfileAccepted(1)):
+        machine.handle(event, 0.0)
+    soon = PairingProposal(proposal_id=b"\1" * 16, round=1, teacher="t1", student=ME, protocol="text", context=(),
+                           score=0.0, expires=500.0)
+    slow = proposal(1, "t2", ME, 2)
+    machine.handle(seen(soon), 1.0)
+    machine.handle(seen(slow), 1.0)
+    machine.handle(PackageFetched(soon.proposal_id), 2.0)
+    assert machine.handle(Tick(), 439.0) == []
+    actions = machine.handle(Tick(), 440.0)
+    assert [type(a) for a in actions] == [AbandonExchange, Distil] and actions[1] == Distil((soon,))
+
+
 def test_a_failed_distillation_is_reported_as_a_failure():
     machine = following()
     p = proposal(1, "t1", ME)
     machine.handle(seen(p), 11.0)
-    assert machine.handle(PackageFetched(p.proposal_id), 12.0) == [Distil(p)]
+    assert machine.handle(PackageFetched(p.proposal_id), 12.0) == []  # the CPM has not said it paired yet
+    assert machine.handle(PollAnswered(1, True), 12.5) == [PollProposals(1, at=13.5), Distil((p,))]
     assert machine.handle(ExchangeFailed(p.proposal_id, "bad package"), 13.0) == [ReportFeedback(p, failed=True)]
     # Reporting the reward raised: the failure is reported instead.
     assert machine.handle(ExchangeFailed(p.proposal_id, "audit"), 13.0) == [ReportFeedback(p, failed=True)]
-    machine.handle(FeedbackReported(p.proposal_id), 14.0)
-    assert machine.handle(PollAnswered(1, True), 15.0) == [CloseRound(1, completed=True)]
+    assert machine.handle(FeedbackReported(p.proposal_id), 14.0) == [CloseRound(1, completed=True)]
 
 
 def test_a_refused_profile_closes_the_round_without_completing_it():
@@ -190,7 +245,7 @@ def test_a_later_round_during_following_closes_this_one_then_begins():
     assert machine.handle(PollAnswered(1, True), 12.5) == []  # a poll still in flight
     assert machine.handle(RoundClosed(1), 13.0) == [Train(2)]
     # The first round's lesson still finishes and is reported; it does not hold round 2.
-    assert machine.handle(PackageFetched(p.proposal_id), 14.0) == [Distil(p)]
+    assert machine.handle(PackageFetched(p.proposal_id), 14.0) == [Distil((p,))]
     assert machine.handle(Distilled(p.proposal_id), 15.0) == [ReportFeedback(p, failed=False)]
     assert machine.handle(FeedbackReported(p.proposal_id), 15.0) == []
     assert machine.state is S.TRAINING and machine.round == 2
@@ -236,7 +291,7 @@ def test_a_straggler_stops_holding_the_round_but_still_reports():
     assert actions[0].proposal == slow
     machine.handle(FetchFailed(quick.proposal_id), 75.0)
     assert machine.handle(FeedbackReported(quick.proposal_id), 76.0) == [CloseRound(1, completed=True)]
-    assert machine.handle(PackageFetched(slow.proposal_id), 90.0) == [Distil(slow)]
+    assert machine.handle(PackageFetched(slow.proposal_id), 90.0) == [Distil((slow,))]
 
 
 def test_no_straggler_limit_waits_as_long_as_it_takes():
@@ -385,12 +440,13 @@ class SimulatedDriver:
             self.feed(RoundClosed(action.round))
         elif isinstance(action, ServePackage):
             self.feed(TeachingFinished(action.proposal.proposal_id))
+        elif isinstance(action, Distil):
+            for p in action.proposals:
+                self.feed([Distilled(p.proposal_id), ExchangeFailed(p.proposal_id, "x")][choice % 2])
         else:
             pid = action.proposal.proposal_id
             if isinstance(action, FetchPackage):
                 self.feed([PackageFetched(pid), FetchFailed(pid), ExchangeFailed(pid, "x")][choice % 3])
-            elif isinstance(action, Distil):
-                self.feed([Distilled(pid), ExchangeFailed(pid, "x")][choice % 2])
             else:
                 self.feed(FeedbackReported(pid))
 
@@ -425,4 +481,5 @@ def test_a_driver_completing_actions_in_any_order_always_gets_back_to_waiting(da
         driver.complete(driver.todo.pop(0), 0)
     assert not driver.todo
     assert machine.state is S.WAITING
-    assert not any(x.step in (Step.FETCHING, Step.DISTILLING, Step.REPORTING) for x in machine.exchanges.values())
+    assert not any(x.step in (Step.FETCHING, Step.FETCHED, Step.DISTILLING, Step.REPORTING)
+                   for x in machine.exchanges.values())

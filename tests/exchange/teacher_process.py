@@ -32,7 +32,7 @@ async def main(args: dict) -> None:
     policy = ExchangePolicy(cpm=args["cpm"], membership=Membership.from_peer_ids([args["student"], signer.peer_id]), timeout_s=30)
     payload = payload_for(bytes.fromhex(args["payload_seed"]), args["payload_size"])
 
-    async def build(proposal) -> BuiltPackage:
+    async def build(proposal, request) -> BuiltPackage:
         return BuiltPackage(payload)
 
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")

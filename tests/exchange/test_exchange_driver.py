@@ -25,9 +25,11 @@ class Builder:
     def __init__(self, payload: bytes = PAYLOAD, epsilon: float = 0.0, fail: bool = False, hang: bool = False) -> None:
         self.payload, self.epsilon, self.fail, self.hang = payload, epsilon, fail, hang
         self.calls = 0
+        self.requests: list = []
 
-    async def __call__(self, proposal) -> BuiltPackage:
+    async def __call__(self, proposal, request) -> BuiltPackage:
         self.calls += 1
+        self.requests.append(request)
         if self.hang:
             await trio.sleep_forever()
         if self.fail:
@@ -73,6 +75,15 @@ async def test_exchange_completes_with_signed_evidence_on_both_sides(cast, frame
     assert envelope.sender == cast.student.peer_id and receipt.payload_hash == teacher.payload_hash
     assert open_envelope(student.header_envelope)[0].sender == cast.teacher.peer_id
     assert student.redactions == 1 and teacher.payload is None
+
+
+async def test_the_students_request_reaches_the_teachers_builder(cast, framed_pair):
+    builder = Builder()
+    await run_pair(cast, framed_pair, builder=builder)
+    await run_pair(cast, framed_pair, builder=builder, student_kw={"categories": ("math", "string"), "budget": 7})
+    untargeted, targeted = builder.requests
+    assert (untargeted.categories, untargeted.budget) == ((), 0)
+    assert (targeted.categories, targeted.budget) == (("math", "string"), 7)
 
 
 async def test_non_member_is_closed_before_model_work_and_the_next_member_is_served(cast, framed_pair):

@@ -21,6 +21,13 @@ def test_configs_name_the_cpm_members_and_a_shard_each(tmp_path: Path) -> None:
     assert again.node_peers == layout.node_peers  # identities are kept across runs in one workdir
 
 
+def test_the_cpm_config_carries_teachers_per_student(tmp_path: Path) -> None:
+    layout = lay_out(tmp_path, DemoSettings(nodes=3, teachers_per_student=2))
+    assert load_config(layout.cpm.config_file).cpm.teachers_per_student == 2
+    default = lay_out(tmp_path / "d", DemoSettings(nodes=3))
+    assert load_config(default.cpm.config_file).cpm.teachers_per_student == 1
+
+
 def test_a_pretrained_directory_gets_the_adapter_learning_rate(tmp_path: Path) -> None:
     settings = DemoSettings(nodes=2, models=(str(tmp_path / "smollm2"), "embedded:gpt2-tiny"), lr=2e-3,
                             pretrained_lr=3e-4)

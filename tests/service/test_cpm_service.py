@@ -34,8 +34,10 @@ class Clock:
         return self.now
 
 
-def make_service(tmp_path: Path, clock: Clock, *, policy: str = "knexa", members: list[str] | None = None) -> tuple[CpmService, list]:
+def make_service(tmp_path: Path, clock: Clock, *, policy: str = "knexa", members: list[str] | None = None,
+                 teachers_per_student: int = 1) -> tuple[CpmService, list]:
     config = Config()
+    config.cpm.teachers_per_student = teachers_per_student
     config.consortium.members = [n.peer_id for n in NODES] if members is None else members
     config.cpm.round_deadline_s = 30.0
     config.cpm.proposal_ttl_s = 60.0
@@ -117,6 +119,51 @@ async def test_round_profiles_pairs_feedback_and_replay(tmp_path: Path) -> None:
     assert first.teacher in dict(status["trust"]["top"]) | dict(status["trust"]["bottom"])
 
 
+async def test_several_teachers_per_student(tmp_path: Path) -> None:
+    """c = 2: every student gets two teachers and every teacher two students, one proposal per directed pair."""
+    clock = Clock()
+    service, published = make_service(tmp_path, clock, policy="random", teachers_per_student=2)
+    await service.open_round()
+    for i, node in enumerate(NODES):
+        assert ask(service, node, profile_of(i, 1)).ok
+    await service.tick()
+    proposals = [open_envelope(data)[1] for topic, data in published if topic.endswith("/proposals")]
+    pairs = [(p.teacher, p.student) for p in proposals]
+    assert len(pairs) == len(set(pairs)) == 2 * len(NODES)
+    for node in NODES:
+        assert sum(student == node.peer_id for _, student in pairs) == 2
+        assert sum(teacher == node.peer_id for teacher, _ in pairs) == 2
+    student = NODES[0]
+    listed = ask(service, student, ProposalQuery(round=1))
+    assert isinstance(listed, ProposalList)
+    assert sum(open_envelope(e)[1].student == student.peer_id for e in listed.proposals) == 2
+
+
+async def test_competence_in_profiles_reaches_the_policy(tmp_path: Path) -> None:
+    """Profiles with competence (and one older node without) pair; the knexa policy sees every competence sent."""
+    clock = Clock()
+    service, _ = make_service(tmp_path, clock)
+    assert service.policy.use_competence
+    seen: list = []
+    propose = service.policy.propose
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("competence"))
+        return propose(*args, **kwargs)
+
+    service.policy.propose = spy
+    await service.open_round()
+    for i, node in enumerate(NODES):
+        plain = profile_of(i, 1)
+        sent = plain if i == 3 else Profile.with_competence(
+            {"math": 0.2 * i, "string": 1.0 - 0.2 * i}, round=1, vector=plain.vector, model_type="llama",
+            tokenizer_id="t", addrs=())
+        assert ask(service, node, sent).ok
+    await service.tick()
+    assert service.book is not None and service.book.phase == "paired" and len(service.book.proposals) == 2
+    assert seen == [{NODES[i].peer_id: {"string": 1.0 - 0.2 * i, "math": 0.2 * i} for i in range(3)}]
+
+
 async def test_refusals(tmp_path: Path) -> None:
     clock = Clock()
     service, _ = make_service(tmp_path, clock)
@@ -165,3 +212,31 @@ async def test_acknowledged_feedback_survives_reopen(tmp_path: Path) -> None:
     assert state_before["feedback_count"] == 1
     await reopened.open_round()
     assert reopened.last_round == 2
+
+
+async def test_failed_verified_claims_count_against_the_teacher_and_survive_reopen(tmp_path: Path) -> None:
+    """Two students report the same reward on the same teacher; the one whose sandbox failed verified claims lowers its trust more."""
+    trusts = {}
+    for claims in (0, 3):
+        clock = Clock()
+        where = tmp_path / f"claims-{claims}"
+        service, published = make_service(where, clock, policy="knexa", teachers_per_student=2)
+        await service.open_round()
+        for i, node in enumerate(NODES):
+            assert ask(service, node, profile_of(i, 1)).ok
+        await service.tick()
+        proposals = [open_envelope(d)[1] for t, d in published if t.endswith("/proposals")]
+        for proposal in proposals:
+            student = next(n for n in NODES if n.peer_id == proposal.student)
+            feedback = Feedback(proposal.proposal_id, 1, 0.1, 1.0, 0.9, 10, bytes(32 * [1]), items_used=4,
+                                items_failed=claims, claims_failed=claims)
+            assert ask(service, student, feedback).ok
+        status = service.status()
+        assert all(entry["claims_failed"] == claims for entry in status["feedback"])
+        assert status["counters"].get("failed_claims", 0) == (len(proposals) if claims else 0)
+        trusts[claims] = service.policy.trust.scores([n.peer_id for n in NODES])
+        service.close()  # only the journal holds the feedback and its evidence
+        reopened, _ = make_service(where, clock, policy="knexa", teachers_per_student=2)
+        np.testing.assert_allclose(reopened.policy.trust.scores([n.peer_id for n in NODES]), trusts[claims])
+        reopened.close()
+    assert (trusts[3] < trusts[0]).all()

@@ -15,6 +15,7 @@ from knexa_node.daemon import packaging
 from knexa_node.daemon.packaging import DP_REST_MASS, Packager, PackagingError
 from knexa_node.learn.package import decode_package
 from knexa_node.privacy.dp import GaussianRelease
+from knexa_node.wire import ExchangeRequest
 
 AWS_KEY = "AKIA" + "Q3EXAMPLE7KEYZ2B"
 PEERS = (Signer.generate(), Signer.generate(), Signer.generate())
@@ -142,7 +143,7 @@ def test_guardrail_off_lets_items_through_and_bad_inputs_are_refused() -> None:
         Packager(_privacy(), [], [])
 
     class WrongKind(StubAgent):
-        def teacher_package(self, transfer, *, protocol="text"):
+        def teacher_package(self, transfer, *, protocol="text", request=None):
             return super().teacher_package(transfer, protocol="logits" if protocol == "text" else "text")
 
     with pytest.raises(PackagingError):
@@ -153,7 +154,7 @@ def test_guardrail_off_lets_items_through_and_bad_inputs_are_refused() -> None:
 @pytest.mark.parametrize("protocol, dp", [("text", False), ("logits", False), ("text", True), ("logits", True)])
 def test_the_package_is_filtered_as_an_object_and_encoded_once(monkeypatch, protocol, dp) -> None:
     class ObjectOnly(StubAgent):
-        def teacher_package(self, transfer, *, protocol="text"):
+        def teacher_package(self, transfer, *, protocol="text", request=None):
             built = super().teacher_package(transfer, protocol=protocol)
             return type("NoBytes", (), {"package": built.package})()  # no payload: the agent's bytes are not used
 
@@ -164,3 +165,15 @@ def test_the_package_is_filtered_as_an_object_and_encoded_once(monkeypatch, prot
                      rng=np.random.default_rng(5)).build(ObjectOnly(), _proposal(protocol))
     assert len(encoded) == 1 and built.payload == real_encode(encoded[0])
     assert decode_package(built.payload, max_size=len(built.payload) + 1).kind == protocol
+
+
+@pytest.mark.parametrize("asked, own, expected", [(0, 0, 0), (3, 0, 3), (0, 2, 2), (5, 2, 2), (1, 2, 1)])
+def test_a_request_reaches_the_agent_with_the_teachers_budget_as_a_cap(asked, own, expected) -> None:
+    categories = tuple(dict.fromkeys(p.category for p in TRANSFER))[:1]
+    request = ExchangeRequest(proposal=b"p", ephemeral_key=bytes(32), categories=categories, budget=asked)
+    agent = StubAgent()
+    built = Packager(_privacy(), TRANSFER, [], budget=own).build(agent, _proposal("text"), request)
+    assert agent.requests[0].categories == categories and agent.requests[0].budget == expected
+    package = decode_package(built.payload, max_size=len(built.payload) + 1)
+    first = [p.task_id for p in TRANSFER if p.category == categories[0]]
+    assert list(package.texts) == (first[:expected] if expected else first)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from knexa_node.learn.package import KnowledgePackage, LogitItem, encode_package
 from knexa_node.learn.problems import Problem
+from knexa_node.learn.targeting import select_prompts
 
 EOS = 3
 
@@ -43,12 +45,16 @@ class StubAgent:
         self.tokenizer = CharTokenizer()
         self.k = k
         self.calls: list[str] = []
+        self.requests: list[Any] = []
 
     def answer(self, problem: Problem) -> str:
         return self.answers.get(problem.task_id, "    return 0\n")
 
-    def teacher_package(self, transfer: Sequence[Problem], *, protocol: str = "text") -> Built:
+    def teacher_package(self, transfer: Sequence[Problem], *, protocol: str = "text", request: Any = None) -> Built:
         self.calls.append(protocol)
+        self.requests.append(request)
+        if request is not None:  # as the agent: the requested categories first, within the budget
+            transfer = select_prompts(transfer, request.categories, request.budget)
         if protocol == "text":
             package = KnowledgePackage("text", "stub", 1, texts={p.task_id: self.answer(p) for p in transfer})
         else:
@@ -72,7 +78,7 @@ class BlockedAgent(StubAgent):
         self.release = threading.Event()
         self.started = threading.Event()
 
-    def teacher_package(self, transfer: Sequence[Problem], *, protocol: str = "text") -> Built:
+    def teacher_package(self, transfer: Sequence[Problem], *, protocol: str = "text", request: Any = None) -> Built:
         self.started.set()
         self.release.wait(30)
-        return super().teacher_package(transfer, protocol=protocol)
+        return super().teacher_package(transfer, protocol=protocol, request=request)
