@@ -17,7 +17,9 @@ teacher); every teacher builds one package per student, answering that
 student's weak categories first (``targeted``) and, with ``verify ==
 "tests"``, only with answers that pass the public tests; then every student
 distils from all its packages in one phase (:meth:`Agent.distill_many`) and
-reports one reward per teacher; the policy learns from them. Teachers build
+reports one reward per teacher; the policy learns from them; every student
+is measured again right after (``after-exchange``: did the exchange leave it
+worse?), except in the last round, whose measurement is the final one. Teachers build
 before anyone distils, so a node may teach and learn in the same round.
 """
 
@@ -32,6 +34,7 @@ from knexa_cpm.rounds import RoundBook, RoundSettings
 from knexa_lab.inprocess import LocalNode, finish, measure, prepare_nodes
 from knexa_lab.orchestrate import DemoResult
 from knexa_lab.plan import DemoSettings
+from knexa_lab.study import AFTER_EXCHANGE
 from knexa_node.daemon.lessons import reported_reward
 from knexa_node.learn.agent import DistillReport, ExchangeRequest
 from knexa_node.wire import Profile
@@ -125,6 +128,7 @@ def run_lockstep(workdir: Path, settings: DemoSettings, *, on_progress: Callable
                 say(f"round {round_}: feedback refused by the policy: {exc}")
             entry = {"round": round_, "teacher": teacher.name, "student": student.name, "reward": reward,
                      "protocol": record.pairing.protocol, "reward_eq3": report.reward_dev,
+                     "reward_eq3_private": report.reward,
                      "reward_covered": report.reward_covered, "items_received": report.items_received,
                      "items_used": report.items_used, "items_failed": report.items_failed,
                      "claims_failed": report.claims_failed, "items_known": report.items_known,
@@ -133,6 +137,11 @@ def run_lockstep(workdir: Path, settings: DemoSettings, *, on_progress: Callable
             rewards.append(reward)
             pairs.append(f"{teacher.name}->{student.name}")
         seconds["exchange"] += time.monotonic() - mark
+        if round_ < settings.rounds:  # did the exchange leave the student worse? (the last one is "final")
+            mark = time.monotonic()
+            for student in {job[2].peer_id: job[2] for job in jobs}.values():
+                measure(student, round_, AFTER_EXCHANGE)
+            seconds["measure"] += time.monotonic() - mark
         history.append({"round": round_, "pairs": pairs})
         for node in nodes:
             node.agent.finish_round()

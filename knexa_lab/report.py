@@ -107,7 +107,9 @@ def plot_curves(results: list[DemoResult], path: Path) -> Path:
         for node in result.nodes:
             points = [c for c in node["curve"] if c.get("pass1") is not None]
             last = result.settings.rounds
-            xs = [last + 1 if c["phase"] == "final" else c["round"] for c in points]
+            # A measurement right after a round's distillation sits half a round after its local phase.
+            xs = [last + 1 if c["phase"] == "final" else c["round"] + 0.5 * (c["phase"] == "after-exchange")
+                  for c in points]
             label = f"{node['name']} {str(node['model']).replace('embedded:', '')}"
             if len(results) > 1:
                 label = f"{result.settings.policy}: {label}"
