@@ -9,7 +9,9 @@ node) with :func:`install`:
 - a round driver: rounds opened by the operator (``knexa-cpm round open``) or
   automatically (``cpm.auto_rounds``); pairs on quorum or deadline with the
   configured policy; proposals signed and published on
-  ``knexa/<consortium>/proposals``.
+  ``knexa/<consortium>/proposals``. While some member's profile is missing,
+  the open round is announced again every ``REANNOUNCE_S`` (a member that
+  restarted mid-round missed the first announcement: gossip keeps no history).
 - state: the policy behind a :class:`knexa_cpm.state.PolicyStore`; a feedback is
   journaled and fsynced before its ``Ack`` leaves, so ``kill -9`` never loses an
   acknowledged reward. The round number is kept in the snapshot; a restarted
@@ -51,6 +53,9 @@ from knexa_node.wire import (
 REQUEST_TIMEOUT_S = 30.0
 MAX_REQUEST = 256 * 1024
 TICK_S = 0.2
+# Gossip keeps no history: a member that (re)starts while a round collects profiles would never hear of it.
+# The open round is announced again this often until every member's profile is in.
+REANNOUNCE_S = 5.0
 class CpmService:
     def __init__(self, signer: Signer, config: Config, state_dir: Path, *, publish: Callable[[str, bytes], Any],
                  on_event: Callable[..., None], policy_name: str | None = None, seed: int = 0,
@@ -78,6 +83,7 @@ class CpmService:
         self.rewards: list[float] = []
         self.feedback_log: list[dict[str, Any]] = []
         self._wake = trio.Event()
+        self._announced_at = 0.0
         self.rounds_topic = topic(config.consortium.name, ROUNDS)
         self.proposals_topic = topic(config.consortium.name, PROPOSALS)
 
@@ -182,11 +188,23 @@ class CpmService:
         self.proposal_envelopes = {}
         self.counters["rounds"] += 1
         self.store.checkpoint({"round": number})
-        envelope = seal_envelope(self.signer, self.book.announcement(self.policy_name))
-        await self.publish(self.rounds_topic, envelope.to_bytes())
+        envelope = await self._announce()
         self.on_event("round-open", round=number, deadline=round(self.book.deadline, 3), policy=self.policy_name)
         self._wake.set()
         return {"round": number, "topic": self.rounds_topic, "digest": envelope.digest.hex(), "deadline": self.book.deadline}
+
+    async def _announce(self) -> Envelope:
+        """Publish the open round's announcement (sealed anew: a new message id, so gossip relays it again)."""
+        if self.book is None:  # open_round and tick call this with a book
+            raise RuntimeError("no round to announce")
+        envelope = seal_envelope(self.signer, self.book.announcement(self.policy_name))
+        self._announced_at = self.clock()
+        await self.publish(self.rounds_topic, envelope.to_bytes())
+        return envelope
+
+    def _members_missing(self) -> bool:
+        book = self.book
+        return book is not None and (self.members is None or len(book.profiles) < len(self.members))
 
     async def pair_now(self) -> list[PairingProposal]:
         book = self.book
@@ -232,6 +250,9 @@ class CpmService:
             await self.pair_now()
         elif book.phase == COLLECTING and now >= book.deadline:
             self._finish_round("deadline-without-quorum")
+        elif book.phase == COLLECTING and self._members_missing() and now >= self._announced_at + REANNOUNCE_S:
+            await self._announce()
+            self.counters["reannounced"] = self.counters.get("reannounced", 0) + 1
         elif book.phase != COLLECTING:
             book.expire(now)
             if book.phase == CLOSED:

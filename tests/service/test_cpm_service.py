@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from knexa_cpm.service import CpmService
+from knexa_cpm.service import REANNOUNCE_S, CpmService
 from knexa_node.config import Config
 from knexa_node.crypto import Signer
 from knexa_node.profile import ProfileInputs, build_profile
@@ -165,3 +165,28 @@ async def test_acknowledged_feedback_survives_reopen(tmp_path: Path) -> None:
     assert state_before["feedback_count"] == 1
     await reopened.open_round()
     assert reopened.last_round == 2
+
+
+async def test_an_open_round_is_announced_again_until_every_member_profiled(tmp_path: Path) -> None:
+    # A member that restarts while the round collects profiles missed the announcement (gossip keeps no history).
+    clock = Clock()
+    service, published = make_service(tmp_path, clock)
+    await service.open_round()
+    for i, node in enumerate(NODES[:3]):
+        ask(service, node, profile_of(i, 1))
+
+    def announcements() -> list[object]:
+        return [open_envelope(d) for t, d in published if t.endswith("/rounds")]
+
+    await service.tick()
+    assert len(announcements()) == 1  # not before REANNOUNCE_S
+    clock.now += REANNOUNCE_S
+    await service.tick()
+    first, again = announcements()
+    assert again[1] == first[1] and again[0].digest != first[0].digest  # same round, a new message for gossip
+    assert service.counters["reannounced"] == 1
+    ask(service, NODES[3], profile_of(3, 1))
+    await service.tick()  # every member profiled: pairs, no more announcements
+    clock.now += REANNOUNCE_S
+    await service.tick()
+    assert len(announcements()) == 2 and service.book is not None and service.book.phase == "paired"
