@@ -15,7 +15,8 @@ node) with :func:`install`:
 - state: the policy behind a :class:`knexa_cpm.state.PolicyStore`; a feedback is
   journaled and fsynced before its ``Ack`` leaves, so ``kill -9`` never loses an
   acknowledged reward. The round number is kept in the snapshot; a restarted
-  CPM opens the next round.
+  CPM closes the round it had open as ``interrupted`` (logged), opens the
+  next one, and goes on with ``cpm.auto_rounds`` where the plan stood.
 
 The round rules themselves live in :mod:`knexa_cpm.rounds` (pure).
 """
@@ -86,6 +87,20 @@ class CpmService:
         self._announced_at = 0.0
         self.rounds_topic = topic(config.consortium.name, ROUNDS)
         self.proposals_topic = topic(config.consortium.name, PROPOSALS)
+        self._close_interrupted_round()
+
+    def _close_interrupted_round(self) -> None:
+        """A round the last run opened and never closed (kill -9, power loss) ends here with a logged outcome.
+
+        Its proposals and profiles were in memory only: they are gone, and the nodes' late feedback for it
+        is refused (``no-round``/``unknown-proposal``), never half-counted; the next round is ``last_round + 1``.
+        """
+        if self.last_round and self.store.extra.get("closed") is False:
+            stats = {"round": self.last_round, "phase": CLOSED, "closed_by": "interrupted"}
+            self.history.append(stats)
+            self.closed_round = self.last_round
+            self.store.checkpoint({"round": self.last_round, "closed": True})
+            self.on_event("round-closed", **stats)
 
     # --- requests ----------------------------------------------------------------------------------
 
@@ -187,7 +202,7 @@ class CpmService:
         self.on_round(number)
         self.proposal_envelopes = {}
         self.counters["rounds"] += 1
-        self.store.checkpoint({"round": number})
+        self.store.checkpoint({"round": number, "closed": False})
         envelope = await self._announce()
         self.on_event("round-open", round=number, deadline=round(self.book.deadline, 3), policy=self.policy_name)
         self._wake.set()
@@ -237,7 +252,7 @@ class CpmService:
         stats["closed_by"] = how
         self.closed_round = book.round
         self.history.append(stats)
-        self.store.checkpoint({"round": book.round})
+        self.store.checkpoint({"round": book.round, "closed": True})
         self.on_event("round-closed", **stats)
 
     async def tick(self) -> None:
@@ -264,7 +279,7 @@ class CpmService:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         planned = self.config.cpm.auto_rounds
-        done = 0
+        done = min(self.last_round, planned)  # a restarted CPM goes on with the plan instead of starting it again
         while True:
             if planned and done < planned and (self.book is None or self.round_closed()):
                 if self.book is not None:
