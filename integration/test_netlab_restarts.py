@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -36,8 +37,6 @@ import pytest
 
 import netlab
 from knexa_node.audit import log_path, verify_file
-from knexa_node.config import load_config, render_config
-from knexa_node.fsutil import atomic_write_text
 from knexa_node.privacy.budget import BUDGET_FILE
 from netlab import LinkShape
 from netlab_consortium import LabConsortium, LabDaemon, lab_settings, open_consortium, verdict
@@ -64,12 +63,17 @@ def poll(probe: Callable[[], T], timeout: float, what: str, interval: float = PO
         time.sleep(interval)
 
 
-def busy(daemon: LabDaemon) -> str:
-    """What the node's learner is doing now ('' when it does not answer)."""
+def status_of(daemon: LabDaemon) -> dict[str, Any]:
+    """The daemon's ``status`` ({} while it does not answer: starting, dead)."""
     try:
-        return str(((daemon.control("status", timeout=5.0).get("learner") or {}).get("learner") or {}).get("busy", ""))
+        return dict(daemon.control("status", timeout=5.0))
     except Exception:  # a daemon starting, busy or dead: no answer this time
-        return ""
+        return {}
+
+
+def busy(status: dict[str, Any]) -> str:
+    """What a node's learner is doing, from its status."""
+    return str(((status.get("learner") or {}).get("learner") or {}).get("busy", ""))
 
 
 def cpm_status(consortium: LabConsortium) -> dict[str, Any]:
@@ -88,107 +92,165 @@ def epsilon_spent(daemon: LabDaemon) -> float:
     return float(json.loads(path.read_text())["total"]["epsilon"]) if path.exists() else 0.0
 
 
-def profiled(consortium: LabConsortium, peer: str, after_round: int) -> int | None:
-    """The first round after ``after_round`` in which the CPM took ``peer``'s profile (from the CPM's events)."""
+def peer_of(consortium: LabConsortium, daemon: LabDaemon) -> str:
+    return consortium.layout.node_peers[consortium.nodes.index(daemon)]
+
+
+def profiled(consortium: LabConsortium, peers: list[str], after_round: int) -> int | None:
+    """The first round after ``after_round`` whose profiles (CPM events) came from all of ``peers``."""
+    seen: dict[int, set[str]] = {}
     for event in consortium.cpm.events():
-        if event.get("event") == "profile" and event.get("peer_id") == peer and int(event.get("round", 0)) > after_round:
-            return int(event["round"])
-    return None
+        if event.get("event") == "profile" and int(event.get("round", 0)) > after_round:
+            seen.setdefault(int(event["round"]), set()).add(str(event.get("peer_id")))
+    return next((r for r in sorted(seen) if set(peers) <= seen[r]), None)
 
 
 def connected_to_all(consortium: LabConsortium, daemon: LabDaemon) -> bool:
-    """Every other node lists ``daemon``'s peer as connected."""
-    peer = consortium.layout.node_peers[consortium.nodes.index(daemon)]
-    for other in consortium.nodes:
-        if other is daemon:
-            continue
-        try:
-            if peer not in {p["peer_id"] for p in other.control("peers", timeout=5.0)}:
-                return False
-        except Exception:
-            return False
-    return True
+    """``daemon`` lists every other member (CPM and nodes) as connected."""
+    wanted = {consortium.layout.cpm_peer, *consortium.layout.node_peers} - {(daemon.ready or {}).get("peer_id")}
+    try:
+        return wanted <= {p["peer_id"] for p in daemon.control("peers", timeout=5.0)}
+    except Exception:  # restarting
+        return False
 
 
-def kill_and_restart(consortium: LabConsortium, victim: LabDaemon) -> dict[str, float]:
-    """kill -9, restart from the same home; seconds from the kill to its ready line."""
-    killed = time.monotonic()
+@dataclass
+class Kill:
+    """One kill -9 and what was there just before it."""
+
+    victim: LabDaemon
+    round: int  # the round the CPM had open
+    audit: dict[str, list[bytes]]  # every node's audit entries (hashes) before the kill
+    at: float = 0.0
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def kill_when(consortium: LabConsortium, pick: Callable[[], LabDaemon | None], what: str) -> Kill:
+    """Wait (bounded) until ``pick()`` names a daemon at the observable point, then kill -9 it."""
+    victim = poll(pick, 400, what)
+    round_ = int(cpm_status(consortium).get("last_round", 0)) if victim is not consortium.cpm else 0
+    at = time.monotonic()
     victim.kill9()
     assert victim.proc is not None and victim.proc.returncode == -9
-    consortium.restart(victim)
-    return {"killed_at": killed, "ready_s": round(time.monotonic() - killed, 1)}
+    # Read after the kill: the victim's log is exactly what it wrote before it; the others' hold at least that.
+    return Kill(victim, round_, {n.name: audit_hashes(n) for n in consortium.nodes}, at)
 
 
-def report(scenario: str, figures: dict[str, Any]) -> None:
+def restart(consortium: LabConsortium, kill: Kill) -> None:
+    """Restart the killed daemon from its home (same identity); time its ready line and its links to everyone."""
+    consortium.restart(kill.victim)
+    kill.figures["ready_s"] = round(time.monotonic() - kill.at, 1)
+    poll(lambda: connected_to_all(consortium, kill.victim), 180, f"{kill.victim.name} connected to every member")
+    kill.figures["mesh_s"] = round(time.monotonic() - kill.at, 1)
+
+
+def wait_included(consortium: LabConsortium, kill: Kill, peers: list[str]) -> None:
+    """The next round takes the profiles of ``peers`` (the restarted node, or everyone for the CPM)."""
+    included = poll(lambda: profiled(consortium, peers, kill.round), 400, f"profiles of {peers} after round {kill.round}")
+    kill.figures["next_round_s"] = round(time.monotonic() - kill.at, 1)
+    kill.figures["included_in_round"] = included
+
+
+def nothing_acknowledged_lost(consortium: LabConsortium, kill: Kill) -> None:
+    for node in consortium.nodes:
+        before = kill.audit[node.name]
+        assert audit_hashes(node)[:len(before)] == before, f"{node.name}: audit entries written before the kill changed"
+    kill.figures["audit_entries_before_kill"] = {name: len(h) for name, h in kill.audit.items()}
+
+
+def closed_by(consortium: LabConsortium, round_: int) -> str | None:
+    """How the CPM logged the end of ``round_`` (its ``round-closed`` event), if it did."""
+    for event in consortium.cpm.events():
+        if event.get("event") == "round-closed" and event.get("round") == round_:
+            return str(event.get("closed_by"))
+    return None
+
+
+def finish(consortium: LabConsortium, kill: Kill, scenario: str) -> dict[str, Any]:
+    """The last round closed, the common verdict, and the figures printed."""
+    poll(lambda: closed_by(consortium, consortium.settings.rounds), 600, f"round {consortium.settings.rounds} closed")
+    nothing_acknowledged_lost(consortium, kill)
+    found = verdict(consortium, killed=(kill.victim,))
+    assert found.ok, str(found)
+    figures = {**kill.figures, "kill_round": kill.round, "killed_round_closed_by": closed_by(consortium, kill.round),
+               "rounds_closed_by": [closed_by(consortium, r) for r in range(1, consortium.settings.rounds + 1)],
+               "explained_gaps": found.explained, "drops": found.drops}
     print(f"\nRECOVERY {json.dumps({'scenario': scenario, 'nodes': NODES, **figures}, default=str)}", flush=True)
-
-
-def set_pairs_per_round(consortium: LabConsortium, pairs: int) -> None:
-    config = load_config(consortium.cpm.home.config_file)
-    config.cpm.pairs_per_round = pairs
-    atomic_write_text(consortium.cpm.home.config_file, render_config(config), mode=0o600)
+    return figures
 
 
 def test_kill9_of_a_teacher_mid_package(tmp_path: Path) -> None:
-    settings = lab_settings(NODES, 2, dp=True, round_deadline_s=90.0, proposal_ttl_s=180.0)
+    # DP on: the teacher spends budget on every package. The victim is a teacher that already spent some
+    # (so that the check means something), or any teacher once round 4 of 5 is open.
+    settings = lab_settings(NODES, 5, dp=True, round_deadline_s=90.0, proposal_ttl_s=180.0)
     with open_consortium(tmp_path / "c", settings, shape=SHAPE) as (lab, consortium):
-        victim = poll(lambda: next((n for n in consortium.nodes if busy(n) == "building package"), None), 400,
-                      "a teacher building its package")
-        kill_round = int(cpm_status(consortium).get("last_round", 0))
-        entries_before, epsilon_before = audit_hashes(victim), epsilon_spent(victim)
-        figures = kill_and_restart(consortium, victim)
-        killed = figures.pop("killed_at")
-        poll(lambda: connected_to_all(consortium, victim), 180, f"{victim.name} connected to every node again")
-        figures["mesh_s"] = round(time.monotonic() - killed, 1)
+        spent: dict[str, float] = {}
 
-        first = consortium.wait_rounds(1, timeout=400, idle=False)["history"][0]
-        assert first["round"] == kill_round and first.get("closed_by"), first
-        peer = consortium.layout.node_peers[consortium.nodes.index(victim)]
-        included = poll(lambda: profiled(consortium, peer, kill_round), 400,
-                        f"{victim.name}'s profile in a round after {kill_round}")
-        figures["next_round_s"] = round(time.monotonic() - killed, 1)
-        final = consortium.wait_rounds(2, timeout=600)
+        def building() -> LabDaemon | None:
+            late = int(cpm_status(consortium).get("last_round", 0)) >= 4
+            for node in consortium.nodes:
+                status = status_of(node)
+                if busy(status) == "building package":
+                    spent[node.name] = float((status.get("exchanges") or {}).get("epsilon_spent", 0.0))
+                    if spent[node.name] > 0 or late:
+                        return node
+            return None
 
-        after = audit_hashes(victim)
-        assert after[:len(entries_before)] == entries_before, "audit entries written before the kill changed"
-        assert epsilon_spent(victim) >= epsilon_before
-        found = verdict(consortium, killed=(victim,))
-        assert found.ok, str(found)
-        report("teacher mid-package", {**figures, "kill_round": kill_round, "included_in_round": included,
-                                       "killed_round_closed_by": first["closed_by"],
-                                       "closed_by": [h["closed_by"] for h in final["history"]],
-                                       "audit_entries_before_kill": len(entries_before),
-                                       "epsilon_before_kill": epsilon_before, "epsilon_after": epsilon_spent(victim),
-                                       "explained_gaps": found.explained, "drops": found.drops})
+        kill = kill_when(consortium, building, "a teacher building its package")
+        epsilon_before = epsilon_spent(kill.victim)
+        assert epsilon_before >= spent[kill.victim.name]  # the file holds at least what status said
+        restart(consortium, kill)
+        assert epsilon_spent(kill.victim) >= epsilon_before, "the DP budget spent was reset by the restart"
+        assert closed_by(consortium, kill.round) or poll(lambda: closed_by(consortium, kill.round), 400,
+                                                         f"round {kill.round} closed")
+        wait_included(consortium, kill, [peer_of(consortium, kill.victim)])
+        figures = finish(consortium, kill, "teacher mid-package")
+        assert epsilon_spent(kill.victim) >= epsilon_before
+        # The package that never came is counted: the CPM's failed exchanges, the student's refusal code.
+        assert figures["drops"]["cpm"]["cpm_failed_exchanges"] >= 1, figures["drops"]
+        print(f"epsilon before the kill {epsilon_before}, after {epsilon_spent(kill.victim)}")
     assert lab.leftovers() == []
 
 
 def test_kill9_of_a_student_mid_distillation(tmp_path: Path) -> None:
-    settings = lab_settings(NODES, 2, round_deadline_s=90.0, proposal_ttl_s=90.0)
+    # The CPM waits for the student's feedback until the proposal expires: a short TTL keeps the test short.
+    settings = lab_settings(NODES, 3, round_deadline_s=90.0, proposal_ttl_s=45.0)
     with open_consortium(tmp_path / "c", settings, shape=SHAPE) as (lab, consortium):
-        victim = poll(lambda: next((n for n in consortium.nodes if busy(n).startswith("distilling")), None), 400,
-                      "a student distilling")
-        kill_round = int(cpm_status(consortium).get("last_round", 0))
-        entries_before = audit_hashes(victim)
-        figures = kill_and_restart(consortium, victim)
-        killed = figures.pop("killed_at")
-        poll(lambda: connected_to_all(consortium, victim), 180, f"{victim.name} connected to every node again")
-        figures["mesh_s"] = round(time.monotonic() - killed, 1)
+        kill = kill_when(consortium, lambda: next((n for n in consortium.nodes if busy(status_of(n)).startswith(
+            "distilling")), None), "a student distilling")
+        restart(consortium, kill)
+        poll(lambda: closed_by(consortium, kill.round), 400, f"round {kill.round} closed")
+        wait_included(consortium, kill, [peer_of(consortium, kill.victim)])
+        figures = finish(consortium, kill, "student mid-distillation")
+        assert figures["killed_round_closed_by"] in ("expired", "feedback"), figures
+    assert lab.leftovers() == []
 
-        first = consortium.wait_rounds(1, timeout=400, idle=False)["history"][0]
-        assert first["round"] == kill_round and first.get("closed_by"), first
-        peer = consortium.layout.node_peers[consortium.nodes.index(victim)]
-        included = poll(lambda: profiled(consortium, peer, kill_round), 400,
-                        f"{victim.name}'s profile in a round after {kill_round}")
-        figures["next_round_s"] = round(time.monotonic() - killed, 1)
-        final = consortium.wait_rounds(2, timeout=600)
 
-        assert audit_hashes(victim)[:len(entries_before)] == entries_before, "audit entries before the kill changed"
-        found = verdict(consortium, killed=(victim,))
-        assert found.ok, str(found)
-        report("student mid-distillation", {**figures, "kill_round": kill_round, "included_in_round": included,
-                                            "killed_round_closed_by": first["closed_by"],
-                                            "closed_by": [h["closed_by"] for h in final["history"]],
-                                            "audit_entries_before_kill": len(entries_before),
-                                            "explained_gaps": found.explained, "drops": found.drops})
+def test_kill9_of_the_cpm_mid_round(tmp_path: Path) -> None:
+    # Killed in round 2 once it paired (round 1's feedback acknowledged); round 3 must take everyone's profile.
+    settings = lab_settings(NODES, 3, round_deadline_s=90.0, proposal_ttl_s=90.0)
+    with open_consortium(tmp_path / "c", settings, shape=SHAPE) as (lab, consortium):
+        before: dict[str, Any] = {}
+
+        def paired() -> LabDaemon | None:
+            status = cpm_status(consortium)
+            if status.get("last_round", 0) >= 2 and (status.get("round") or {}).get("phase") == "paired":
+                before.update(status)
+                return consortium.cpm
+            return None
+
+        kill = kill_when(consortium, paired, "the CPM's round 2 paired")
+        kill.round = int(before["last_round"])
+        acknowledged = [f["seq"] for f in before["feedback"]]
+        restart(consortium, kill)
+        after = cpm_status(consortium)
+        # Every feedback the CPM acknowledged (journaled, fsynced, then acked) is in its state after the restart.
+        assert after["bandit_updates"] >= before["bandit_updates"] >= max(acknowledged, default=0), (before, after)
+        assert poll(lambda: closed_by(consortium, kill.round), 60, f"round {kill.round} logged") == "interrupted"
+        wait_included(consortium, kill, consortium.layout.node_peers)
+        figures = finish(consortium, kill, "CPM mid-round")
+        figures_ack = {"acknowledged_before_kill": len(acknowledged), "bandit_updates_before": before["bandit_updates"],
+                       "bandit_updates_after": cpm_status(consortium)["bandit_updates"]}
+        print(f"CPM state: {figures_ack}")
+        assert figures["rounds_closed_by"][kill.round - 1] == "interrupted"
     assert lab.leftovers() == []
