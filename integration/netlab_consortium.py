@@ -9,6 +9,9 @@ that rounds are quick and the network, not learning, is what is tested.
 
 Daemons are :class:`knexa_lab.processes.DaemonProcess` run through
 ``ip netns exec``; the lab adopts each process, so closing the lab ends them.
+
+:func:`verdict` is the common end of every scenario (audit logs verify and
+cross-check, no daemon crashed, drops counted); it returns a :class:`Verdict`.
 """
 
 from __future__ import annotations
