@@ -29,6 +29,7 @@ from knexa_lab.orchestrate import CHILD_ENV, READY_TIMEOUT_S, _build_models
 from knexa_lab.plan import DemoLayout, DemoSettings, lay_out
 from knexa_lab.processes import DaemonProcess, DemoError, tool
 from knexa_node.audit import AuditError, LogView, cross_check, log_path, receipt_heads, verify_file
+from knexa_node.audit.entry import OK
 from knexa_node.config import load_config, render_config
 from knexa_node.fsutil import atomic_write_text
 from knexa_node.identity import NodeHome
@@ -273,7 +274,9 @@ def verdict(consortium: LabConsortium, killed: tuple[LabDaemon, ...] = ()) -> Ve
     - every node's audit log verifies, also against the log heads its counterparts hold in signed receipts
       (a log cut short after a kill -9 fails this);
     - every pair of logs cross-checks; a ``missing``/``missing-transfer`` gap is only *explained* (not a
-      problem) when one side of that exchange is in ``killed`` and that side is the one without the entry;
+      problem) when one side of that exchange is in ``killed`` and that side is the one without the entry,
+      or (``missing``) when the side that logged it logged only failures (refused, timed out: the other side
+      may never have heard of it);
     - every daemon is running, or ended with status 0; one in ``killed`` may have died by SIGKILL (-9)
       before its restart; no daemon's log holds a traceback;
     - every running daemon answers ``status``, and its counters of drops and refusals are collected in
@@ -289,22 +292,40 @@ def verdict(consortium: LabConsortium, killed: tuple[LabDaemon, ...] = ()) -> Ve
             found.problems.append(f"{daemon.name} logged a traceback: {daemon.log_tail(5)}")
         if daemon.alive():
             found.drops[daemon.name] = _drops(daemon)
-    views = _audit_views(consortium, found)
+    problems, explained = cross_check_all(_audit_views(consortium, found), killed_names)
+    found.problems += problems
+    found.explained += explained
+    return found
+
+
+def cross_check_all(views: dict[str, LogView], killed: set[str] | frozenset[str] = frozenset()) -> tuple[list[str], list[str]]:
+    """Cross-check every pair of logs (name -> view); returns (problems, gaps explained by a kill or a failure)."""
+    problems: list[str] = []
+    explained: list[str] = []
     names = sorted(views)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             try:
                 result = cross_check(views[a], views[b])
             except ValueError as exc:
-                found.problems.append(f"cross-check {a} / {b}: {exc}")
+                problems.append(f"cross-check {a} / {b}: {exc}")
                 continue
             for mismatch in result.mismatches:
                 line = f"cross-check {a} / {b}: {mismatch.kind}: {mismatch.detail} (proposal {mismatch.proposal_id.hex()})"
                 # The side without an entry (its seq is None) is the one that may have died before writing it.
                 silent = b if mismatch.b_seq is None else a if mismatch.a_seq is None else None
-                explained = mismatch.kind in KILL_EXPLAINED and silent in killed_names
-                (found.explained if explained else found.problems).append(line)
-    return found
+                ok = mismatch.kind in KILL_EXPLAINED and silent in killed
+                if mismatch.kind == "missing" and silent is not None:
+                    # Only failed attempts on the side that logged (a dial refused, a stream cut by a partition):
+                    # the other side may never have heard of the exchange.
+                    ok = ok or _only_failures(views[a if silent == b else b], mismatch.proposal_id)
+                (explained if ok else problems).append(line)
+    return problems, explained
+
+
+def _only_failures(view: LogView, proposal_id: bytes) -> bool:
+    outcomes = {e.event.outcome for e in view.entries if e.event.proposal_id == proposal_id}
+    return bool(outcomes) and OK not in outcomes
 
 
 def _audit_views(consortium: LabConsortium, found: Verdict) -> dict[str, LogView]:
