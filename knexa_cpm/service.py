@@ -16,7 +16,8 @@ node) with :func:`install`:
   journaled and fsynced before its ``Ack`` leaves, so ``kill -9`` never loses an
   acknowledged reward. The round number is kept in the snapshot; a restarted
   CPM closes the round it had open as ``interrupted`` (logged), opens the
-  next one, and goes on with ``cpm.auto_rounds`` where the plan stood.
+  next one, and goes on with ``cpm.auto_rounds`` where the plan stood
+  (``rounds_closed`` in its status counts the rounds of every run).
 
 The round rules themselves live in :mod:`knexa_cpm.rounds` (pure).
 """
@@ -68,6 +69,7 @@ class CpmService:
         self.policy = build_policy(self.policy_name, seed)
         self.store = PolicyStore.open(Path(state_dir), self.policy)
         self.last_round = int(self.store.extra.get("round", 0))
+        self.rounds_closed = int(self.store.extra.get("rounds_closed", 0))  # over every run of this CPM
         self.members = frozenset(config.consortium.members) or None
         self.settings = RoundSettings(
             deadline_s=config.cpm.round_deadline_s,
@@ -99,7 +101,8 @@ class CpmService:
             stats = {"round": self.last_round, "phase": CLOSED, "closed_by": "interrupted"}
             self.history.append(stats)
             self.closed_round = self.last_round
-            self.store.checkpoint({"round": self.last_round, "closed": True})
+            self.rounds_closed += 1
+            self.store.checkpoint({"round": self.last_round, "closed": True, "rounds_closed": self.rounds_closed})
             self.on_event("round-closed", **stats)
 
     # --- requests ----------------------------------------------------------------------------------
@@ -202,7 +205,7 @@ class CpmService:
         self.on_round(number)
         self.proposal_envelopes = {}
         self.counters["rounds"] += 1
-        self.store.checkpoint({"round": number, "closed": False})
+        self.store.checkpoint({"round": number, "closed": False, "rounds_closed": self.rounds_closed})
         envelope = await self._announce()
         self.on_event("round-open", round=number, deadline=round(self.book.deadline, 3), policy=self.policy_name)
         self._wake.set()
@@ -252,7 +255,8 @@ class CpmService:
         stats["closed_by"] = how
         self.closed_round = book.round
         self.history.append(stats)
-        self.store.checkpoint({"round": book.round, "closed": True})
+        self.rounds_closed += 1
+        self.store.checkpoint({"round": book.round, "closed": True, "rounds_closed": self.rounds_closed})
         self.on_event("round-closed", **stats)
 
     async def tick(self) -> None:
@@ -310,7 +314,7 @@ class CpmService:
             "round": self.book.statistics() if self.book else None,
             "last_round": self.last_round,
             "auto_rounds": self.config.cpm.auto_rounds,
-            "rounds_closed": len(self.history),
+            "rounds_closed": self.rounds_closed,
             "members": sorted(self.members) if self.members else None,
             "counters": dict(self.counters),
             "refusals": dict(self.refusals),

@@ -50,6 +50,7 @@ async def test_a_round_left_open_by_a_killed_cpm_is_closed_as_interrupted_on_res
                            on_event=lambda name, **fields: events.append((name, fields)))
     assert events == [("round-closed", {"round": 1, "phase": "closed", "closed_by": "interrupted"})]
     assert restarted.status()["history"][-1]["closed_by"] == "interrupted" and restarted.last_round == 1
+    assert restarted.status()["rounds_closed"] == 1
     restarted.close()
     events.clear()
     again = CpmService(CPM, config, tmp_path / "cpm", publish=lambda *a: None, clock=clock,
@@ -85,3 +86,4 @@ async def test_a_restarted_cpm_goes_on_with_its_automatic_rounds(tmp_path: Path,
         await trio.sleep(1000)  # several deadlines: every round the plan still holds has opened and closed
         nursery.cancel_scope.cancel()
     assert service.last_round == 2 and [h["round"] for h in service.history] == [2]
+    assert service.status()["rounds_closed"] == 2  # counted over both runs: what an orchestrator waiting for 2 reads
