@@ -58,6 +58,8 @@ TICK_S = 0.2
 # Gossip keeps no history: a member that (re)starts while a round collects profiles would never hear of it.
 # The open round is announced again this often until every member's profile is in.
 REANNOUNCE_S = 5.0
+
+
 class CpmService:
     def __init__(self, signer: Signer, config: Config, state_dir: Path, *, publish: Callable[[str, bytes], Any],
                  on_event: Callable[..., None], policy_name: str | None = None, seed: int = 0,
