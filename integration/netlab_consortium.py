@@ -280,7 +280,8 @@ def verdict(consortium: LabConsortium, killed: tuple[LabDaemon, ...] = ()) -> Ve
     - every daemon is running, or ended with status 0; one in ``killed`` may have died by SIGKILL (-9)
       before its restart; no daemon's log holds a traceback;
     - every running daemon answers ``status``, and its counters of drops and refusals are collected in
-      :attr:`Verdict.drops` (network drops by reason, exchange outcome codes, the CPM's refusals).
+      :attr:`Verdict.drops` (network drops by reason, exchange outcome codes, rewards the CPM never
+      acknowledged, the CPM's refusals).
     """
     found = Verdict()
     killed_names = {d.name for d in killed}
@@ -359,6 +360,11 @@ def _drops(daemon: LabDaemon) -> dict[str, Any]:
     if exchanges:
         out["exchange_codes"] = exchanges.get("codes", {})
         out["exchange_counts"] = exchanges.get("counts", {})
+        try:  # rewards this student sent that the CPM never acknowledged (refused, or no answer)
+            rewards = daemon.control("metrics", timeout=10.0).get("rewards", [])
+            out["feedback_unacknowledged"] = sum(1 for r in rewards if not r.get("accepted"))
+        except DemoError as exc:
+            out["feedback_unacknowledged"] = f"metrics-error: {str(exc)[:100]}"
     cpm = status.get("cpm") or {}
     if cpm:
         out["cpm_refusals"] = cpm.get("refusals", {})
