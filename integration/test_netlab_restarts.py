@@ -38,6 +38,7 @@ import pytest
 
 import netlab
 from knexa_node.audit import log_path, verify_file
+from knexa_node.daemon.unfinished import unreported_lessons
 from knexa_node.privacy.budget import BUDGET_FILE
 from netlab import LinkShape
 from netlab_consortium import LabConsortium, LabDaemon, lab_settings, open_consortium, verdict
@@ -75,6 +76,11 @@ def status_of(daemon: LabDaemon) -> dict[str, Any]:
 def busy(status: dict[str, Any]) -> str:
     """What a node's learner is doing, from its status."""
     return str(((status.get("learner") or {}).get("learner") or {}).get("busy", ""))
+
+
+def node_round(status: dict[str, Any]) -> int:
+    """The round a node works in, from its status."""
+    return int((status.get("learner") or {}).get("round", 0))
 
 
 def cpm_status(consortium: LabConsortium) -> dict[str, Any]:
@@ -126,10 +132,9 @@ class Kill:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
-def kill_when(consortium: LabConsortium, pick: Callable[[], LabDaemon | None], what: str) -> Kill:
-    """Wait (bounded) until ``pick()`` names a daemon at the observable point, then kill -9 it."""
-    victim = poll(pick, 400, what)
-    round_ = int(cpm_status(consortium).get("last_round", 0)) if victim is not consortium.cpm else 0
+def kill_when(consortium: LabConsortium, pick: Callable[[], tuple[LabDaemon, int] | None], what: str) -> Kill:
+    """Wait (bounded) until ``pick()`` names a daemon at the observable point (and its round), then kill -9 it at once."""
+    victim, round_ = poll(pick, 400, what)
     at = time.monotonic()
     victim.kill9()
     assert victim.proc is not None and victim.proc.returncode == -9
@@ -187,14 +192,14 @@ def test_kill9_of_a_teacher_mid_package(tmp_path: Path) -> None:
     with open_consortium(tmp_path / "c", settings, shape=SHAPE) as (lab, consortium):
         spent: dict[str, float] = {}
 
-        def building() -> LabDaemon | None:
+        def building() -> tuple[LabDaemon, int] | None:
             late = int(cpm_status(consortium).get("last_round", 0)) >= 4
             for node in consortium.nodes:
                 status = status_of(node)
                 if busy(status) == "building package":
                     spent[node.name] = float((status.get("exchanges") or {}).get("epsilon_spent", 0.0))
                     if spent[node.name] > 0 or late:
-                        return node
+                        return node, node_round(status)
             return None
 
         kill = kill_when(consortium, building, "a teacher building its package")
@@ -216,10 +221,20 @@ def test_kill9_of_a_teacher_mid_package(tmp_path: Path) -> None:
 def test_kill9_of_a_student_mid_distillation(tmp_path: Path) -> None:
     # The restarted student finds the lesson it never reported in its audit log and reports it as failed, so the
     # round closes on feedback long before the proposal's TTL (300 s here) would have closed it.
-    settings = lab_settings(NODES, 3, round_deadline_s=90.0, proposal_ttl_s=300.0)
+    # More distillation epochs than the default: a window the poll cannot miss on a loaded machine.
+    settings = lab_settings(NODES, 3, round_deadline_s=90.0, proposal_ttl_s=300.0, distill_epochs=6)
     with open_consortium(tmp_path / "c", settings, shape=SHAPE) as (lab, consortium):
-        kill = kill_when(consortium, lambda: next((n for n in consortium.nodes if busy(status_of(n)).startswith(
-            "distilling")), None), "a student distilling")
+
+        def distilling() -> tuple[LabDaemon, int] | None:
+            for node in consortium.nodes:
+                status = status_of(node)
+                if busy(status).startswith("distilling"):
+                    return node, node_round(status)
+            return None
+
+        kill = kill_when(consortium, distilling, "a student distilling")
+        # The kill was mid-lesson: the package is in the student's log, its feedback is not.
+        assert unreported_lessons(verify_file(log_path(kill.victim.home)).entries), "the lesson ended before the kill"
         restart(consortium, kill)
         assert poll(lambda: closed_by(consortium, kill.round), 120, f"round {kill.round} closed") == "feedback"
         kill.figures["killed_round_closed_s"] = round(time.monotonic() - kill.at, 1)
@@ -237,15 +252,14 @@ def test_kill9_of_the_cpm_mid_round(tmp_path: Path) -> None:
     with open_consortium(tmp_path / "c", settings, shape=SHAPE) as (lab, consortium):
         before: dict[str, Any] = {}
 
-        def paired() -> LabDaemon | None:
+        def paired() -> tuple[LabDaemon, int] | None:
             status = cpm_status(consortium)
             if status.get("last_round", 0) >= 2 and (status.get("round") or {}).get("phase") == "paired":
                 before.update(status)
-                return consortium.cpm
+                return consortium.cpm, int(status["last_round"])
             return None
 
         kill = kill_when(consortium, paired, "the CPM's round 2 paired")
-        kill.round = int(before["last_round"])
         acknowledged = [f["seq"] for f in before["feedback"]]
         restart(consortium, kill)
         after = cpm_status(consortium)
