@@ -9,6 +9,9 @@ that rounds are quick and the network, not learning, is what is tested.
 
 Daemons are :class:`knexa_lab.processes.DaemonProcess` run through
 ``ip netns exec``; the lab adopts each process, so closing the lab ends them.
+
+:func:`verdict` is the common end of every scenario (audit logs verify and
+cross-check, no daemon crashed, drops counted); it returns a :class:`Verdict`.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from knexa_lab.orchestrate import CHILD_ENV, READY_TIMEOUT_S, _build_models
 from knexa_lab.plan import DemoLayout, DemoSettings, lay_out
 from knexa_lab.processes import DaemonProcess, DemoError, tool
+from knexa_node.audit import AuditError, LogView, cross_check, log_path, receipt_heads, verify_file
+from knexa_node.audit.entry import OK
 from knexa_node.config import load_config, render_config
 from knexa_node.fsutil import atomic_write_text
 from knexa_node.identity import NodeHome
@@ -34,6 +39,8 @@ from netlab import Lab, LinkShape
 
 PORT = 4001
 CPM = "cpm"
+# Cross-check mismatches a kill -9 explains: the killed side never wrote its entry (it died first).
+KILL_EXPLAINED = ("missing", "missing-transfer")
 # The smallest embedded model (all four are the same size; gpt2's tokenizer is the smaller one).
 SMALLEST_MODEL = "embedded:gpt2-tiny"
 
@@ -241,3 +248,126 @@ class open_consortium:
 
     def __exit__(self, *exc: object) -> None:
         self.lab.close()
+
+
+@dataclass
+class Verdict:
+    """What :func:`verdict` found after a scenario. ``problems`` empty: the scenario's common checks pass."""
+
+    problems: list[str] = field(default_factory=list)
+    explained: list[str] = field(default_factory=list)  # cross-check gaps that a kill -9 of that side accounts for
+    entries: dict[str, int] = field(default_factory=dict)  # daemon name -> audit entries that verified
+    drops: dict[str, dict[str, Any]] = field(default_factory=dict)  # daemon name -> what it counted as dropped, and why
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def __str__(self) -> str:
+        return json.dumps({"problems": self.problems, "explained": self.explained, "entries": self.entries,
+                           "drops": self.drops}, indent=1, default=str)[:6000]
+
+
+def verdict(consortium: LabConsortium, killed: tuple[LabDaemon, ...] = ()) -> Verdict:
+    """The checks every scenario ends with (issue 16), on the consortium as it is now.
+
+    - every node's audit log verifies, also against the log heads its counterparts hold in signed receipts
+      (a log cut short after a kill -9 fails this);
+    - every pair of logs cross-checks; a ``missing``/``missing-transfer`` gap is only *explained* (not a
+      problem) when one side of that exchange is in ``killed`` and that side is the one without the entry,
+      or (``missing``) when the side that logged it logged only failures (refused, timed out: the other side
+      may never have heard of it);
+    - every daemon is running, or ended with status 0; one in ``killed`` may have died by SIGKILL (-9)
+      before its restart; no daemon's log holds a traceback;
+    - every running daemon answers ``status``, and its counters of drops and refusals are collected in
+      :attr:`Verdict.drops` (network drops by reason, exchange outcome codes, rewards the CPM never
+      acknowledged, the CPM's refusals).
+    """
+    found = Verdict()
+    killed_names = {d.name for d in killed}
+    for daemon in consortium.everyone:
+        code = daemon.proc.returncode if daemon.proc is not None and not daemon.alive() else None
+        if code not in (None, 0) and not (code == -signal.SIGKILL and daemon.name in killed_names):
+            found.problems.append(f"{daemon.name} exited with status {code}: {daemon.log_tail(5)}")
+        if daemon.crashes():
+            found.problems.append(f"{daemon.name} logged a traceback: {daemon.log_tail(5)}")
+        if daemon.alive():
+            found.drops[daemon.name] = _drops(daemon)
+    problems, explained = cross_check_all(_audit_views(consortium, found), killed_names)
+    found.problems += problems
+    found.explained += explained
+    return found
+
+
+def cross_check_all(views: dict[str, LogView], killed: set[str] | frozenset[str] = frozenset()) -> tuple[list[str], list[str]]:
+    """Cross-check every pair of logs (name -> view); returns (problems, gaps explained by a kill or a failure)."""
+    problems: list[str] = []
+    explained: list[str] = []
+    names = sorted(views)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            try:
+                result = cross_check(views[a], views[b])
+            except ValueError as exc:
+                problems.append(f"cross-check {a} / {b}: {exc}")
+                continue
+            for mismatch in result.mismatches:
+                line = f"cross-check {a} / {b}: {mismatch.kind}: {mismatch.detail} (proposal {mismatch.proposal_id.hex()})"
+                # The side without an entry (its seq is None) is the one that may have died before writing it.
+                silent = b if mismatch.b_seq is None else a if mismatch.a_seq is None else None
+                ok = mismatch.kind in KILL_EXPLAINED and silent in killed
+                if mismatch.kind == "missing" and silent is not None:
+                    # Only failed attempts on the side that logged (a dial refused, a stream cut by a partition):
+                    # the other side may never have heard of the exchange.
+                    ok = ok or _only_failures(views[a if silent == b else b], mismatch.proposal_id)
+                (explained if ok else problems).append(line)
+    return problems, explained
+
+
+def _only_failures(view: LogView, proposal_id: bytes) -> bool:
+    outcomes = {e.event.outcome for e in view.entries if e.event.proposal_id == proposal_id}
+    return bool(outcomes) and OK not in outcomes
+
+
+def _audit_views(consortium: LabConsortium, found: Verdict) -> dict[str, LogView]:
+    """Every node's log verified on its own, then again against the heads its counterparts pinned in receipts."""
+    views: dict[str, LogView] = {}
+    for daemon in consortium.nodes:
+        try:
+            views[daemon.name] = verify_file(log_path(daemon.home))
+        except AuditError as exc:
+            found.problems.append(f"{daemon.name}: audit log unreadable: {exc}")
+    for name, view in views.items():
+        pinned = [(envelope, head) for other, v in views.items() if other != name
+                  for _, envelope, head in receipt_heads(v.entries)]
+        daemon = next(d for d in consortium.nodes if d.name == name)
+        report = verify_file(log_path(daemon.home), checkpoints=pinned).report
+        found.entries[name] = report.entries
+        if not report.ok:
+            found.problems.append(f"{name}: audit log does not verify: {report.problem}")
+    return views
+
+
+def _drops(daemon: LabDaemon) -> dict[str, Any]:
+    """What one daemon counted as dropped or refused, and why (from ``status``)."""
+    try:
+        status = daemon.control("status", timeout=10.0)
+    except DemoError as exc:
+        return {"status-error": str(exc)[:200]}
+    counters = status.get("counters") or {}
+    out: dict[str, Any] = {"net_dropped": counters.get("dropped", {}), "stream_errors": counters.get("stream_errors", {})}
+    exchanges = status.get("exchanges") or {}
+    if exchanges:
+        out["exchange_codes"] = exchanges.get("codes", {})
+        out["exchange_counts"] = exchanges.get("counts", {})
+        try:  # rewards this student sent that the CPM never acknowledged (refused, or no answer)
+            rewards = daemon.control("metrics", timeout=10.0).get("rewards", [])
+            out["feedback_unacknowledged"] = sum(1 for r in rewards if not r.get("accepted"))
+        except DemoError as exc:
+            out["feedback_unacknowledged"] = f"metrics-error: {str(exc)[:100]}"
+    cpm = status.get("cpm") or {}
+    if cpm:
+        out["cpm_refusals"] = cpm.get("refusals", {})
+        out["cpm_failed_exchanges"] = (cpm.get("counters") or {}).get("failed_exchanges", 0)
+        out["cpm_closed_by"] = [h.get("closed_by") for h in cpm.get("history", [])]
+    return out

@@ -9,11 +9,15 @@ node) with :func:`install`:
 - a round driver: rounds opened by the operator (``knexa-cpm round open``) or
   automatically (``cpm.auto_rounds``); pairs on quorum or deadline with the
   configured policy; proposals signed and published on
-  ``knexa/<consortium>/proposals``.
+  ``knexa/<consortium>/proposals``. While some member's profile is missing,
+  the open round is announced again every ``REANNOUNCE_S`` (a member that
+  restarted mid-round missed the first announcement: gossip keeps no history).
 - state: the policy behind a :class:`knexa_cpm.state.PolicyStore`; a feedback is
   journaled and fsynced before its ``Ack`` leaves, so ``kill -9`` never loses an
   acknowledged reward. The round number is kept in the snapshot; a restarted
-  CPM opens the next round.
+  CPM closes the round it had open as ``interrupted`` (logged), opens the
+  next one, and goes on with ``cpm.auto_rounds`` where the plan stood
+  (``rounds_closed`` in its status counts the rounds of every run).
 
 The round rules themselves live in :mod:`knexa_cpm.rounds` (pure).
 """
@@ -52,6 +56,11 @@ from knexa_node.wire import (
 REQUEST_TIMEOUT_S = 30.0
 MAX_REQUEST = 256 * 1024
 TICK_S = 0.2
+# Gossip keeps no history: a member that (re)starts while a round collects profiles would never hear of it.
+# The open round is announced again this often until every member's profile is in.
+REANNOUNCE_S = 5.0
+
+
 class CpmService:
     def __init__(self, signer: Signer, config: Config, state_dir: Path, *, publish: Callable[[str, bytes], Any],
                  on_event: Callable[..., None], policy_name: str | None = None, seed: int = 0,
@@ -63,6 +72,7 @@ class CpmService:
         self.policy = build_policy(self.policy_name, seed, competence=config.cpm.competence)
         self.store = PolicyStore.open(Path(state_dir), self.policy)
         self.last_round = int(self.store.extra.get("round", 0))
+        self.rounds_closed = int(self.store.extra.get("rounds_closed", 0))  # over every run of this CPM
         self.members = frozenset(config.consortium.members) or None
         self.settings = RoundSettings(
             deadline_s=config.cpm.round_deadline_s,
@@ -80,8 +90,24 @@ class CpmService:
         self.rewards: list[float] = []
         self.feedback_log: list[dict[str, Any]] = []
         self._wake = trio.Event()
+        self._announced_at = 0.0
         self.rounds_topic = topic(config.consortium.name, ROUNDS)
         self.proposals_topic = topic(config.consortium.name, PROPOSALS)
+        self._close_interrupted_round()
+
+    def _close_interrupted_round(self) -> None:
+        """A round the last run opened and never closed (kill -9, power loss) ends here with a logged outcome.
+
+        Its proposals and profiles were in memory only: they are gone, and the nodes' late feedback for it
+        is refused (``no-round``/``unknown-proposal``), never half-counted; the next round is ``last_round + 1``.
+        """
+        if self.last_round and self.store.extra.get("closed") is False:
+            stats = {"round": self.last_round, "phase": CLOSED, "closed_by": "interrupted"}
+            self.history.append(stats)
+            self.closed_round = self.last_round
+            self.rounds_closed += 1
+            self.store.checkpoint({"round": self.last_round, "closed": True, "rounds_closed": self.rounds_closed})
+            self.on_event("round-closed", **stats)
 
     # --- requests ----------------------------------------------------------------------------------
 
@@ -186,12 +212,24 @@ class CpmService:
         self.on_round(number)
         self.proposal_envelopes = {}
         self.counters["rounds"] += 1
-        self.store.checkpoint({"round": number})
-        envelope = seal_envelope(self.signer, self.book.announcement(self.policy_name))
-        await self.publish(self.rounds_topic, envelope.to_bytes())
+        self.store.checkpoint({"round": number, "closed": False, "rounds_closed": self.rounds_closed})
+        envelope = await self._announce()
         self.on_event("round-open", round=number, deadline=round(self.book.deadline, 3), policy=self.policy_name)
         self._wake.set()
         return {"round": number, "topic": self.rounds_topic, "digest": envelope.digest.hex(), "deadline": self.book.deadline}
+
+    async def _announce(self) -> Envelope:
+        """Publish the open round's announcement (sealed anew: a new message id, so gossip relays it again)."""
+        if self.book is None:  # open_round and tick call this with a book
+            raise RuntimeError("no round to announce")
+        envelope = seal_envelope(self.signer, self.book.announcement(self.policy_name))
+        self._announced_at = self.clock()
+        await self.publish(self.rounds_topic, envelope.to_bytes())
+        return envelope
+
+    def _members_missing(self) -> bool:
+        book = self.book
+        return book is not None and (self.members is None or len(book.profiles) < len(self.members))
 
     async def pair_now(self) -> list[PairingProposal]:
         book = self.book
@@ -228,7 +266,8 @@ class CpmService:
         stats["closed_by"] = how
         self.closed_round = book.round
         self.history.append(stats)
-        self.store.checkpoint({"round": book.round})
+        self.rounds_closed += 1
+        self.store.checkpoint({"round": book.round, "closed": True, "rounds_closed": self.rounds_closed})
         self.on_event("round-closed", **stats)
 
     async def tick(self) -> None:
@@ -241,6 +280,9 @@ class CpmService:
             await self.pair_now()
         elif book.phase == COLLECTING and now >= book.deadline:
             self._finish_round("deadline-without-quorum")
+        elif book.phase == COLLECTING and self._members_missing() and now >= self._announced_at + REANNOUNCE_S:
+            await self._announce()
+            self.counters["reannounced"] = self.counters.get("reannounced", 0) + 1
         elif book.phase != COLLECTING:
             book.expire(now)
             if book.phase == CLOSED:
@@ -252,7 +294,7 @@ class CpmService:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         planned = self.config.cpm.auto_rounds
-        done = 0
+        done = min(self.last_round, planned)  # a restarted CPM goes on with the plan instead of starting it again
         while True:
             if planned and done < planned and (self.book is None or self.round_closed()):
                 if self.book is not None:
@@ -283,7 +325,7 @@ class CpmService:
             "round": self.book.statistics() if self.book else None,
             "last_round": self.last_round,
             "auto_rounds": self.config.cpm.auto_rounds,
-            "rounds_closed": len(self.history),
+            "rounds_closed": self.rounds_closed,
             "members": sorted(self.members) if self.members else None,
             "counters": dict(self.counters),
             "refusals": dict(self.refusals),

@@ -20,6 +20,7 @@ The node's learning role (installed by :func:`.node_services.install_node`; the 
 - :mod:`.participant`    :class:`Participant`: the trio driver of :class:`NodeRound`
 - :mod:`.lessons`        the exchanges as student: fetch each package, distil a round's together, report each
 - :mod:`.cpm_link`       signed requests to the CPM, retried with backoff
+- :mod:`.unfinished`     lessons a crash left unreported (from the audit log), reported as failed at start
 - :mod:`.curve`          the learning curve (``state/metrics.jsonl``)
 - :mod:`.learner`        the agent behind one lock, its work in worker threads; ``evaluation_point``
 - :mod:`.datasets`       the node's data splits from its config

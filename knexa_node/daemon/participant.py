@@ -34,6 +34,7 @@ from typing import Any
 
 import trio
 
+from knexa_node.audit import log_path
 from knexa_node.daemon.cpm_link import CpmLink, describe
 from knexa_node.daemon.curve import CURVE_FILE, LearningCurve
 from knexa_node.daemon.learner import Learner, evaluation_point
@@ -45,6 +46,7 @@ from knexa_node.daemon.round_machine import (
     RoundClosed, RoundLimits, RoundOpened, RoundProtocolError, SendProfile, ServePackage, StepFailed, TeachingFinished,
     Train, TrainingDone, WarmedUp, WarmUp,
 )
+from knexa_node.daemon.unfinished import report_unfinished
 from knexa_node.exchange.errors import ExchangeOutcome
 from knexa_node.net.protocols import PROPOSALS, topic
 from knexa_node.wire import (
@@ -104,6 +106,8 @@ class Participant:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
+            # A lesson a crash left unreported holds the CPM's round until the proposal expires: report it now.
+            nursery.start_soon(report_unfinished, log_path(self.host.home), self.cpm, self.host.log.event)
             try:
                 await self.learner.load()
             except Exception as exc:  # a model that does not load: visible in status and logs, the node still relays

@@ -12,7 +12,7 @@ import knexa_node.daemon as daemon_package
 DAEMON = Path(daemon_package.__file__).parent
 NEUTRAL = ("daemon", "role", "rounds", "control", "lock", "logs", "metrics", "sdnotify")
 NODE_ROLE = ("node_services", "round_machine", "participant", "lessons", "cpm_link", "curve", "learner", "datasets",
-             "exchanges", "packaging", "refusals")
+             "exchanges", "packaging", "refusals", "unfinished")
 
 
 def imported_modules(path: Path) -> set[str]:
