@@ -67,7 +67,7 @@ def demo(
     shard_size: int = typer.Option(0, "--shard-size", min=0, help="Private problems per node (0: an equal share of the embedded pool)."),
     lr: float = typer.Option(2e-3, "--lr", help="Learning rate of the embedded (tiny, from-scratch) models."),
     pretrained_lr: float = typer.Option(2e-4, "--pretrained-lr", help="Learning rate of the LoRA adapter on a node whose --model is a pretrained directory."),
-    warmup_epochs: int = typer.Option(1, "--warmup-epochs", min=0, help="Local epochs each node trains before round 1 (its starting model)."),
+    warmup_epochs: int = typer.Option(4, "--warmup-epochs", min=0, help="Local epochs each node trains before round 1 (its starting model; the tiny embedded models know little before ~4 epochs of a 4-node share). With --compare they are trained once and shared by the policies."),
     round_deadline: float = typer.Option(600.0, "--round-deadline", min=30.0, help="Seconds the CPM waits for every profile before pairing, and the life of a proposal (raise it for a pretrained node on a CPU)."),
     teachers_per_student: int = typer.Option(1, "--teachers-per-student", min=1, max=15, help="c: teachers per student and students per teacher in a round (1: the paper's disjoint pairs)."),
     dp: bool = typer.Option(False, "--dp", help="Turn on the differential-privacy layer."),

@@ -31,7 +31,7 @@ def study(
     teachers: int = typer.Option(1, "--teachers-per-student", help="c: teachers per student and students per teacher in a round (1: the paper's disjoint pairs)."),
     models: str = typer.Option(",".join(DEFAULT_MODELS), "--models", help="Comma-separated models, cycled over the nodes: embedded:<name>, pretrained:<name> or a local HF directory."),
     shard_size: int = typer.Option(0, "--shard-size", help="Private problems per node (0: an equal share of the embedded pool)."),
-    warmup_epochs: int = typer.Option(1, "--warmup-epochs", help="Local epochs before round 1."),
+    warmup_epochs: int = typer.Option(8, "--warmup-epochs", help="Local epochs before round 1, done once per seed and node and shared by the policies (the tiny embedded models need ~8 to know their own categories)."),
     epochs_per_round: int = typer.Option(1, "--epochs-per-round", help="Local epochs in each round (pooled: the same epochs on the pooled data)."),
     workers: int = typer.Option(0, "--workers", help="Runs at a time, one process and one torch thread each (0: one per core; 1: in this process)."),
     out: Path = typer.Option(Path("study.json"), "--out", help="The study's JSON document; beside it <name>.png (curves) and <name>.runs/ (one record per finished run: a rerun with the same --out skips them)."),
