@@ -88,7 +88,20 @@ class Learner:
         return Agent(self.config.model.path, self.state_dir / "agent", agent_config(self.config, total_rounds=self.total_rounds),
                      train=self.data.train, validation=self.data.validation, model_cache=self.model_cache)
 
+    @property
+    def model_state(self) -> str:
+        """``loading`` until the model is built, then ``ready`` or ``failed`` (see ``load_error``)."""
+        if not self._loaded.is_set():
+            return "loading"
+        return "ready" if self.agent is not None else "failed"
+
     async def load(self) -> None:
+        """Build the agent in a worker thread; log ``model-ready`` with the seconds it took.
+
+        Until it has finished, :meth:`call` waits (exchanges and round steps queue
+        behind it, each bounded by its own deadline) and ``status`` says ``loading``.
+        """
+        started = trio.current_time()
         try:
             self.agent = await trio.to_thread.run_sync(self._load)
         except Exception as exc:  # a bad model directory: reported in status, the daemon keeps serving
@@ -96,7 +109,10 @@ class Learner:
             raise
         finally:
             self.busy = "idle"
+            self.seconds["loading"] = trio.current_time() - started
             self._loaded.set()
+        if self.on_event is not None:
+            self.on_event("model-ready", seconds=round(self.seconds["loading"], 3), model=self.config.model.path)
 
     async def call(self, fn: Callable[[Agent], T], *, doing: str = "working") -> T:
         """Run ``fn(agent)`` in a worker thread, one at a time."""
@@ -121,6 +137,7 @@ class Learner:
         agent = self.agent
         return {
             "busy": self.busy,
+            "model_state": self.model_state,
             "load_error": self.load_error,
             "model": dict(agent.describe()) if agent is not None else None,
             "data": self.data.sizes(),

@@ -1,4 +1,8 @@
-"""The node's learning role, installed into the role-neutral daemon: the learner, the exchanges and the rounds."""
+"""The node's learning role, installed into the role-neutral daemon: the learner, the exchanges and the rounds.
+
+This module imports torch, transformers and peft (through the agent): only a node
+with a model imports it (``knexa_cli.services``); a relay never does.
+"""
 
 from __future__ import annotations
 
@@ -17,14 +21,13 @@ from knexa_node.models import EMBEDDED_PREFIX
 T = TypeVar("T")
 
 
-def install_node(daemon: RoleHost) -> Participant | None:
+def install_node(daemon: RoleHost) -> Participant:
     """Wire learning, exchange and round participation into a node daemon (data errors raise here, before start).
 
-    A node without a model (``model.path = ""``) only relays: bootstrap, DHT and gossip.
+    A node without a model (``model.path = ""``) only relays and installs nothing of this role.
     """
     if not daemon.config.model.path:
-        daemon.log.event("relay-only", reason="model.path is empty: this node bootstraps and relays but does not learn")
-        return None
+        raise ValueError("model.path is empty: a relay has no learning role to install")
     model = daemon.config.model
     if model.max_memory_gb > 0 and not model.path.startswith(EMBEDDED_PREFIX):
         # Refuse before start a model that cannot fit (MemoryGuardError names the sizes).
