@@ -5,27 +5,43 @@ agent goes through :meth:`Learner.call`: one worker thread at a time, the
 trio loop stays free for the network. Loading the model also happens in a
 thread, after the daemon is ready, so a slow model load never delays the
 ready line or the control socket.
+
+The learning engine itself (``knexa_node.learn.agent``: torch, transformers,
+peft) is imported by that load, in its thread, through :func:`learning_engine`:
+importing it took most of a learning node's start-up (43 s of 43.5 s to the
+model on a loaded 2-core machine, against 3.5 s for a relay). Like
+``knexa_cli.lazy``, a deferral on purpose, not a way around an import cycle.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import trio
 
 from knexa_node.config import Config
 from knexa_node.daemon.datasets import NodeData
-from knexa_node.learn.agent import Agent, AgentConfig, default_train_mode
+
+if TYPE_CHECKING:
+    from knexa_node.learn.agent import Agent, AgentConfig
 
 T = TypeVar("T")
 
 
+def learning_engine(module: str = "agent") -> ModuleType:
+    """``knexa_node.learn.<module>``, imported on first use (torch, transformers, peft come with it)."""
+    return importlib.import_module(f"knexa_node.learn.{module}")
+
+
 def agent_config(config: Config, *, total_rounds: int) -> AgentConfig:
     learning = config.learning
-    return AgentConfig(
-        train_mode=default_train_mode(config.model.path),
+    engine = learning_engine()
+    return engine.AgentConfig(
+        train_mode=engine.default_train_mode(config.model.path),
         lora_rank=config.model.lora_rank,
         lr=learning.lr,
         warmup_fraction=learning.warmup_fraction,
@@ -85,7 +101,7 @@ class Learner:
         self.seconds: dict[str, float] = {}  # busy time by kind of work ("local epoch", "distilling", ...)
 
     def _load(self) -> Agent:
-        return Agent(self.config.model.path, self.state_dir / "agent", agent_config(self.config, total_rounds=self.total_rounds),
+        return learning_engine().Agent(self.config.model.path, self.state_dir / "agent", agent_config(self.config, total_rounds=self.total_rounds),
                      train=self.data.train, validation=self.data.validation, model_cache=self.model_cache)
 
     @property

@@ -10,7 +10,7 @@ kept per proposal until its feedback is sent.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from knexa_node.config import Config
 from knexa_node.crypto import sha256
@@ -20,8 +20,10 @@ from knexa_node.daemon.round_machine import (
     Distilled, Event, ExchangeFailed, FeedbackReported, FetchFailed, PackageFetched,
 )
 from knexa_node.exchange.errors import ExchangeOutcome
-from knexa_node.learn.agent import DistillReport
 from knexa_node.wire import Ack, Feedback, Message, PairingProposal
+
+if TYPE_CHECKING:  # the engine (torch) is loaded by the model load, after the ready line (learner.py)
+    from knexa_node.learn.agent import DistillReport
 
 
 class StudentSide(Protocol):

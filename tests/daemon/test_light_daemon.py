@@ -89,6 +89,16 @@ def test_the_check_sees_torch_where_it_is_loaded():
     assert "torch" in json.loads(result.stderr.strip().splitlines()[-1])
 
 
+def test_the_learning_role_loads_without_torch_which_comes_with_the_model():
+    code = ("import sys\nimport knexa_node.daemon.node_services, knexa_cli.services\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+            "import knexa_node.daemon.learner as learner\nlearner.learning_engine()\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["[]", "['peft', 'torch', 'transformers']"]
+
+
 def test_a_learning_node_is_ready_before_its_model_and_says_when_the_model_is(tmp_path):
     home = tmp_path / "learner"
     init(home, "--model", "embedded:llama-tiny")
