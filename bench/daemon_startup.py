@@ -4,7 +4,7 @@
 
 For each role (a relay, and a learning node when ``--model`` is given) it starts
 the daemon ``--starts`` times and prints the median and the range of: the time
-to the ready line, the RSS at ready, the RSS after ``--idle`` seconds, and for
+to the ready line (and the daemon's CPU seconds until then), the RSS at ready, the RSS after ``--idle`` seconds, and for
 a learning node the time to its ``model-ready`` event. Also the import time of
 libp2p and torch alone, in fresh interpreters, since they bound the rest.
 ``--bin`` runs another checkout's ``knexa-node`` (e.g. main's .venv/bin) for a
@@ -33,13 +33,19 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far: start-up cost that load on the machine does not inflate."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def one_start(bin_dir: Path, home: Path, idle_s: float, wait_model: bool) -> dict[str, float]:
     started = time.monotonic()
     proc = subprocess.Popen([str(bin_dir / "knexa-node"), "start", "--home", str(home), "--log-format", "json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     try:
         json.loads(proc.stdout.readline())
-        out = {"ready_s": time.monotonic() - started, "rss_ready_mib": rss_mib(proc.pid)}
+        out = {"ready_s": time.monotonic() - started, "cpu_ready_s": cpu_s(proc.pid), "rss_ready_mib": rss_mib(proc.pid)}
         if wait_model:
             for line in proc.stderr:
                 event = json.loads(line) if line.startswith("{") else {}
@@ -89,7 +95,7 @@ def main() -> None:
             init = [str(args.bin / "knexa-node"), "init", "--home", str(home), "--listen", "/ip4/127.0.0.1/tcp/0"]
             subprocess.run(init + (["--model", model] if model else []), check=True, capture_output=True, env=ENV)
             runs = [one_start(args.bin, home, args.idle, wait_model=bool(model)) for _ in range(args.starts)]
-            print(f"{role:8} x{args.starts}: ready {summary(runs, 'ready_s')} s, model ready {summary(runs, 'model_ready_s')} s, "
+            print(f"{role:8} x{args.starts}: ready {summary(runs, 'ready_s')} s (CPU {summary(runs, 'cpu_ready_s')} s), model ready {summary(runs, 'model_ready_s')} s, "
                   f"RSS at ready {summary(runs, 'rss_ready_mib')} MiB, after {args.idle:g} s idle {summary(runs, 'rss_idle_mib')} MiB, "
                   f"torch mapped in {sum(r['torch_mapped'] for r in runs):.0f}/{len(runs)}  [median (min-max)]")
 
