@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from knexa_node.daemon.control import call
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
@@ -42,16 +44,15 @@ def cpu_s(pid: int) -> float:
 def one_start(bin_dir: Path, home: Path, idle_s: float, wait_model: bool) -> dict[str, float]:
     started = time.monotonic()
     proc = subprocess.Popen([str(bin_dir / "knexa-node"), "start", "--home", str(home), "--log-format", "json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV)
     try:
         json.loads(proc.stdout.readline())
         out = {"ready_s": time.monotonic() - started, "cpu_ready_s": cpu_s(proc.pid), "rss_ready_mib": rss_mib(proc.pid)}
         if wait_model:
-            for line in proc.stderr:
-                event = json.loads(line) if line.startswith("{") else {}
-                if event.get("event") in ("model-ready", "model-load-failed"):
-                    out["model_ready_s"] = time.monotonic() - started
-                    break
+            # Polled from the status rather than the model-ready event, which older checkouts do not log.
+            while (call(home / "control.sock", "status").get("learner") or {}).get("learner", {}).get("busy") == "loading":
+                time.sleep(0.1)
+            out["model_ready_s"] = time.monotonic() - started
         time.sleep(idle_s)
         out["rss_idle_mib"] = rss_mib(proc.pid)
         out["torch_mapped"] = float("libtorch" in Path(f"/proc/{proc.pid}/maps").read_text())
