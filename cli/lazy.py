@@ -2,8 +2,10 @@
 
 The command line is a thin client: ``knexa-node status`` must answer in a
 fraction of a second, and importing libp2p, torch or matplotlib costs seconds.
-Commands that need them reach them through :func:`load`; this is the one
-place in the project where imports are deferred, on purpose.
+Commands that need them reach them through :func:`load`; this and the node's
+model load (``knexa_node.daemon.learner.learning_engine``, which imports torch
+after the ready line) are the places in the project where imports are
+deferred, on purpose.
 """
 
 from __future__ import annotations

@@ -5,28 +5,44 @@ agent goes through :meth:`Learner.call`: one worker thread at a time, the
 trio loop stays free for the network. Loading the model also happens in a
 thread, after the daemon is ready, so a slow model load never delays the
 ready line or the control socket.
+
+The learning engine itself (``knexa_node.learn.agent``: torch, transformers,
+peft) is imported by that load, in its thread, through :func:`learning_engine`:
+importing it took most of a learning node's start-up (43 s of 43.5 s to the
+model on a loaded 2-core machine, against 3.5 s for a relay). Like
+``knexa_cli.lazy``, a deferral on purpose, not a way around an import cycle.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import trio
 
 from knexa_node.config import Config
 from knexa_node.daemon.datasets import NodeData
-from knexa_node.learn.agent import Agent, AgentConfig, default_train_mode
+
+if TYPE_CHECKING:
+    from knexa_node.learn.agent import Agent, AgentConfig
 
 T = TypeVar("T")
 AGENT_DIR = "agent"  # the agent's state, in the home's state directory
 
 
+def learning_engine(module: str = "agent") -> ModuleType:
+    """``knexa_node.learn.<module>``, imported on first use (torch, transformers, peft come with it)."""
+    return importlib.import_module(f"knexa_node.learn.{module}")
+
+
 def agent_config(config: Config, *, total_rounds: int) -> AgentConfig:
     learning = config.learning
-    return AgentConfig(
-        train_mode=default_train_mode(config.model.path),
+    engine = learning_engine()
+    return engine.AgentConfig(
+        train_mode=engine.default_train_mode(config.model.path),
         lora_rank=config.model.lora_rank,
         lr=learning.lr,
         warmup_fraction=learning.warmup_fraction,
@@ -86,10 +102,24 @@ class Learner:
         self.seconds: dict[str, float] = {}  # busy time by kind of work ("local epoch", "distilling", ...)
 
     def _load(self) -> Agent:
-        return Agent(self.config.model.path, self.state_dir / AGENT_DIR, agent_config(self.config, total_rounds=self.total_rounds),
-                     train=self.data.train, validation=self.data.validation, model_cache=self.model_cache)
+        return learning_engine().Agent(self.config.model.path, self.state_dir / AGENT_DIR,
+                                       agent_config(self.config, total_rounds=self.total_rounds),
+                                       train=self.data.train, validation=self.data.validation, model_cache=self.model_cache)
+
+    @property
+    def model_state(self) -> str:
+        """``loading`` until the model is built, then ``ready`` or ``failed`` (see ``load_error``)."""
+        if not self._loaded.is_set():
+            return "loading"
+        return "ready" if self.agent is not None else "failed"
 
     async def load(self) -> None:
+        """Build the agent in a worker thread; log ``model-ready`` with the seconds it took.
+
+        Until it has finished, :meth:`call` waits (exchanges and round steps queue
+        behind it, each bounded by its own deadline) and ``status`` says ``loading``.
+        """
+        started = trio.current_time()
         try:
             self.agent = await trio.to_thread.run_sync(self._load)
         except Exception as exc:  # a bad model directory: reported in status, the daemon keeps serving
@@ -97,7 +127,10 @@ class Learner:
             raise
         finally:
             self.busy = "idle"
+            self.seconds["loading"] = trio.current_time() - started
             self._loaded.set()
+        if self.on_event is not None:
+            self.on_event("model-ready", seconds=round(self.seconds["loading"], 3), model=self.config.model.path)
 
     async def call(self, fn: Callable[[Agent], T], *, doing: str = "working") -> T:
         """Run ``fn(agent)`` in a worker thread, one at a time."""
@@ -122,6 +155,7 @@ class Learner:
         agent = self.agent
         return {
             "busy": self.busy,
+            "model_state": self.model_state,
             "load_error": self.load_error,
             "model": dict(agent.describe()) if agent is not None else None,
             "data": self.data.sizes(),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from collections.abc import Sequence
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from knexa_node.config import Config
 from knexa_node.crypto import sha256
@@ -25,9 +25,11 @@ from knexa_node.daemon.round_machine import (
     Distilled, Event, ExchangeFailed, FeedbackReported, FetchFailed, PackageFetched,
 )
 from knexa_node.exchange.errors import ExchangeOutcome
-from knexa_node.learn.agent import DistillReport, ExchangeRequest, MultiDistillReport
 from knexa_node.wire import Ack, Feedback, Message, PairingProposal
 from knexa_node.wire.messages import MAX_FEEDBACK_ITEMS
+
+if TYPE_CHECKING:  # the engine (torch) is loaded by the model load, after the ready line (learner.py)
+    from knexa_node.learn.agent import DistillReport, ExchangeRequest, MultiDistillReport
 
 
 class StudentSide(Protocol):

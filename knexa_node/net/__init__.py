@@ -11,6 +11,7 @@ Map (each module has one job; read :mod:`.network` first):
 - :mod:`.streams`    :class:`FramedStream`: length-prefixed frames with deadlines and size caps
 - :mod:`.gossip`     GossipSub with explicit parameters; signed envelopes validated, drops counted
 - :mod:`.discovery`  bootstrap dialing with backoff, Kademlia DHT discovery, reconnection
+- :mod:`.routing`    the DHT's per-subnet cap, kept for strangers and lifted for consortium members (NAT)
 - :mod:`.stats`      counters (drops by reason, messages, bytes, dials)
 - :mod:`.errors`     :class:`NetError` and its subclasses
 

@@ -39,6 +39,7 @@ from knexa_node.net.errors import NetError, PeerUnreachable, StreamTimeout
 from knexa_node.net.gossip import Gossip, GossipHandler
 from knexa_node.net.host import bound_addrs, build_host, dialable_addrs, parse_addrs
 from knexa_node.net.params import NetParams
+from knexa_node.net.routing import MemberSubnetGate
 from knexa_node.net.stats import NetStats
 from knexa_node.net.streams import FramedStream
 from knexa_node.wire import WireError
@@ -99,9 +100,12 @@ class Network:
         self.on_event: EventFn = on_event or _no_event
         self.host = build_host(signer, params)
         # Created before any dial: py-libp2p refuses add_peer on a DHT created later.
-        self.dht = KadDHT(self.host, DHTMode.SERVER)
+        # Its subnet cap is off here and applied to strangers only by the gate (knexa_node.net.routing).
+        self.dht = KadDHT(self.host, DHTMode.SERVER, max_peers_per_subnet=0)
         self.gossip = Gossip(self.host, params.gossip, self.stats)
         self.discovery = Discovery(self.host, self.dht, params, self.stats, self._event)
+        members = frozenset(params.members) | {p.to_base58() for p in self.discovery.bootstrap_ids()}
+        self.subnet_gate = MemberSubnetGate(self.dht.routing_table, lambda: members)
         self.host.get_network().register_notifee(_ConnectionEvents(self))
         self.started_at: float | None = None
         self._running = trio.Event()
@@ -249,6 +253,7 @@ class Network:
             "uptime_s": round(time.monotonic() - self.started_at, 3) if self.started_at else 0.0,
             "connected_peers": self.connected_peers(),
             "dht_routing_table_size": self.dht.get_routing_table_size(),
+            "dht_subnet_refused": self.subnet_gate.refused,
             "topics": self.gossip.topics(),
             "counters": self.stats.snapshot(),
         }

@@ -52,6 +52,9 @@ class NetParams:
     announce: tuple[str, ...] = ()
     bootstrap: tuple[str, ...] = ()
     consortium: str = "default"
+    # Peer IDs exempt from the DHT's subnet cap (knexa_node.net.routing): the consortium's
+    # members and its CPM; the bootstrap peers are added by the network itself.
+    members: tuple[str, ...] = ()
     gossip: GossipParams = field(default_factory=GossipParams)
     # Bootstrap redial backoff: first retry after ``backoff_min_s``, doubling up to ``backoff_max_s``.
     backoff_min_s: float = 0.5
@@ -76,5 +79,6 @@ class NetParams:
             announce=tuple(config.node.announce),
             bootstrap=tuple(config.node.bootstrap),
             consortium=config.consortium.name,
+            members=tuple(config.consortium.members) + ((config.consortium.cpm,) if config.consortium.cpm else ()),
         )
         return cls(**{**base.__dict__, **overrides})  # type: ignore[arg-type]
