@@ -45,6 +45,7 @@ from knexa_node.net.streams import FramedStream
 from knexa_node.wire import WireError
 
 logger = logging.getLogger(__name__)
+LISTENER_CLOSE_S = 2.0  # bound on closing the listeners when the node stops
 
 StreamHandler = Callable[[FramedStream, str], Awaitable[None]]
 """``async def handler(stream, remote_peer_id)``."""
@@ -268,4 +269,22 @@ async def open_network(signer: Signer, params: NetParams, *, on_event: EventFn |
         try:
             yield net
         finally:
+            await _stop_listening(net.host)
             nursery.cancel_scope.cancel()
+
+
+async def _stop_listening(host: Any) -> None:
+    """Close the listeners before the host's services stop.
+
+    Otherwise peers that re-dial while the node shuts down (a restart at a new
+    address, say) reach a swarm whose service has stopped, and py-libp2p logs a
+    traceback per connection (``[ADDCONN_FAIL] ... LifecycleError``) from a clean stop.
+    """
+    listeners = getattr(host.get_network(), "listeners", {})
+    with trio.move_on_after(LISTENER_CLOSE_S) as scope:
+        scope.shield = True  # runs while the body's cancellation may be pending
+        for listener in list(listeners.values()):
+            try:
+                await listener.close()
+            except Exception as exc:  # noqa: BLE001 - stopping anyway; the swarm's own close retries
+                logger.debug("closing a listener on stop: %s", exc)
