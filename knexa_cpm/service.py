@@ -14,6 +14,10 @@ node) with :func:`install`:
   journaled and fsynced before its ``Ack`` leaves, so ``kill -9`` never loses an
   acknowledged reward. The round number is kept in the snapshot; a restarted
   CPM opens the next round.
+- idempotent feedback: a node retries its feedback until it is answered, so an
+  ``Ack`` lost on the way back brings the same feedback again; a repeat of an
+  acknowledged feedback (same student, same content) is answered ``ok`` with
+  code ``duplicate`` and counted nowhere else (``counters.duplicates``).
 
 The round rules themselves live in :mod:`knexa_cpm.rounds` (pure).
 """
@@ -31,7 +35,7 @@ from knexa_cpm.policies import PolicyError, build_policy
 from knexa_cpm.rounds import CLOSED, COLLECTING, Refusal, RoundBook, RoundSettings
 from knexa_cpm.state import PolicyStore
 from knexa_node.config import Config
-from knexa_node.crypto import Signer
+from knexa_node.crypto import Signer, sha256
 from knexa_node.daemon.role import RoleHost
 from knexa_node.net.protocols import CPM_PROTOCOL, PROPOSALS, ROUNDS, topic
 from knexa_node.wire import (
@@ -51,6 +55,14 @@ from knexa_node.wire import (
 REQUEST_TIMEOUT_S = 30.0
 MAX_REQUEST = 256 * 1024
 TICK_S = 0.2
+DUPLICATE = "duplicate"  # the Ack code of a repeated, already acknowledged feedback
+
+
+def feedback_digest(feedback: Feedback) -> str:
+    """What identifies one feedback's content (a retry re-sends the same content)."""
+    return sha256(feedback.to_body()).hex()
+
+
 class CpmService:
     def __init__(self, signer: Signer, config: Config, state_dir: Path, *, publish: Callable[[str, bytes], Any],
                  on_event: Callable[..., None], policy_name: str | None = None, seed: int = 0,
@@ -77,6 +89,14 @@ class CpmService:
         self.refusals: dict[str, int] = {}
         self.rewards: list[float] = []
         self.feedback_log: list[dict[str, Any]] = []
+        # proposal id -> (student, digest) of each acknowledged feedback of recent rounds, so that a retry
+        # after a lost Ack is answered again instead of refused; the journal gives back the open round's.
+        self.acknowledged: dict[bytes, tuple[int, str, str]] = {}
+        for entry in self.store.replayed:
+            meta = entry.meta
+            if "student" in meta and "digest" in meta:
+                pid = bytes.fromhex(str(meta["proposal_id"]))
+                self.acknowledged[pid] = (int(meta["round"]), str(meta["student"]), str(meta["digest"]))
         self._wake = trio.Event()
         self.rounds_topic = topic(config.consortium.name, ROUNDS)
         self.proposals_topic = topic(config.consortium.name, PROPOSALS)
@@ -96,6 +116,10 @@ class CpmService:
         try:
             if isinstance(message, ProposalQuery):
                 return self._proposals_for(remote, message.round)
+            if isinstance(message, Feedback) and self._acknowledged(remote, message):
+                self.counters["duplicates"] = self.counters.get("duplicates", 0) + 1
+                self.on_event("feedback-duplicate", round=message.round, student=remote)
+                return Ack(ref=envelope.digest, ok=True, code=DUPLICATE, reason="already acknowledged")
             if self.book is None:
                 raise Refusal("no-round", "no round is open")
             if isinstance(message, Profile):
@@ -109,7 +133,14 @@ class CpmService:
                 raise Refusal("unexpected-type", type(message).__name__)
         except Refusal as refusal:
             return self._refuse(envelope.digest, refusal.code, str(refusal))
+        if isinstance(message, Feedback):
+            self.acknowledged[message.proposal_id] = (message.round, remote, feedback_digest(message))
         return Ack(ref=envelope.digest, ok=True, code="ok", reason="")
+
+    def _acknowledged(self, remote: str, feedback: Feedback) -> bool:
+        """Was this very feedback, from this student, acknowledged already?"""
+        known = self.acknowledged.get(feedback.proposal_id)
+        return known is not None and known[1:] == (remote, feedback_digest(feedback))
 
     def _accept_feedback(self, remote: str, envelope: Envelope, feedback: Feedback) -> None:
         if self.book is None:  # handle_request refuses feedback while no round is open
@@ -132,6 +163,7 @@ class CpmService:
         # Journaled and fsynced before the Ack is sent: an acknowledged reward survives kill -9.
         seq = self.store.record_feedback(record.pairing, feedback.reward, {
             "proposal_id": feedback.proposal_id.hex(), "round": feedback.round, "nonce": envelope.nonce.hex(),
+            "student": remote, "digest": feedback_digest(feedback),
         })
         self.counters["feedback"] += 1
         self.rewards.append(feedback.reward)
@@ -177,6 +209,8 @@ class CpmService:
         expected = len(self.members) if self.members else 0
         self.book = RoundBook(round=number, opened_at=self.clock(), settings=settings, expected_members=expected,
                               members=self.members)
+        # A retry comes no later than its proposal's expiry: the previous round's are enough to keep.
+        self.acknowledged = {pid: known for pid, known in self.acknowledged.items() if known[0] >= number - 1}
         self.last_round = number
         self.on_round(number)
         self.proposal_envelopes = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Callable, Protocol
 
+from knexa_node.audit.entry import OK, REFUSED, TIMED_OUT
 from knexa_node.config import Config
 from knexa_node.crypto import sha256
 from knexa_node.daemon.cpm_link import CpmLink, describe
@@ -22,6 +23,16 @@ from knexa_node.daemon.round_machine import (
 from knexa_node.exchange.errors import ExchangeOutcome
 from knexa_node.learn.agent import DistillReport
 from knexa_node.wire import Ack, Feedback, Message, PairingProposal
+
+# Feedback is retried this long past its proposal's expiry (the CPM's clock may lag ours; it refuses what is late).
+CLOCK_SKEW_S = 30.0
+
+
+def reward_outcome(answer: Message | None) -> str:
+    """The audit outcome of a reward report: acknowledged, refused, or never answered."""
+    if answer is None:
+        return TIMED_OUT
+    return OK if isinstance(answer, Ack) and answer.ok else REFUSED
 
 
 class StudentSide(Protocol):
@@ -70,7 +81,7 @@ class Lessons:
         pid = proposal.proposal_id
         outcome, report = self._fetched.pop(pid, None), self._reports.pop(pid, None)
         if failed or outcome is None or report is None:
-            await self._send(Feedback.failure(pid, proposal.round))
+            await self._send(Feedback.failure(pid, proposal.round), proposal)
             return FeedbackReported(pid)
         on_dev = self.config.learning.reward_on == "dev" and report.reward_dev is not None
         reward = report.reward_dev if on_dev else report.reward
@@ -81,9 +92,9 @@ class Lessons:
                       seconds=round(report.seconds, 2))
         feedback = Feedback(pid, proposal.round, float(reward), float(before), float(after),
                             int(outcome.payload_size), sha256(outcome.receipt_envelope))
-        answer = await self._send(feedback)
+        answer = await self._send(feedback, proposal)
         accepted = isinstance(answer, Ack) and answer.ok
-        await self.exchanges.record_reward(proposal, feedback, outcome="ok" if accepted else "refused")
+        await self.exchanges.record_reward(proposal, feedback, outcome=reward_outcome(answer))
         self.rewards.append({"round": proposal.round, "teacher": proposal.teacher, "reward": reward, "accepted": accepted,
                              **{k: v for k, v in asdict(report).items() if isinstance(v, (int, float))}})
         return FeedbackReported(pid)
@@ -95,8 +106,9 @@ class Lessons:
         self.on_event("exchange-error", round=proposal.round, error=error[:300])
         return ExchangeFailed(proposal.proposal_id, error)
 
-    async def _send(self, feedback: Feedback) -> Message | None:
-        answer = await self.cpm.ask(feedback)
+    async def _send(self, feedback: Feedback, proposal: PairingProposal) -> Message | None:
+        # Retried until the CPM answers or the proposal is over (a partition must not lose it).
+        answer = await self.cpm.ask(feedback, until=proposal.expires + CLOCK_SKEW_S)
         self.on_event("feedback-sent", round=feedback.round, reward=round(feedback.reward, 5),
                       failed=feedback.package_bytes == 0, answer=describe(answer))
         return answer
