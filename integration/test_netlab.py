@@ -88,6 +88,23 @@ def test_cut_loses_packets_until_heal() -> None:
         assert probe(lab, "a", "connect", lab.address("b"), "9", "5") == "refused"
 
 
+def test_cut_between_partitions_two_members_and_leaves_the_rest_of_the_lab_connected() -> None:
+    with Lab(["a", "b", "c", "d"], shape=LinkShape(loss_pct=1.0)) as lab:
+        lab.cut_between("a", ["b", "c"])
+        for x, y in (("a", "b"), ("b", "a"), ("a", "c"), ("c", "a")):
+            assert probe(lab, x, "connect", lab.address(y), "9", "2") == "failed TimeoutError", (x, y)
+        for x, y in (("a", "d"), ("b", "c"), ("d", "b")):
+            assert probe(lab, x, "connect", lab.address(y), "9", "5") == "refused", (x, y)
+        new = lab.readdress("b")  # the partition follows the member to its new address
+        assert probe(lab, "a", "connect", new, "9", "2") == "failed TimeoutError"
+        lab.heal_between("a", ["b"])
+        assert probe(lab, "a", "connect", new, "9", "5") == "refused"
+        assert probe(lab, "c", "connect", lab.address("a"), "9", "2") == "failed TimeoutError"
+        lab.heal_between("a", ["c"])
+        assert probe(lab, "c", "connect", lab.address("a"), "9", "5") == "refused"
+    assert lab.leftovers() == []
+
+
 def test_readdress_moves_a_member() -> None:
     with Lab(["a", "b"]) as lab:
         old = lab.address("b")
