@@ -89,7 +89,7 @@ class CpmService:
         self.refusals: dict[str, int] = {}
         self.rewards: list[float] = []
         self.feedback_log: list[dict[str, Any]] = []
-        # proposal id -> (student, digest) of each acknowledged feedback of recent rounds, so that a retry
+        # proposal id -> (round, student, digest) of each acknowledged feedback of recent rounds, so that a retry
         # after a lost Ack is answered again instead of refused; the journal gives back the open round's.
         self.acknowledged: dict[bytes, tuple[int, str, str]] = {}
         for entry in self.store.replayed:
