@@ -3,6 +3,7 @@
     with Lab(["cpm", "n0", "n1"], shape=LinkShape(delay_ms=40, jitter_ms=10, loss_pct=1)) as lab:
         proc = lab.spawn("n0", ["knexa-node", "start", "--home", ...], stdout=..., stderr=...)
         lab.cut("n1"); ...; lab.heal("n1")
+        lab.cut_between("cpm", ["n0"]); ...; lab.heal_between("cpm", ["n0"])
 
 Topology: one namespace holds the bridge ``br0``; every member (CPM, node)
 has its own namespace whose ``eth0`` is one end of a veth pair, the other end
@@ -17,6 +18,11 @@ Without it (some VM kernels), the lab degrades to what works and says so in
 :attr:`Lab.degraded`: loss through a classic-BPF filter that drops a random
 share of packets (``cls_bpf`` on a ``clsact`` hook), rate through ``tbf``;
 latency and jitter are then not emulated.
+
+A partition of some members from some others (:meth:`Lab.cut_between`) is a
+classic-BPF filter on each side's ``eth0`` egress that drops what goes to the
+other side's addresses (first in line, pref 1; packets to anyone else go on
+to the loss filter or netem): lost, not refused, like :meth:`Lab.cut`.
 
 Teardown: :meth:`Lab.close` (run by ``with``, on an exception and, while a lab
 is open in the main thread, on SIGTERM/SIGHUP, which it turns into
@@ -54,6 +60,11 @@ IP = shutil.which("ip") or "/usr/sbin/ip"
 # Classic BPF: A = random u32; return TC_ACT_SHOT (2) when A > threshold, else TC_ACT_OK (0).
 _SKF_AD_RANDOM = 0xFFFFF000 + 56
 _TC_ACT_SHOT = 2
+# The partition filter: A = skb protocol; A = IPv4 destination (relative to the network header).
+_SKF_AD_PROTOCOL = 0xFFFFF000
+_SKF_NET_IPV4_DST = 0xFFF00000 + 16
+_TC_ACT_UNSPEC = 0xFFFFFFFF  # (-1) not decided here: the next filter (loss) sees the packet
+_BLOCK_PREF = "1"
 _NAME = re.compile(r"^[a-z0-9]{1,12}$")
 
 
@@ -97,6 +108,7 @@ class Member:
     address: str
     shape: LinkShape = field(default_factory=LinkShape)
     cut: bool = False
+    blocked: set[str] = field(default_factory=set)  # members this one is partitioned from (cut_between)
 
     @property
     def bridge_port(self) -> str:
@@ -167,6 +179,15 @@ def _loss_filter_args(loss_pct: float) -> list[str]:
     threshold = min(int((1.0 - loss_pct / 100.0) * 0xFFFFFFFF), 0xFFFFFFFF)
     code = f"4,32 0 0 {_SKF_AD_RANDOM},37 0 1 {threshold},6 0 0 {_TC_ACT_SHOT},6 0 0 0"
     return ["bpf", "da", "bytecode", code]
+
+
+def _block_filter_args(addresses: Sequence[str]) -> list[str]:
+    """Drop IPv4 packets to ``addresses``; leave every other packet to the next filter."""
+    n = len(addresses)
+    code = [f"32 0 0 {_SKF_AD_PROTOCOL}", f"21 0 {n + 1} {0x0800}", f"32 0 0 {_SKF_NET_IPV4_DST}"]
+    code += [f"21 {n - i} 0 {int(ipaddress.ip_address(a))}" for i, a in enumerate(addresses)]
+    code += [f"6 0 0 {_TC_ACT_UNSPEC}", f"6 0 0 {_TC_ACT_SHOT}"]
+    return ["bpf", "da", "bytecode", f"{len(code)}," + ",".join(code)]
 
 
 def _owner_alive(pid: int) -> bool:
@@ -371,6 +392,7 @@ class Lab:
             limiter = ["netem", "rate", f"{shape.rate_mbit}mbit", "limit", "10000"] if caps.netem else _tbf_args(shape.rate_mbit)
             self._tc(outer[0], "qdisc", "add", "dev", outer[1], "root", *limiter)
         member.shape = shape
+        self._apply_blocks(member)  # the clsact hook was rebuilt above
 
     def _note(self, line: str) -> None:
         if line not in self.degraded:
@@ -384,6 +406,37 @@ class Lab:
     def heal(self, name: str) -> None:
         self._ip(self.bridge_netns, "link", "set", self.members[name].bridge_port, "up")
         self.members[name].cut = False
+        # An address resolution that was under way during the cut would still fail ("no route to host")
+        # a second after the heal: everyone forgets its neighbours and resolves them afresh.
+        for member in self.members.values():
+            _run([IP, "-n", member.netns, "neigh", "flush", "dev", "eth0"], check=False)
+
+    def cut_between(self, name: str, others: Sequence[str]) -> None:
+        """Partition ``name`` from ``others`` both ways; everyone else still reaches both sides."""
+        self._set_blocks(name, others, blocked=True)
+
+    def heal_between(self, name: str, others: Sequence[str]) -> None:
+        self._set_blocks(name, others, blocked=False)
+
+    def _set_blocks(self, name: str, others: Sequence[str], *, blocked: bool) -> None:
+        if name in others or not set(others) <= set(self.members):
+            raise ValueError(f"cannot partition {name!r} from {list(others)!r}")
+        for a, b in [(name, other) for other in others] + [(other, name) for other in others]:
+            (self.members[a].blocked.add if blocked else self.members[a].blocked.discard)(b)
+        for member in {name, *others}:
+            self._apply_blocks(self.members[member])
+
+    def _apply_blocks(self, member: Member) -> None:
+        """(Re)install ``member``'s partition filter for the present addresses of the members it is cut from."""
+        self._tc(member.netns, "filter", "del", "dev", "eth0", "egress", "pref", _BLOCK_PREF, check=False)
+        if not member.blocked:
+            return
+        if not capabilities().bpf_loss:
+            raise LabError("no cls_bpf on this kernel: cannot cut one member from some others")
+        addresses = sorted(self.members[other].address for other in member.blocked)
+        self._tc(member.netns, "qdisc", "add", "dev", "eth0", "clsact", check=False)  # there already with loss
+        self._tc(member.netns, "filter", "add", "dev", "eth0", "egress", "pref", _BLOCK_PREF,
+                 *_block_filter_args(addresses))
 
     def readdress(self, name: str) -> str:
         """Give ``name`` a new address (the old one disappears); returns it."""
@@ -394,6 +447,8 @@ class Lab:
         self._ip(member.netns, "addr", "del", f"{member.address}/{SUBNET.prefixlen}", "dev", "eth0")
         self._ip(member.netns, "addr", "add", f"{new}/{SUBNET.prefixlen}", "dev", "eth0")
         member.address = new
+        for other in member.blocked:  # they drop by address: the new one, now
+            self._apply_blocks(self.members[other])
         return new
 
     # --- processes ---------------------------------------------------------------------------------

@@ -33,6 +33,11 @@ PROBE = textwrap.dedent("""
             socket.create_connection((host, port), timeout=float(sys.argv[4])).close(); print("connected")
         except ConnectionRefusedError: print("refused")
         except OSError as exc: print("failed", type(exc).__name__)
+    elif mode == "rtt":  # milliseconds of refused connects (SYN out, RST back: one round trip), one a line
+        for _ in range(int(sys.argv[4])):
+            started = time.perf_counter()
+            try: socket.create_connection((host, port), timeout=5).close()
+            except ConnectionRefusedError: print(round((time.perf_counter() - started) * 1000, 2))
     elif mode == "udp-send":
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         for i in range(int(sys.argv[4])):
@@ -88,6 +93,23 @@ def test_cut_loses_packets_until_heal() -> None:
         assert probe(lab, "a", "connect", lab.address("b"), "9", "5") == "refused"
 
 
+def test_cut_between_partitions_two_members_and_leaves_the_rest_of_the_lab_connected() -> None:
+    with Lab(["a", "b", "c", "d"], shape=LinkShape(loss_pct=1.0)) as lab:
+        lab.cut_between("a", ["b", "c"])
+        for x, y in (("a", "b"), ("b", "a"), ("a", "c"), ("c", "a")):
+            assert probe(lab, x, "connect", lab.address(y), "9", "2") == "failed TimeoutError", (x, y)
+        for x, y in (("a", "d"), ("b", "c"), ("d", "b")):
+            assert probe(lab, x, "connect", lab.address(y), "9", "5") == "refused", (x, y)
+        new = lab.readdress("b")  # the partition follows the member to its new address
+        assert probe(lab, "a", "connect", new, "9", "2") == "failed TimeoutError"
+        lab.heal_between("a", ["b"])
+        assert probe(lab, "a", "connect", new, "9", "5") == "refused"
+        assert probe(lab, "c", "connect", lab.address("a"), "9", "2") == "failed TimeoutError"
+        lab.heal_between("a", ["c"])
+        assert probe(lab, "c", "connect", lab.address("a"), "9", "5") == "refused"
+    assert lab.leftovers() == []
+
+
 def test_readdress_moves_a_member() -> None:
     with Lab(["a", "b"]) as lab:
         old = lab.address("b")
@@ -120,6 +142,21 @@ def test_rate_and_loss_are_applied_where_the_kernel_allows() -> None:
         else:
             assert "tbf" in qdiscs and "clsact" in qdiscs
             assert lab.degraded == ["no sch_netem in this kernel: latency and jitter are not emulated"]
+
+
+@pytest.mark.skipif(not netlab.capabilities().netem, reason="no sch_netem in this kernel: latency is not emulated")
+def test_link_delay_shows_in_the_round_trip_time() -> None:
+    # One-way a -> b is a's delay, b -> a is b's: a round trip is about 2 x 40 ms, plus a spread from the jitter.
+    with Lab(["a", "b"], shape=LinkShape(delay_ms=40, jitter_ms=5)) as lab:
+        probe(lab, "a", "connect", lab.address("b"), "9", "5")  # neighbours resolved first
+        rtts = sorted(float(x) for x in probe(lab, "a", "rtt", lab.address("b"), "9", "20").split())
+        lab.shape("a", LinkShape())
+        lab.shape("b", LinkShape())
+        bare = sorted(float(x) for x in probe(lab, "a", "rtt", lab.address("b"), "9", "20").split())
+    assert len(rtts) == len(bare) == 20
+    median, bare_median = rtts[10], bare[10]
+    assert 70 <= median - bare_median <= 110, (rtts, bare)
+    assert rtts[-1] - rtts[0] > 2, rtts  # jitter: not every round trip takes the same time
 
 
 def test_close_ends_the_processes_it_started() -> None:

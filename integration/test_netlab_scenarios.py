@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import netlab
+from knexa_node.config import load_config
 from netlab import LinkShape
-from netlab_consortium import lab_settings, open_consortium
+from netlab_consortium import LabConsortium, lab_settings, open_consortium, verdict
 
 REASON = netlab.unavailable_reason()
 FULL = os.environ.get("KNEXA_NETLAB_FULL") == "1"
@@ -49,11 +51,16 @@ def test_a_node_restarted_at_a_new_address_is_found_again_through_the_dht(tmp_pa
         old = lab.address(moved.member)
         new = consortium.move(moved)
         assert new != old
+        # The new address is in no configuration, and the moved node's only bootstrap peer is node-0: every
+        # other node that holds the new address got it over a connection that one side could only make by
+        # finding the other through the DHT.
+        assert load_config(moved.home.config_file).node.bootstrap == [consortium.bootstrap()]
+        moved_at = time.monotonic()
         wait_until(lambda: everyone_sees(new), 180, f"every node found {peer} at its new address {new}")
-        for daemon in consortium.everyone:
-            assert daemon.crashes() == [], daemon.log_tail()
-        verdicts = consortium.audit()
-        assert all(v["ok"] for v in verdicts.values()), verdicts
+        found = [e for e in moved.events() if e.get("event") == "peer-discovered" and e.get("via") == "dht"]
+        print(f"{NODES} nodes: every node knew {peer[:12]}.. at {new} {time.monotonic() - moved_at:.1f} s after "
+              f"its restart; it logged {len(found)} DHT discoveries over both runs")
+        scenario_checks(consortium)
     assert lab.leftovers() == []
 
 
@@ -69,9 +76,42 @@ def test_a_node_cut_off_mid_round_and_healed_lets_the_round_finish_for_the_other
         lab.heal(victim.member)
         final = consortium.wait_rounds(2, timeout=400, idle=False)
         assert [h["closed_by"] for h in final["history"]][:2], final["history"]
-        for daemon in consortium.everyone:
-            assert daemon.alive(), f"{daemon.name} died:\n{daemon.log_tail()}"
-            assert daemon.crashes() == [], daemon.log_tail()
-        verdicts = consortium.audit()
-        assert all(v["ok"] for v in verdicts.values()), verdicts
+        scenario_checks(consortium)
+    assert lab.leftovers() == []
+
+
+def scenario_checks(consortium: LabConsortium) -> None:
+    """After a scenario, the common verdict: audit logs verify and cross-check, no crash, drops counted."""
+    found = verdict(consortium)
+    assert found.ok, str(found)
+    print(f"drops: {found.drops}")
+
+
+def events_of(daemon: Any, *names: str) -> list[dict[str, Any]]:
+    return [e for e in daemon.events() if e.get("event") in names]
+
+
+def test_the_cpm_cut_off_from_half_the_nodes_for_a_round_then_everyone_is_in_the_next(tmp_path: Path) -> None:
+    settings = lab_settings(NODES, 2, round_deadline_s=60.0, proposal_ttl_s=120.0)
+    with open_consortium(tmp_path / "c", settings, shape=SHAPE) as (lab, consortium):
+        cut = consortium.nodes[-(NODES // 2):]  # never node-0, the bootstrap node
+        wait_until(lambda: consortium.cpm.control("cpm-status").get("last_round", 0) >= 1, 180, "round 1 opened")
+        lab.cut_between(consortium.cpm.member, [n.member for n in cut])
+        cut_at = time.monotonic()
+        first = consortium.wait_rounds(1, timeout=400, idle=False)["history"][0]
+        lab.heal_between(consortium.cpm.member, [n.member for n in cut])
+        healed_at = time.monotonic()
+        # A logged outcome for round 1, whatever it is (paired the others and got their feedback, or expired).
+        assert first.get("closed_by") in ("feedback", "expired", "no-pairs", "deadline-without-quorum"), first
+        for daemon in cut:  # the cut was real: each cut node failed to reach the CPM in round 1
+            assert events_of(daemon, "cpm-unreachable"), f"{daemon.name} never missed the CPM"
+        final = consortium.wait_rounds(2, timeout=400, idle=False)
+        second = final["history"][1]
+        assert second["round"] == 2 and second["profiles"] == NODES, final["history"]  # everyone is back
+        assert second.get("closed_by"), second
+        print(f"round 1 ({first['profiles']} profiles, closed by {first['closed_by']}) took "
+              f"{healed_at - cut_at:.0f} s from the cut; round 2 closed {time.monotonic() - healed_at:.0f} s "
+              f"after the heal with {second['profiles']} profiles ({second['closed_by']})")
+        consortium.wait_rounds(2, timeout=120)  # and the nodes went back to waiting
+        scenario_checks(consortium)
     assert lab.leftovers() == []

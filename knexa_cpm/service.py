@@ -18,6 +18,10 @@ node) with :func:`install`:
   CPM closes the round it had open as ``interrupted`` (logged), opens the
   next one, and goes on with ``cpm.auto_rounds`` where the plan stood
   (``rounds_closed`` in its status counts the rounds of every run).
+- idempotent feedback: a node retries its feedback until it is answered, so an
+  ``Ack`` lost on the way back brings the same feedback again; a repeat of an
+  acknowledged feedback (same student, same content) is answered ``ok`` with
+  code ``duplicate`` and counted nowhere else (``counters.duplicates``).
 
 The round rules themselves live in :mod:`knexa_cpm.rounds` (pure).
 """
@@ -36,7 +40,7 @@ from knexa_cpm.policies import PolicyError, build_policy
 from knexa_cpm.rounds import CLOSED, COLLECTING, Refusal, RoundBook, RoundSettings
 from knexa_cpm.state import PolicyStore
 from knexa_node.config import Config
-from knexa_node.crypto import Signer
+from knexa_node.crypto import Signer, sha256
 from knexa_node.daemon.role import RoleHost
 from knexa_node.net.protocols import CPM_PROTOCOL, PROPOSALS, ROUNDS, topic
 from knexa_node.wire import (
@@ -59,6 +63,12 @@ TICK_S = 0.2
 # Gossip keeps no history: a member that (re)starts while a round collects profiles would never hear of it.
 # The open round is announced again this often until every member's profile is in.
 REANNOUNCE_S = 5.0
+DUPLICATE = "duplicate"  # the Ack code of a repeated, already acknowledged feedback
+
+
+def feedback_digest(feedback: Feedback) -> str:
+    """What identifies one feedback's content (a retry re-sends the same content)."""
+    return sha256(feedback.to_body()).hex()
 
 
 class CpmService:
@@ -89,6 +99,14 @@ class CpmService:
         self.refusals: dict[str, int] = {}
         self.rewards: list[float] = []
         self.feedback_log: list[dict[str, Any]] = []
+        # proposal id -> (round, student, digest) of each acknowledged feedback of recent rounds, so that a retry
+        # after a lost Ack is answered again instead of refused; the journal gives back the open round's.
+        self.acknowledged: dict[bytes, tuple[int, str, str]] = {}
+        for entry in self.store.replayed:
+            meta = entry.meta
+            if "student" in meta and "digest" in meta:
+                pid = bytes.fromhex(str(meta["proposal_id"]))
+                self.acknowledged[pid] = (int(meta["round"]), str(meta["student"]), str(meta["digest"]))
         self._wake = trio.Event()
         self._announced_at = 0.0
         self.rounds_topic = topic(config.consortium.name, ROUNDS)
@@ -124,6 +142,10 @@ class CpmService:
         try:
             if isinstance(message, ProposalQuery):
                 return self._proposals_for(remote, message.round)
+            if isinstance(message, Feedback) and self._acknowledged(remote, message):
+                self.counters["duplicates"] = self.counters.get("duplicates", 0) + 1
+                self.on_event("feedback-duplicate", round=message.round, student=remote)
+                return Ack(ref=envelope.digest, ok=True, code=DUPLICATE, reason="already acknowledged")
             if self.book is None:
                 raise Refusal("no-round", "no round is open")
             if isinstance(message, Profile):
@@ -137,7 +159,14 @@ class CpmService:
                 raise Refusal("unexpected-type", type(message).__name__)
         except Refusal as refusal:
             return self._refuse(envelope.digest, refusal.code, str(refusal))
+        if isinstance(message, Feedback):
+            self.acknowledged[message.proposal_id] = (message.round, remote, feedback_digest(message))
         return Ack(ref=envelope.digest, ok=True, code="ok", reason="")
+
+    def _acknowledged(self, remote: str, feedback: Feedback) -> bool:
+        """Was this very feedback, from this student, acknowledged already?"""
+        known = self.acknowledged.get(feedback.proposal_id)
+        return known is not None and known[1:] == (remote, feedback_digest(feedback))
 
     def _accept_feedback(self, remote: str, envelope: Envelope, feedback: Feedback) -> None:
         if self.book is None:  # handle_request refuses feedback while no round is open
@@ -162,6 +191,7 @@ class CpmService:
         seq = self.store.record_feedback(record.pairing, feedback.reward, {
             "proposal_id": feedback.proposal_id.hex(), "round": feedback.round, "nonce": envelope.nonce.hex(),
             "claims_failed": feedback.claims_failed,
+            "student": remote, "digest": feedback_digest(feedback),
         })
         self.counters["feedback"] += 1
         if feedback.claims_failed:
@@ -208,6 +238,8 @@ class CpmService:
         expected = len(self.members) if self.members else 0
         self.book = RoundBook(round=number, opened_at=self.clock(), settings=settings, expected_members=expected,
                               members=self.members)
+        # A retry comes no later than its proposal's expiry: the previous round's are enough to keep.
+        self.acknowledged = {pid: known for pid, known in self.acknowledged.items() if known[0] >= number - 1}
         self.last_round = number
         self.on_round(number)
         self.proposal_envelopes = {}

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from knexa_node.audit.entry import OK, REFUSED, TIMED_OUT
 from knexa_node.config import Config
 from knexa_node.crypto import sha256
 from knexa_node.daemon.cpm_link import CpmLink, describe
@@ -30,6 +31,16 @@ from knexa_node.wire.messages import MAX_FEEDBACK_ITEMS
 
 if TYPE_CHECKING:  # the engine (torch) is loaded by the model load, after the ready line (learner.py)
     from knexa_node.learn.agent import DistillReport, ExchangeRequest, MultiDistillReport
+
+# Feedback is retried this long past its proposal's expiry (the CPM's clock may lag ours; it refuses what is late).
+CLOCK_SKEW_S = 30.0
+
+
+def reward_outcome(answer: Message | None) -> str:
+    """The audit outcome of a reward report: acknowledged, refused, or never answered."""
+    if answer is None:
+        return TIMED_OUT
+    return OK if isinstance(answer, Ack) and answer.ok else REFUSED
 
 
 class StudentSide(Protocol):
@@ -103,7 +114,7 @@ class Lessons:
         pid = proposal.proposal_id
         outcome, report = self._fetched.pop(pid, None), self._reports.pop(pid, None)
         if failed or outcome is None or report is None:
-            await self._send(Feedback.failure(pid, proposal.round))
+            await self._send(Feedback.failure(pid, proposal.round), proposal)
             return FeedbackReported(pid)
         reward, before, after = self.reward_of(report)
         self.on_event("distilled", round=proposal.round, teacher=proposal.teacher, reward=round(reward, 5),
@@ -114,9 +125,9 @@ class Lessons:
                             sha256(outcome.receipt_envelope), items_used=min(report.items_used, MAX_FEEDBACK_ITEMS),
                             items_failed=min(report.items_failed, MAX_FEEDBACK_ITEMS),
                             claims_failed=min(report.claims_failed, report.items_failed, MAX_FEEDBACK_ITEMS))
-        answer = await self._send(feedback)
+        answer = await self._send(feedback, proposal)
         accepted = isinstance(answer, Ack) and answer.ok
-        await self.exchanges.record_reward(proposal, feedback, outcome="ok" if accepted else "refused")
+        await self.exchanges.record_reward(proposal, feedback, outcome=reward_outcome(answer))
         # The report's numbers first: its own "reward" (Eq. 3 on the private split) is not the one reported.
         self.rewards.append({**{k: v for k, v in asdict(report).items() if isinstance(v, (int, float))},
                              "round": proposal.round, "teacher": proposal.teacher, "reward": reward,
@@ -130,8 +141,9 @@ class Lessons:
         self.on_event("exchange-error", round=proposal.round, error=error[:300])
         return ExchangeFailed(proposal.proposal_id, error)
 
-    async def _send(self, feedback: Feedback) -> Message | None:
-        answer = await self.cpm.ask(feedback)
+    async def _send(self, feedback: Feedback, proposal: PairingProposal) -> Message | None:
+        # Retried until the CPM answers or the proposal is over (a partition must not lose it).
+        answer = await self.cpm.ask(feedback, until=proposal.expires + CLOCK_SKEW_S)
         self.on_event("feedback-sent", round=feedback.round, reward=round(feedback.reward, 5),
                       failed=feedback.package_bytes == 0, answer=describe(answer))
         return answer

@@ -62,7 +62,7 @@ class Participant:
                  limits: RoundLimits | None = None, clock: Callable[[], float] = time.time) -> None:
         self.host, self.learner, self.clock = host, learner, clock
         self.config = host.config
-        self.cpm = CpmLink(host.net, host.signer, self.config.consortium.cpm, host.log.event)
+        self.cpm = CpmLink(host.net, host.signer, self.config.consortium.cpm, host.log.event, clock=clock)
         self.machine = NodeRound(me=host.signer.peer_id, limits=limits or RoundLimits())
         self.curve = LearningCurve(host.home.state_dir / CURVE_FILE)
         self.lessons = Lessons(learner, exchanges, self.cpm, self.config, host.log.event)

@@ -102,8 +102,10 @@ async def test_round_profiles_pairs_feedback_and_replay(tmp_path: Path) -> None:
     assert isinstance(refused, Ack) and not refused.ok and refused.code == "not-student"
     accepted = ask(service, student, feedback)
     assert isinstance(accepted, Ack) and accepted.ok
-    replayed = ask(service, student, feedback)
-    assert isinstance(replayed, Ack) and replayed.code == "replay"
+    repeated = ask(service, student, feedback)  # a retry after a lost Ack: answered again, counted once
+    assert isinstance(repeated, Ack) and repeated.ok and repeated.code == "duplicate"
+    changed = ask(service, student, Feedback(first.proposal_id, 1, 0.9, 2.0, 1.1, 1000, bytes(range(32))))
+    assert isinstance(changed, Ack) and not changed.ok and changed.code == "replay"
     assert service.store.seq == 1
 
     second = proposals[1]
@@ -113,8 +115,10 @@ async def test_round_profiles_pairs_feedback_and_replay(tmp_path: Path) -> None:
     assert service.store.seq == 1  # a failed exchange never reaches the bandit
     await service.tick()
     assert service.round_closed() and service.history[-1]["closed_by"] == "feedback"
+    assert ask(service, other, failure).code == "duplicate"
     status = service.status()
     assert status["counters"]["feedback"] == 1 and status["counters"]["failed_exchanges"] == 1
+    assert status["counters"]["duplicates"] == 2 and status["feedback"] == service.feedback_log[:1]
     assert status["bandit_updates"] == 1 and status["rounds_closed"] == 1
     assert first.teacher in dict(status["trust"]["top"]) | dict(status["trust"]["bottom"])
 
@@ -240,3 +244,25 @@ async def test_failed_verified_claims_count_against_the_teacher_and_survive_reop
         np.testing.assert_allclose(reopened.policy.trust.scores([n.peer_id for n in NODES]), trusts[claims])
         reopened.close()
     assert (trusts[3] < trusts[0]).all()
+async def test_a_repeated_feedback_is_acknowledged_once_after_the_round_and_after_a_restart(tmp_path: Path) -> None:
+    clock = Clock()
+    service, published = make_service(tmp_path, clock, policy="linucb")
+    await service.open_round()
+    for i, node in enumerate(NODES):
+        ask(service, node, profile_of(i, 1))
+    await service.tick()
+    proposal = next(open_envelope(d)[1] for t, d in published if t.endswith("/proposals"))
+    student = next(n for n in NODES if n.peer_id == proposal.student)
+    feedback = Feedback(proposal.proposal_id, 1, 0.5, 1.0, 0.5, 10, bytes(32 * [1]))
+    assert ask(service, student, feedback).code == "ok"
+    service.close()  # killed before the Ack reached the student: only the journal holds the feedback
+    reopened, _ = make_service(tmp_path, clock, policy="linucb")
+    assert reopened.book is None and reopened.store.seq == 1
+    assert ask(reopened, student, feedback).code == "duplicate"
+    other = next(n for n in NODES if n.peer_id != proposal.student)
+    assert ask(reopened, other, feedback).code == "no-round"  # the same content from another peer is no repeat
+    await reopened.open_round()  # round 2: round 1's acknowledgements are still known
+    assert ask(reopened, student, feedback).code == "duplicate"
+    assert reopened.store.seq == 1 and reopened.status()["counters"]["feedback"] == 0
+    await reopened.open_round()  # round 3: round 1 is too old for a retry
+    assert ask(reopened, student, feedback).code == "unknown-proposal"
