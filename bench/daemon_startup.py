@@ -24,21 +24,9 @@ import time
 from pathlib import Path
 
 from knexa_node.daemon.control import call
+from net_idle import cpu_s, rss_mib  # bench/ is on the path of a bench script
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` so far: start-up cost that load on the machine does not inflate."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def one_start(bin_dir: Path, home: Path, idle_s: float, wait_model: bool) -> dict[str, float]:

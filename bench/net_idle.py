@@ -31,6 +31,7 @@ def rss_mib(pid: int) -> float:
 
 
 def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far: start-up cost that load on the machine does not inflate."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -198,15 +199,20 @@ async def test_deadline_pairs_with_two_and_closes_on_expiry(tmp_path: Path) -> N
     assert service.round_closed() and service.history[-1]["closed_by"] == "expired"
 
 
-async def test_acknowledged_feedback_survives_reopen(tmp_path: Path) -> None:
-    clock = Clock()
-    service, published = make_service(tmp_path, clock, policy="linucb")
+async def first_pairing(service: CpmService, published: list) -> tuple[PairingProposal, Any]:
+    """Open round 1 with every node's profile, pair it, and return its first proposal and that proposal's student."""
     await service.open_round()
     for i, node in enumerate(NODES):
         ask(service, node, profile_of(i, 1))
     await service.tick()
     proposal = next(open_envelope(d)[1] for t, d in published if t.endswith("/proposals"))
-    student = next(n for n in NODES if n.peer_id == proposal.student)
+    return proposal, next(n for n in NODES if n.peer_id == proposal.student)
+
+
+async def test_acknowledged_feedback_survives_reopen(tmp_path: Path) -> None:
+    clock = Clock()
+    service, published = make_service(tmp_path, clock, policy="linucb")
+    proposal, student = await first_pairing(service, published)
     assert ask(service, student, Feedback(proposal.proposal_id, 1, 0.5, 1.0, 0.5, 10, bytes(32 * [1]))).ok
     state_before = service.policy.state_dict()
     service.close()  # no checkpoint after the feedback: only the journal holds it
@@ -244,15 +250,12 @@ async def test_failed_verified_claims_count_against_the_teacher_and_survive_reop
         np.testing.assert_allclose(reopened.policy.trust.scores([n.peer_id for n in NODES]), trusts[claims])
         reopened.close()
     assert (trusts[3] < trusts[0]).all()
+
+
 async def test_a_repeated_feedback_is_acknowledged_once_after_the_round_and_after_a_restart(tmp_path: Path) -> None:
     clock = Clock()
     service, published = make_service(tmp_path, clock, policy="linucb")
-    await service.open_round()
-    for i, node in enumerate(NODES):
-        ask(service, node, profile_of(i, 1))
-    await service.tick()
-    proposal = next(open_envelope(d)[1] for t, d in published if t.endswith("/proposals"))
-    student = next(n for n in NODES if n.peer_id == proposal.student)
+    proposal, student = await first_pairing(service, published)
     feedback = Feedback(proposal.proposal_id, 1, 0.5, 1.0, 0.5, 10, bytes(32 * [1]))
     assert ask(service, student, feedback).code == "ok"
     service.close()  # killed before the Ack reached the student: only the journal holds the feedback
