@@ -124,15 +124,26 @@ async def test_round_profiles_pairs_feedback_and_replay(tmp_path: Path) -> None:
     assert first.teacher in dict(status["trust"]["top"]) | dict(status["trust"]["bottom"])
 
 
-async def test_several_teachers_per_student(tmp_path: Path) -> None:
-    """c = 2: every student gets two teachers and every teacher two students, one proposal per directed pair."""
-    clock = Clock()
-    service, published = make_service(tmp_path, clock, policy="random", teachers_per_student=2)
+async def paired_round(service: CpmService, published: list) -> list[PairingProposal]:
+    """Open round 1 with every node's profile, pair it, and return the proposals it published."""
     await service.open_round()
     for i, node in enumerate(NODES):
         assert ask(service, node, profile_of(i, 1)).ok
     await service.tick()
-    proposals = [open_envelope(data)[1] for topic, data in published if topic.endswith("/proposals")]
+    return [open_envelope(data)[1] for topic, data in published if topic.endswith("/proposals")]
+
+
+async def first_pairing(service: CpmService, published: list) -> tuple[PairingProposal, Any]:
+    """:func:`paired_round`'s first proposal and that proposal's student."""
+    proposal = (await paired_round(service, published))[0]
+    return proposal, next(n for n in NODES if n.peer_id == proposal.student)
+
+
+async def test_several_teachers_per_student(tmp_path: Path) -> None:
+    """c = 2: every student gets two teachers and every teacher two students, one proposal per directed pair."""
+    clock = Clock()
+    service, published = make_service(tmp_path, clock, policy="random", teachers_per_student=2)
+    proposals = await paired_round(service, published)
     pairs = [(p.teacher, p.student) for p in proposals]
     assert len(pairs) == len(set(pairs)) == 2 * len(NODES)
     for node in NODES:
@@ -199,16 +210,6 @@ async def test_deadline_pairs_with_two_and_closes_on_expiry(tmp_path: Path) -> N
     assert service.round_closed() and service.history[-1]["closed_by"] == "expired"
 
 
-async def first_pairing(service: CpmService, published: list) -> tuple[PairingProposal, Any]:
-    """Open round 1 with every node's profile, pair it, and return its first proposal and that proposal's student."""
-    await service.open_round()
-    for i, node in enumerate(NODES):
-        ask(service, node, profile_of(i, 1))
-    await service.tick()
-    proposal = next(open_envelope(d)[1] for t, d in published if t.endswith("/proposals"))
-    return proposal, next(n for n in NODES if n.peer_id == proposal.student)
-
-
 async def test_acknowledged_feedback_survives_reopen(tmp_path: Path) -> None:
     clock = Clock()
     service, published = make_service(tmp_path, clock, policy="linucb")
@@ -231,11 +232,7 @@ async def test_failed_verified_claims_count_against_the_teacher_and_survive_reop
         clock = Clock()
         where = tmp_path / f"claims-{claims}"
         service, published = make_service(where, clock, policy="knexa", teachers_per_student=2)
-        await service.open_round()
-        for i, node in enumerate(NODES):
-            assert ask(service, node, profile_of(i, 1)).ok
-        await service.tick()
-        proposals = [open_envelope(d)[1] for t, d in published if t.endswith("/proposals")]
+        proposals = await paired_round(service, published)
         for proposal in proposals:
             student = next(n for n in NODES if n.peer_id == proposal.student)
             feedback = Feedback(proposal.proposal_id, 1, 0.1, 1.0, 0.9, 10, bytes(32 * [1]), items_used=4,
