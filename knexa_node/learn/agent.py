@@ -488,11 +488,8 @@ class Agent:
         if protocol not in ("text", "logits"):
             raise ValueError(f"unknown protocol {protocol!r}")
         request = request or ExchangeRequest()
-        categories = teachable_order(request.categories, self.own_competence) if request.categories else ()
-        if request.categories and not categories:
-            prompts = []  # it measured no skill in anything asked: answers would fail the tests and cost decoding
-        else:
-            prompts = select_prompts(transfer, categories, request.budget or self.config.exchange_budget)
+        categories = teachable_order(request.categories, self.own_competence)
+        prompts = select_prompts(transfer, categories, request.budget or self.config.exchange_budget)
         k = self.config.top_k_logits if protocol == "logits" else 0
         answers, tested, decoded = self._cached_candidates(prompts, k)
         eos = self.tokenizer.eos_token_id

@@ -8,7 +8,8 @@
 - :func:`teachable_order`: the requested categories reordered by what the
   teacher itself knows (its own public dev-set Pass@1): the budget goes first
   to the categories where its answers will pass the tests, and categories it
-  measured no skill in at all are left out (answers that fail are never sent).
+  measured no skill in are left out (answers that fail are never sent), unless
+  it measured none in any of them.
 - :func:`covered_gain`: the reward that measures new knowledge: the student's
   dev-set Pass@1 gain on the categories a package covered, each category's gain
   shared among the teachers in proportion to the items each contributed there.
@@ -30,9 +31,11 @@ def weak_categories(competence: Mapping[str, float], threshold: float) -> tuple[
 def teachable_order(requested: Sequence[str], own: Mapping[str, float]) -> tuple[str, ...]:
     """``requested`` with the teacher's strongest categories first; those it scored 0 in are dropped.
 
-    Without a measurement of its own (``own`` empty) the student's order stands.
+    Without a measurement of its own (``own`` empty), or when it scored 0 in every requested category
+    (the dev set holds 4 problems per category: a coarse measure, and a new consortium starts there),
+    the student's order stands.
     """
-    if not own:
+    if not any(own.get(name, 0.0) > 0.0 for name in requested):
         return tuple(requested)
     ranked = sorted(enumerate(requested), key=lambda item: (-own.get(item[1], 0.0), item[0]))
     return tuple(name for _, name in ranked if own.get(name, 0.0) > 0.0)

@@ -31,7 +31,7 @@ def test_teachable_order_puts_the_teachers_strengths_first_and_drops_what_it_can
     own = {"list": 0.25, "dict": 0.0, "math": 1.0, "string": 0.25}
     assert teachable_order(requested, own) == ("math", "list", "string")
     assert teachable_order(requested, {}) == requested  # no measurement of its own: the student's order
-    assert teachable_order(requested, {"logic": 1.0}) == ()
+    assert teachable_order(requested, {"logic": 1.0}) == requested  # no skill in anything asked: as asked
 
 
 def test_covered_gain_is_the_gain_on_covered_categories_shared_by_items() -> None:
