@@ -416,6 +416,8 @@ class LinUCBPolicy(_UCBPolicy):
 
 class KnexaPolicy(_UCBPolicy):
     name = "knexa"
+    # Options that only weigh a proposal's score: a stored state of another value still fits (knexa_cpm.state).
+    SCORING_OPTIONS = ("prior_weight", "beta0", "beta_tau", "max_candidates", "group_size", "shortlist")
 
     def __init__(
         self,
