@@ -25,6 +25,9 @@ class GossipParams:
     # one duplicate per message per node. With flood publishing (below) the
     # first hop reaches every connected peer anyway; measured on 7 loopback
     # hosts: D=6 -> 36 RPCs and ~85 ms CPU per message, D=4/3/5 -> 18 and ~47 ms.
+    # Lower does not pay: D=3/2/4 on 8 processes cut the copies per receiver from
+    # ~3.8 to ~3.2 but not the CPU (6.8 vs 6.6 ms per message per node), and leaves
+    # fewer paths around a lost link in a consortium of 20-100 (docs/netlab.md).
     degree: int = 4
     degree_low: int = 3
     degree_high: int = 5
