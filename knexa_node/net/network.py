@@ -75,6 +75,7 @@ class _ConnectionEvents(INotifee):
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
         self.net.on_event("peer-disconnected", peer_id=conn.muxed_conn.peer_id.to_base58())
+        self.net.discovery.wake()  # redial (or find again) a lost peer without waiting out a long interval
 
     async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
         pass
