@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/net_gossip.py procs 5 [--messages 100] [--rate 20]    # one process per host
     .venv/bin/python bench/net_gossip.py inproc 20 [--messages 40] [--rate 5]    # all hosts on one trio loop
+    .venv/bin/python bench/net_gossip.py procs 6 --messages 100 --rate 5 --profile-child DIR  # + cProfile of one node
 
 Topology as in a deployment: a bootstrap hub, the CPM and N - 1 more nodes
 that know only the hub and find each other through the DHT; the N receivers
@@ -12,6 +13,14 @@ within ``--grace`` seconds after the last publication counts as lost, so the
 run time is bounded. Prints the load average next to the figures: on a
 shared 2-core machine they depend on it.
 
+``procs`` also measures each node's CPU over ``--idle`` seconds of quiet
+before publishing (the background: DHT lookups, heartbeats) and prints the
+per-message CPU net of it, the copies of each message a receiver got (mesh
+duplicates) and how many our envelope validator checked; ``--degree`` tries
+other mesh degrees; ``--profile-child DIR`` writes CPU-time cProfiles of one
+plain node (quiet and publication windows) and prints its top functions
+(cProfile multiplies that node's CPU by ~3-4, so it is left out of the means).
+
 ``procs`` is the honest measure of one node's path. ``inproc`` puts N + 1
 hosts on one Python thread: every host's per-message CPU (py-libp2p spends
 ~2-3 ms per gossip RPC) adds up on one core, so it measures that core's
@@ -21,14 +30,17 @@ saturation more than the network; keep ``rate`` low for N = 20.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import os
+import pstats
 import resource
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import trio
@@ -134,10 +146,21 @@ def emit(**fields: object) -> None:
     sys.stdout.flush()
 
 
-async def child(role: str, bootstrap: str, peers: int) -> None:
-    """A host of the ``procs`` bench, driven over stdin/stdout (JSON lines)."""
+async def child(role: str, bootstrap: str, peers: int, profile_to: str, degree: tuple[int, int, int] | None) -> None:
+    """A host of the ``procs`` bench, driven over stdin/stdout (JSON lines).
+
+    With ``profile_to`` the child runs cProfile (CPU time, not wall time: the
+    machine is shared) between its second and third ``report`` (the
+    publication window) and writes the stats there, and those of the quiet
+    window before (first to second ``report``) to ``*.idle.pstats``.
+    """
     params = loopback_params(bootstrap=(bootstrap,) if bootstrap else ())
+    if degree is not None:
+        d, d_lo, d_hi = degree
+        params = replace(params, gossip=replace(params.gossip, degree=d, degree_low=d_lo, degree_high=d_hi))
     net = Network(Signer.generate(), params)
+    profiler = cProfile.Profile(time.process_time) if profile_to else None
+    reports = 0
 
     async def on(envelope, message, origin):
         emit(event="got", round=message.round, latency=time.time() - envelope.timestamp)
@@ -164,15 +187,25 @@ async def child(role: str, bootstrap: str, peers: int) -> None:
                     await publish_all(net, command["messages"], command["rate"])
                     emit(event="published", cpu_s=cpu_s() - cpu0)
                 elif command["do"] == "report":
-                    emit(event="report", cpu_s=cpu_s(), mesh=net.gossip.topics()[T]["mesh"])
+                    reports += 1
+                    if profiler is not None and reports in (2, 3):  # the quiet window, the publication window
+                        profiler.disable()
+                        profiler.dump_stats(profile_to.replace(".pstats", ".idle.pstats") if reports == 2 else profile_to)
+                    emit(event="report", cpu_s=cpu_s(), mesh=net.gossip.topics()[T]["mesh"],
+                         copies=net.stats.gossip_copies_in, validated=net.stats.gossip_validations)
+                    if profiler is not None and reports in (1, 2):
+                        profiler = cProfile.Profile(time.process_time)
+                        profiler.enable()
         nursery.cancel_scope.cancel()
 
 
 class Child:
-    def __init__(self, role: str, bootstrap: str, peers: int) -> None:
+    def __init__(self, role: str, bootstrap: str, peers: int, profile_to: str = "", degree: str = "") -> None:
         self.role = role
+        self.profiled = bool(profile_to)
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "_child", role, bootstrap or "-", str(peers)],
+            [sys.executable, str(Path(__file__).resolve()), "_child", role, bootstrap or "-", str(peers), profile_to or "-",
+             degree or "-"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )
@@ -188,34 +221,54 @@ class Child:
         self.proc.stdin.flush()  # type: ignore[union-attr]
 
 
-def procs(n: int, messages: int, rate: float, grace: float, settle: float) -> None:
+def procs(n: int, messages: int, rate: float, grace: float, settle: float, idle: float, profile_dir: str = "",
+          degree: str = "") -> None:
     children: list[Child] = []
     t0 = time.monotonic()
+    profile_to = ""
+    if profile_dir and n > 2:  # one plain node is profiled, another measured
+        Path(profile_dir).mkdir(parents=True, exist_ok=True)
+        profile_to = str(Path(profile_dir) / f"node-n{n}-{messages}x{rate:g}.pstats")
     try:
-        hub = Child("hub", "", n)
+        hub = Child("hub", "", n, degree=degree)
         children.append(hub)
         addr = hub.read()["addr"]
-        children += [Child("cpm", addr, n)] + [Child("node", addr, n) for _ in range(n - 1)]
+        # The first plain node (not hub, not CPM) is the profiled receiver.
+        children += [Child("cpm", addr, n, degree=degree)] + [
+            Child("node", addr, n, profile_to if i == 0 else "", degree) for i in range(n - 1)]
         for c in children[1:]:
             c.read()  # up
         ready = [c.read() for c in children]  # everyone sees the other n hosts (or gave up after 120 s)
         time.sleep(settle)
-        print(f"processes N={n}: {n + 1} hosts ready in {time.monotonic() - t0:.1f} s, peers {[r['peers'] for r in ready]}")
+        print(f"processes N={n}{f' (gossip D,D_lo,D_hi = {degree})' if degree else ''}: {n + 1} hosts ready in {time.monotonic() - t0:.1f} s, peers {[r['peers'] for r in ready]}")
         cpm, receivers = children[1], [c for c in children if c.role != "cpm"]
         tally = Tally(len(receivers), messages)
-        cpu = trio.run(_collect, cpm, children, tally, messages, rate, grace)
+        cpu = trio.run(_collect, cpm, children, tally, messages, rate, grace, idle)
         print(tally.line(f"  {messages} msgs at {rate:g}/s") + f"; {load()}")
         print(f"  CPU per message: CPM {cpu['cpm'] * 1000 / messages:.1f} ms, hub {cpu['hub'] * 1000 / messages:.1f} ms, "
-              f"other nodes {statistics.mean(cpu['node']) * 1000 / messages:.1f} ms each (load-independent; one core = 1000 ms/s)")
+              f"other nodes {statistics.mean(cpu['node']) * 1000 / messages:.1f} ms each (load-independent; one core = 1000 ms/s"
+              f"{'; the profiled node left out' if profile_to else ''})")
+        net = [s - b for s, b in zip(cpu["node"], cpu["node_background"])]
+        print(f"  other nodes idle: {statistics.mean(cpu['idle_ms_per_s']):.1f} ms CPU per s (measured over {idle:g} s before); "
+              f"CPU per message net of that background: {statistics.mean(net) * 1000 / messages:.1f} ms each")
+        copies, validated = cpu["copies"], cpu["validated"]
+        print(f"  copies of each message received per receiver: {statistics.mean(copies) / messages:.2f} "
+              f"(min {min(copies) / messages:.2f}, max {max(copies) / messages:.2f}); "
+              f"envelope validations per message: {statistics.mean(validated) / messages:.2f}")
+        if profile_to:
+            print_profile(profile_to, messages)
     finally:
         for c in children:
             c.proc.kill()
             c.proc.wait()
 
 
-async def _collect(cpm: Child, children: list[Child], tally: Tally, messages: int, rate: float, grace: float) -> dict:
-    """Run the publication; return the CPU seconds each role spent meanwhile."""
+async def _collect(cpm: Child, children: list[Child], tally: Tally, messages: int, rate: float, grace: float,
+                   idle: float) -> dict:
+    """Measure ``idle`` seconds of quiet, then run the publication; return the CPU seconds each role spent
+    in both windows (the quiet one is the background: DHT refreshes, heartbeats)."""
     reports: dict[Child, list[float]] = {c: [] for c in children}
+    counts: dict[Child, list[tuple[int, int]]] = {c: [] for c in children}
     published = trio.Event()
 
     async def pump(c: Child) -> None:
@@ -225,31 +278,68 @@ async def _collect(cpm: Child, children: list[Child], tally: Tally, messages: in
                 tally.add(event["round"], event["latency"])
             elif event["event"] == "report":
                 reports[c].append(event["cpu_s"])
+                counts[c].append((event["copies"], event["validated"]))
             elif event["event"] == "published":
                 published.set()
 
     async with trio.open_nursery() as nursery:
         for c in children:
             nursery.start_soon(pump, c)
-        for c in children:
-            c.send(do="report")
-        await wait_until(lambda: all(reports.values()), 30)
+        async def report_all(k: int) -> float:
+            for c in children:
+                c.send(do="report")
+            await wait_until(lambda: all(len(r) == k for r in reports.values()), 30)
+            return trio.current_time()
+
+        t0 = await report_all(1)
+        await trio.sleep(idle)
+        t1 = await report_all(2)
         cpm.send(do="publish", messages=messages, rate=rate)
         await published.wait()
         with trio.move_on_after(grace):
             await wait_until(tally.complete, grace)
-        for c in children:
-            c.send(do="report")
-        await wait_until(lambda: all(len(r) == 2 for r in reports.values()), 30)
+        t2 = await report_all(3)
         nursery.cancel_scope.cancel()
-    spent = {c: r[1] - r[0] for c, r in reports.items()}
-    return {"cpm": spent[cpm], "hub": spent[children[0]], "node": [v for c, v in spent.items() if c.role == "node"]}
+    spent = {c: r[2] - r[1] for c, r in reports.items()}
+    # Background CPU scaled to the publication window's length.
+    background = {c: (r[1] - r[0]) * (t2 - t1) / (t1 - t0) for c, r in reports.items()}
+    receivers = [c for c in children if c is not cpm]
+    nodes = [c for c in children if c.role == "node" and not c.profiled]  # cProfile's own cost is not the node's
+    return {"cpm": spent[cpm], "hub": spent[children[0]], "node": [spent[c] for c in nodes],
+            "node_background": [background[c] for c in nodes], "idle_ms_per_s": [(reports[c][1] - reports[c][0]) * 1000 / (t1 - t0) for c in nodes],
+            "copies": [counts[c][2][0] - counts[c][1][0] for c in receivers],
+            "validated": [counts[c][2][1] - counts[c][1][1] for c in receivers]}
+
+
+def print_profile(path: str, messages: int, top: int = 30) -> None:
+    """The profiled node's top functions by cumulative and by own time, in ms per message."""
+    for key, title in (("cumulative", "cumulative"), ("tottime", "own")):
+        out = io.StringIO()
+        stats = pstats.Stats(path, stream=out)
+        total = stats.total_tt  # type: ignore[attr-defined]
+        stats.sort_stats(key).print_stats(top)
+        print(f"  profile of one node by {title} time ({path}; {total * 1000 / messages:.1f} ms per message profiled in all; "
+              f"divide the times by {messages} for ms per message):")
+        lines = out.getvalue().splitlines()
+        start = next((i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls")), 0)
+        print("\n".join("    " + line for line in lines[start:] if line.strip()))
+
+
+def parse_degree(text: str) -> tuple[int, int, int]:
+    try:
+        d, d_lo, d_hi = (int(x) for x in text.split(","))
+    except ValueError:
+        raise SystemExit(f"--degree: expected D,D_LO,D_HI (three integers), got {text!r}") from None
+    if not 0 < d_lo <= d <= d_hi:
+        raise SystemExit(f"--degree: need 0 < D_LO <= D <= D_HI, got {text!r}")
+    return d, d_lo, d_hi
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_child":
-        _, _, role, bootstrap, peers = sys.argv
-        trio.run(child, role, "" if bootstrap == "-" else bootstrap, int(peers))
+        _, _, role, bootstrap, peers, profile_to, degree = sys.argv
+        trio.run(child, role, "" if bootstrap == "-" else bootstrap, int(peers), "" if profile_to == "-" else profile_to,
+                 None if degree == "-" else parse_degree(degree))
         return
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["procs", "inproc"])
@@ -258,10 +348,17 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20.0)
     parser.add_argument("--grace", type=float, default=10.0, help="seconds after the last publication before a message counts as lost")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds to wait once everyone is connected")
+    parser.add_argument("--degree", default="", metavar="D,D_LO,D_HI",
+                        help="procs: gossip mesh degrees instead of GossipParams' defaults (to compare)")
+    parser.add_argument("--idle", type=float, default=10.0, help="procs: seconds of quiet measured before publishing (background CPU)")
+    parser.add_argument("--profile-child", default="", metavar="DIR",
+                        help="procs: cProfile one receiving node during the publication; write its .pstats to DIR, print its top functions")
     args = parser.parse_args()
     for n in args.n:
         if args.mode == "procs":
-            procs(n, args.messages, args.rate, args.grace, args.settle)
+            if args.degree:
+                parse_degree(args.degree)  # refuse a malformed value before starting processes
+            procs(n, args.messages, args.rate, args.grace, args.settle, args.idle, args.profile_child, args.degree)
         else:
             trio.run(inproc, n, args.messages, args.rate, args.grace, args.settle)
 

@@ -38,7 +38,8 @@ def _warm_up_once(settings: DemoSettings, root: Path, console: Console) -> None:
         console.print(f"  node-{entry['node']} warmed up ({entry['wall_s']:.0f} s)")
 
 
-def _run_one(workdir: Path, settings: DemoSettings, console: Console, quiet: bool) -> DemoResult:
+def _run_one(workdir: Path, settings: DemoSettings, console: Console, quiet: bool,
+             layout: DemoLayout | None = None) -> DemoResult:
     if settings.policy == "central-kd":
         run_central_kd = load("knexa_lab.central").run_central_kd  # torch: only for this baseline
         if quiet:
@@ -47,10 +48,10 @@ def _run_one(workdir: Path, settings: DemoSettings, console: Console, quiet: boo
             return run_central_kd(workdir, settings, on_progress=lambda m: spinner.update(f"central-kd: {m}"))
     on_ready = (lambda layout: _print_dashboards(console, layout)) if settings.dashboard else None
     if quiet:
-        return run_demo(workdir, settings, on_ready=on_ready)
+        return run_demo(workdir, settings, on_ready=on_ready, layout=layout)
     live_table = load("knexa_lab.report").live_table
     with Live(console=console, refresh_per_second=2, transient=False) as live:
-        return run_demo(workdir, settings, on_snapshot=lambda snap: live.update(live_table(snap, settings.rounds)),
+        return run_demo(workdir, settings, layout=layout, on_snapshot=lambda snap: live.update(live_table(snap, settings.rounds)),
                         on_ready=on_ready)
 
 
@@ -100,11 +101,11 @@ def demo(
         try:
             if shared_warmup and index == 0:
                 _warm_up_once(settings, root, console)
-            if shared_warmup:
-                load("knexa_lab.inprocess").seed_daemon_homes(where, settings)
+            # Homes laid out once: seeded with the shared warm-up, then handed to the run as they are.
+            layout = load("knexa_lab.inprocess").seed_daemon_homes(where, settings) if shared_warmup else None
             if not as_json:
                 console.rule(f"policy {name}: {nodes} nodes, {rounds} rounds, homes in {where}")
-            result = _run_one(where, settings, console, as_json)
+            result = _run_one(where, settings, console, as_json, layout)
         except DemoError as exc:
             fail(f"demo failed: {exc}", code=1)
         results.append(result)

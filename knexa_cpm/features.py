@@ -124,7 +124,7 @@ REPEAT_DISCOUNT = 0.25  # teach_need_fresh kept per earlier exchange of the same
 
 
 def competence_features(C: np.ndarray, known: np.ndarray, t: np.ndarray, s: np.ndarray,
-                        count: np.ndarray, recent: np.ndarray) -> np.ndarray:
+                        count: np.ndarray, recent: np.ndarray, held: np.ndarray | None = None) -> np.ndarray:
     """Per directed pair: what the teacher knows that the student lacks, and how used the pair already is.
 
     ``C`` (n_agents x categories): dev-set Pass@1 per category, rows of
@@ -136,12 +136,34 @@ def competence_features(C: np.ndarray, known: np.ndarray, t: np.ndarray, s: np.n
     from the same teacher on the same transfer set brings little new (the
     student already holds and replays those answers; measured on 8 embedded
     nodes, a milder discount let knexa repeat 14-15 of 16 pairs from round 3 on,
-    random 7-11).
+    random 7-11). ``held`` (n_agents x categories, optional): the share of
+    each category's transfer prompts the student is estimated to hold verified
+    answers to already, from any teacher (:func:`held_after`); fresh need
+    counts only the rest, since a second teacher's answers to the same public
+    prompts are items the student already knows and does not train on.
     """
     both = (known[t] & known[s]).astype(np.float64)
     need = C[t] * (1.0 - C[s])
     teach_need = need.mean(axis=1) * both
+    unheld = need if held is None else need * (1.0 - np.clip(held[s], 0.0, 1.0))
     columns = [teach_need, need.max(axis=1, initial=0.0) * both, C[t].mean(axis=1) * known[t],
                C[s].mean(axis=1) * known[s], np.log1p(count), recent,
-               teach_need * (1.0 - recent) * REPEAT_DISCOUNT ** count]
+               unheld.mean(axis=1) * both * (1.0 - recent) * REPEAT_DISCOUNT ** count]
     return np.stack(columns, axis=1)
+
+
+REQUESTED_BELOW = 0.5  # a node asks for the categories of its dev Pass@1 below this (learning.weak_pass1's default)
+
+
+def held_after(held: np.ndarray, teacher: np.ndarray, student: np.ndarray) -> np.ndarray:
+    """A student's estimated share of verified transfer answers per category after one more package.
+
+    The teacher answers the categories the student asks for (dev Pass@1 below
+    :data:`REQUESTED_BELOW`), and its answers pass the tests on about its own
+    dev Pass@1 share of the prompts, independently of earlier teachers':
+    ``1 - (1 - held) (1 - C_teacher)`` there, unchanged elsewhere. An estimate
+    (the item budget may cut the last categories): the CPM sees no package.
+    """
+    asked = np.asarray(student) < REQUESTED_BELOW
+    gained = 1.0 - (1.0 - np.asarray(held)) * (1.0 - np.clip(np.asarray(teacher), 0.0, 1.0))
+    return np.where(asked, gained, held)

@@ -54,6 +54,14 @@ Policies:
   ``competence=True``, which the lock-step runner sets), and the score adds ``prior_weight * teach_need_fresh``: an informative prior the
   bandit corrects, so that the first rounds, with no feedback yet, already
   pick teachers who know what the student lacks and do not repeat a pair.
+  Fresh need also leaves out what the student is estimated to hold already
+  from any earlier teacher (``held``, updated on each feedback from the
+  competences of the pair's round): every teacher answers the same public
+  transfer prompts. ``prior_weight`` 25 puts a typical fresh complementary
+  pair (teacher at 0.5 in 2 of 12 categories the student lacks: need ~0.08)
+  at ~2 on the scale of the z-scored rewards: with 2 (before), the UCB bonus
+  of a 100-dim context with few updates (~1 at beta 0.5) outweighed it and
+  chose the pairs, at c = 1 worse than random on the 8-node study.
 """
 
 from __future__ import annotations
@@ -67,7 +75,7 @@ import numpy as np
 
 from knexa_cpm.bandit import BanditError, LinUCB, RobustZScore
 from knexa_cpm.features import (
-    COMPETENCE_DIM, CONCAT_DIM, PASS1, competence_features, concat_features, knexa_dim, knexa_features, pair_js,
+    COMPETENCE_DIM, CONCAT_DIM, PASS1, competence_features, concat_features, held_after, knexa_dim, knexa_features, pair_js,
 )
 from knexa_cpm.trust import SURPRISE_BOUND, TrustTracker
 from knexa_node.profile import CATEGORIES, FAMILY_SLICE, PROFILE_DIM
@@ -408,6 +416,8 @@ class LinUCBPolicy(_UCBPolicy):
 
 class KnexaPolicy(_UCBPolicy):
     name = "knexa"
+    # Options that only weigh a proposal's score: a stored state of another value still fits (knexa_cpm.state).
+    SCORING_OPTIONS = ("prior_weight", "beta0", "beta_tau", "max_candidates", "group_size", "shortlist")
 
     def __init__(
         self,
@@ -424,7 +434,7 @@ class KnexaPolicy(_UCBPolicy):
         seed: int = 0,
         trust_floor: float = 0.1,
         competence: bool = False,
-        prior_weight: float = 2.0,
+        prior_weight: float = 25.0,
     ) -> None:
         super().__init__(knexa_dim(raw) + (COMPETENCE_DIM if competence else 0), lam=lam, beta0=beta0,
                          protocols=protocols, clip=clip)
@@ -438,6 +448,10 @@ class KnexaPolicy(_UCBPolicy):
         self.use_competence = bool(competence)
         # (teacher, student) -> [exchanges with feedback, last round]: the pair history the features read.
         self.history: dict[tuple[str, str], list[int]] = {}
+        # Node -> its latest dev-set competence per category (CATEGORIES order), as its last profile round sent it,
+        # and student -> estimated share of each category's transfer prompts it holds verified answers to.
+        self.last_competence: dict[str, list[float]] = {}
+        self.held: dict[str, list[float]] = {}
         self.raw = bool(raw)
         self.use_trust = bool(trust)
         self.trust = TrustTracker(floor=trust_floor, seed=seed)
@@ -456,18 +470,22 @@ class KnexaPolicy(_UCBPolicy):
             return X
         n = len(P)
         C, known = np.zeros((n, len(CATEGORIES))), np.zeros(n, dtype=bool)
+        held = np.zeros((n, len(CATEGORIES)))
         for i, name in enumerate(names or []):
             mine = (competence or {}).get(name)
             if mine:
                 C[i] = [min(max(float(mine.get(c, 0.0)), 0.0), 1.0) for c in CATEGORIES]
                 known[i] = True
+                self.last_competence[name] = C[i].tolist()
+            if name in self.held:
+                held[i] = self.held[name]
         count, recent = np.zeros(len(t)), np.zeros(len(t))
         if names is not None and self.history:
             for k, (a, b) in enumerate(zip(t.tolist(), s.tolist())):
                 seen = self.history.get((names[a], names[b]))
                 if seen:
                     count[k], recent[k] = seen[0], 1.0 / (1.0 + max(int(round) - seen[1], 0))
-        return np.concatenate([X, competence_features(C, known, t, s, count, recent)], axis=1)
+        return np.concatenate([X, competence_features(C, known, t, s, count, recent, held)], axis=1)
 
     def _prior(self, X: np.ndarray) -> np.ndarray:
         """``prior_weight * teach_need_fresh`` (the last competence feature), 0 without competence."""
@@ -577,17 +595,33 @@ class KnexaPolicy(_UCBPolicy):
         seen = self.history.setdefault((pairing.teacher, pairing.student), [0, 0])
         seen[0] += 1
         seen[1] = max(seen[1], int(pairing.round))
+        teacher, student = self.last_competence.get(pairing.teacher), self.last_competence.get(pairing.student)
+        if teacher is not None and student is not None:
+            before = self.held.get(pairing.student, [0.0] * len(CATEGORIES))
+            self.held[pairing.student] = held_after(np.array(before), np.array(teacher), np.array(student)).tolist()
 
     def state_dict(self) -> dict[str, Any]:
         history = [[t, s, c, r] for (t, s), (c, r) in sorted(self.history.items())]
         return {**super().state_dict(), "trust": self.trust.state_dict(), "rng": json.dumps(self.rng.bit_generator.state),
-                "history": history}
+                "history": history, "last_competence": dict(sorted(self.last_competence.items())),
+                "held": dict(sorted(self.held.items()))}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.trust.load_state_dict(state["trust"])
         self.rng.bit_generator.state = json.loads(state["rng"])
         self.history = {(str(t), str(s)): [int(c), int(r)] for t, s, c, r in state.get("history", [])}
+        # States saved before the transfer-coverage estimate have neither key: start it empty.
+        self.last_competence = {str(k): _categories_row(v) for k, v in state.get("last_competence", {}).items()}
+        self.held = {str(k): _categories_row(v) for k, v in state.get("held", {}).items()}
+
+
+def _categories_row(values: Any) -> list[float]:
+    """One stored per-category row, checked: a state file is input like any other."""
+    row = [float(v) for v in values]
+    if len(row) != len(CATEGORIES) or not all(0.0 <= v <= 1.0 for v in row):
+        raise PolicyError(f"a per-category row must hold {len(CATEGORIES)} values in [0, 1]")
+    return row
 
 
 POLICIES: dict[str, type] = {

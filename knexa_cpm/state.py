@@ -104,6 +104,18 @@ def _normalize(value: Any) -> Any:
     return unpack(pack(value))
 
 
+def _same_state_config(stored: Any, current: dict[str, Any], policy: Policy) -> bool:
+    """Whether a snapshot's configuration fits ``policy``: equal but for the options that only weigh scores.
+
+    A policy lists those in ``SCORING_OPTIONS`` (e.g. knexa's prior weight): they shape no learned state,
+    so a CPM restarted with another value (or upgraded to another default) keeps what it learned.
+    """
+    if not isinstance(stored, dict):
+        return False
+    free = set(getattr(policy, "SCORING_OPTIONS", ()))
+    return {k: v for k, v in stored.items() if k not in free} == {k: v for k, v in current.items() if k not in free}
+
+
 @dataclass
 class JournalEntry:
     seq: int
@@ -239,7 +251,7 @@ class PolicyStore:
         config = _normalize(self.policy.config())
         if self.snapshot_path.exists():
             snap = decode_snapshot(self.snapshot_path.read_bytes())
-            if snap.get("policy") != self.policy.name or snap.get("config") != config:
+            if snap.get("policy") != self.policy.name or not _same_state_config(snap.get("config"), config, self.policy):
                 raise StateMismatchError(
                     f"state in {self.directory} is for policy {snap.get('policy')!r} with config "
                     f"{snap.get('config')}, not {self.policy.name!r} with {config}"

@@ -27,7 +27,7 @@ from knexa_node.daemon.curve import CURVE_FILE
 from knexa_node.daemon.learner import AGENT_DIR, agent_config, evaluation_point
 from knexa_lab.orchestrate import DemoResult, _build_models
 from knexa_lab.plan import DemoLayout, DemoSettings, lay_out
-from knexa_lab.pool import each
+from knexa_lab.pool import each, one_line_error
 from knexa_node.learn.agent import Agent
 from knexa_node.fsutil import atomic_write_text
 from knexa_node.learn.state import CURRENT
@@ -100,9 +100,14 @@ def _load_agent(home: NodeHome, settings: DemoSettings, state_name: str) -> tupl
     return config, data, agent
 
 
+def _cache_dir(settings: DemoSettings) -> Path | None:
+    """The warm-up cache of ``settings``, None without one."""
+    return Path(settings.warmup_cache) if settings.warmup_cache else None
+
+
 def cached_warmup(settings: DemoSettings, index: int) -> bool:
     """Whether node ``index``'s warm-up is already in ``settings.warmup_cache``."""
-    cache = Path(settings.warmup_cache) if settings.warmup_cache else None
+    cache = _cache_dir(settings)
     return cache is not None and (cache / warmup_key(settings, index) / CURRENT).exists()
 
 
@@ -122,7 +127,7 @@ def warm_up_node(workdir: Path, settings: DemoSettings, index: int) -> None:
     for _ in range(settings.warmup_epochs):
         agent.local_epoch()
     point = evaluation_point(agent, data, 0, "warm-up")
-    _to_cache(Path(settings.warmup_cache), warmup_key(settings, index), agent, point)
+    _to_cache(_cache_dir(settings), warmup_key(settings, index), agent, point)
 
 
 @dataclass(frozen=True)
@@ -144,7 +149,7 @@ def run_warmup_task(task: WarmupTask) -> dict[str, Any]:
     try:
         warm_up_node(workdir, task.settings, task.index)
     except Exception as exc:  # noqa: BLE001 - reported to the caller; the runs can still warm up alone
-        return {**entry, "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
+        return {**entry, "error": one_line_error(exc)}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return {**entry, "wall_s": time.monotonic() - started}
@@ -174,7 +179,7 @@ def seed_daemon_home(settings: DemoSettings, index: int, home: NodeHome) -> bool
     False (nothing written) when the cache does not hold it or the home already has a state.
     """
     key = warmup_key(settings, index)
-    cache = Path(settings.warmup_cache) if settings.warmup_cache else None
+    cache = _cache_dir(settings)
     if cache is None or not (cache / key / WARMUP_POINT).exists():
         return False
     if not _from_cache(cache, key, home.state_dir / AGENT_DIR):
@@ -193,7 +198,7 @@ def prepare_nodes(workdir: Path, settings: DemoSettings, say: Callable[[str], No
     """
     layout = lay_out(workdir, settings)
     _build_models(settings)
-    cache = Path(settings.warmup_cache) if settings.warmup_cache else None
+    cache = _cache_dir(settings)
     nodes = []
     for i, home in enumerate(layout.nodes):
         key = warmup_key(settings, i)

@@ -59,14 +59,16 @@ def _build_models(settings: DemoSettings) -> None:
 
 
 def run_demo(workdir: Path, settings: DemoSettings, *, on_snapshot: Callable[[Snapshot], None] | None = None,
-             on_ready: Callable[[DemoLayout], None] | None = None, timeout_s: float = 3600.0) -> DemoResult:
+             on_ready: Callable[[DemoLayout], None] | None = None, timeout_s: float = 3600.0,
+             layout: DemoLayout | None = None) -> DemoResult:
     """Start the consortium, follow it through ``settings.rounds`` rounds, evaluate, stop it.
 
     ``on_ready(layout)`` is called once every daemon listens (e.g. to print the dashboards' URLs).
+    ``layout``: homes already laid out in ``workdir`` for ``settings`` (seeded with a shared warm-up), else made here.
     """
     started = time.monotonic()
     phases: dict[str, float] = {}
-    layout = lay_out(workdir, settings)
+    layout = layout or lay_out(workdir, settings)
     mark = time.monotonic()
     _build_models(settings)
     phases["build_models"] = time.monotonic() - mark

@@ -30,3 +30,8 @@ def each(job: Callable[[Any], Any], tasks: Sequence[Any], workers: int) -> Itera
     context = multiprocessing.get_context("spawn")
     with context.Pool(min(workers, len(tasks)), initializer=_worker_init, maxtasksperchild=1) as pool:
         yield from pool.imap_unordered(job, tasks)
+
+
+def one_line_error(exc: BaseException) -> str:
+    """An exception as one short line for a task's result entry (the first line, at most 300 characters)."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]

@@ -167,6 +167,26 @@ def _by_seed(records: Sequence[Mapping[str, Any]], key: str) -> dict[str, Any]:
     return {str(r["seed"]): r[key] for r in sorted(records, key=lambda r: r["seed"])}
 
 
+def pairing_spread(record: Mapping[str, Any]) -> dict[str, Any]:
+    """How a run's pairs were spread: the fewest and most distillations a node got as student, and the share
+    of exchanges that repeated an earlier (teacher, student) pair (a repeat brings little: same transfer set).
+
+    From the run's pairing history (``"teacher->student"`` per round); nodes never paired count 0.
+    """
+    learned = {node["name"]: 0 for node in record.get("nodes", [])}
+    seen: set[str] = set()
+    repeats = total = 0
+    for entry in record.get("history") or []:
+        for pair in entry.get("pairs", []):
+            learned[pair.split("->", 1)[-1]] = learned.get(pair.split("->", 1)[-1], 0) + 1
+            repeats += pair in seen
+            total += 1
+            seen.add(pair)
+    counts = list(learned.values())
+    return {"least_learned": min(counts) if counts else None, "most_learned": max(counts) if counts else None,
+            "repeated_pairs": repeats / total if total else None}
+
+
 def _paired(mine: Mapping[str, float], other: Mapping[str, float]) -> tuple[list[float], list[float], list[int]]:
     seeds = sorted((s for s in mine if s in other and mine[s] is not None and other[s] is not None), key=int)
     return [mine[s] for s in seeds], [other[s] for s in seeds], [int(s) for s in seeds]
@@ -220,6 +240,7 @@ def study_document(spec: StudySpec, records: Sequence[Mapping[str, Any]], *, wor
             "gap_closed": (_gap_closed(mine, finals.get("local-only"), finals.get("pooled"))
                            if policy not in ("local-only", "pooled") else None),
             "exchanges_by_seed": _by_seed(runs, "exchanges"),
+            "pairing_by_seed": {str(r["seed"]): pairing_spread(r) for r in sorted(runs, key=lambda r: r["seed"])},
             "wall_s_by_seed": _by_seed(runs, "wall_s"),
             "node_seconds_per_round_by_seed": _by_seed(runs, "node_seconds_per_round"),
             "node_cpu_seconds_per_round_by_seed": _by_seed(runs, "node_cpu_seconds_per_round"),

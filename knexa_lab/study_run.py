@@ -29,7 +29,7 @@ import torch
 from knexa_lab.central import run_central_kd
 from knexa_lab.inprocess import WarmupTask, cached_warmup, run_warmup_task
 from knexa_lab.lockstep import run_lockstep
-from knexa_lab.pool import each
+from knexa_lab.pool import each, one_line_error
 from knexa_lab.orchestrate import DemoResult, _build_models
 from knexa_lab.plan import DemoSettings
 from knexa_lab.pooled import run_pooled
@@ -80,7 +80,7 @@ def execute_run(task: RunTask) -> dict[str, Any]:
                             history=result.cpm_status.get("history"))
     except Exception as exc:  # one failed run must not end the others; its error is reported, not stored
         return {"policy": task.policy, "seed": task.seed,
-                "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300], "traceback": traceback.format_exc()}
+                "error": one_line_error(exc), "traceback": traceback.format_exc()}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     task.files.runs.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,11 @@
   that knows only the bootstrap finds the others, and peers that restart are
   redialed. It runs every ``discovery_fast_interval_s`` while we know no peer
   beyond the bootstraps, then every ``discovery_interval_s``, and at once when
-  a bootstrap connects.
+  a peer connects or disconnects. While rounds find nothing to dial (we are
+  connected to every peer we know) the interval doubles up to
+  ``discovery_max_interval_s``: each lookup is a stream to up to 20 peers whose
+  answers carry signed peer records to verify, and in a settled consortium
+  newcomers dial us themselves (measured: docs/netlab.md, "Gossip CPU per message").
 
 The DHT must exist before any dial (py-libp2p refuses ``add_peer`` otherwise).
 """
@@ -37,6 +41,17 @@ logger = logging.getLogger(__name__)
 EventFn = Callable[..., None]
 # Peerstore TTL of addresses learned from config: long, they are the operator's word.
 _BOOTSTRAP_ADDR_TTL = 10**9
+
+
+def next_discovery_interval(previous: float, *, knows_peers: bool, settled: bool, fast: float, base: float,
+                            ceiling: float) -> float:
+    """Seconds until the next discovery round: ``fast`` while we know no peer, ``base`` while
+    there are peers to dial, doubling from ``base`` up to ``ceiling`` while nothing changes."""
+    if not knows_peers:
+        return fast
+    if not settled:
+        return base
+    return min(max(previous * 2, base), max(ceiling, base))
 
 
 def parse_bootstrap(addr: str) -> PeerInfo:
@@ -121,13 +136,26 @@ class Discovery:
             self.wake()
 
     async def _discover_loop(self) -> None:
+        interval = self.params.discovery_fast_interval_s
         while True:
             await self.discover_once()
             known = set(self.dht.routing_table.get_peer_ids()) - self.bootstrap_ids()
-            interval = self.params.discovery_interval_s if known else self.params.discovery_fast_interval_s
+            interval = next_discovery_interval(interval, knows_peers=bool(known), settled=self.settled(),
+                                               fast=self.params.discovery_fast_interval_s,
+                                               base=self.params.discovery_interval_s,
+                                               ceiling=self.params.discovery_max_interval_s)
             with trio.move_on_after(interval):
                 await self._wake.wait()
+            if self._wake.is_set():  # a peer came or went: look closely again
+                interval = self.params.discovery_fast_interval_s
             self._wake = trio.Event()
+
+    def settled(self) -> bool:
+        """Connected to every peer of the routing table (or to as many as we may)."""
+        me = self.host.get_id()
+        if len(self.host.get_connected_peers()) >= self.params.max_peers:
+            return True
+        return all(self.is_connected(p) for p in self.dht.routing_table.get_peer_ids() if p != me)
 
     async def _lookup_self(self, me: ID) -> None:
         """One iterative lookup of our own key; the peers it returns join the routing table.

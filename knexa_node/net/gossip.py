@@ -6,6 +6,13 @@ badly signed, stale, future-dated and replayed messages, counting each by
 reason in :class:`~knexa_node.net.stats.NetStats`. Refused messages are not
 forwarded to other peers. Delivery is best effort: a handler must tolerate
 missed and repeated messages (round numbers, catch-up over a stream).
+
+CPU per message (docs/netlab.md, "Gossip CPU per message"): py-libp2p checks
+its seen-cache before validating, so a duplicate copy through the mesh costs
+no envelope verification; the envelope the validator opened is handed to
+delivery instead of being opened (verified, decoded) a second time; and our
+publish RPCs leave out the signed peer record that py-libp2p attaches to
+every RPC and every receiver verifies (it travels once per stream instead).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 
 import trio
-from libp2p.abc import IHost
+from libp2p.abc import IHost, INetStream
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pb import rpc_pb2
@@ -30,6 +37,9 @@ from knexa_node.net.stats import NetStats
 from knexa_node.wire import Envelope, Message, WireError, open_envelope
 
 logger = logging.getLogger(__name__)
+
+# Validated envelopes waiting for delivery; more than a subscription queue holds.
+_OPENED_KEPT = 1024
 
 GossipHandler = Callable[[Envelope, Message, str], Awaitable[None]]
 """``async def handler(envelope, message, from_peer_id)``; ``from_peer_id`` is the gossip origin."""
@@ -74,6 +84,41 @@ class _FloodPublishGossipSub(GossipSub):
         return peers
 
 
+class _KnexaPubsub(Pubsub):
+    """Pubsub that counts the message copies peers send us and sends its signed peer record once per stream.
+
+    py-libp2p 0.8.1 attaches the host's signed peer record to every RPC it
+    writes, and every receiver verifies it (an Ed25519 signature and a
+    peerstore update) before it looks at the message: one verification per
+    copy of every message, duplicates included. The record already travels in
+    the hello packet that opens each pubsub stream and in every subscription
+    announcement, and a changed address means a new connection, so message
+    RPCs go without it (measured: docs/netlab.md, "Gossip CPU per message").
+    """
+
+    def __init__(self, *args: object, stats: NetStats, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.stats = stats
+
+    async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
+        if msg_forwarder != self.my_id:
+            self.stats.gossip_copies_in += 1
+        await super().push_msg(msg_forwarder, msg)
+
+    async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
+        return await super().write_msg(stream, without_peer_record(rpc_msg))
+
+
+def without_peer_record(rpc: rpc_pb2.RPC) -> rpc_pb2.RPC:
+    """``rpc`` without its signed peer record when it carries messages and no subscription change."""
+    if not rpc.publish or rpc.subscriptions or not rpc.HasField("senderRecord"):
+        return rpc
+    stripped = rpc_pb2.RPC()
+    stripped.CopyFrom(rpc)  # the caller's RPC may be queued for other peers too
+    stripped.ClearField("senderRecord")
+    return stripped
+
+
 class Gossip:
     """The pubsub side of a :class:`~knexa_node.net.network.Network`."""
 
@@ -93,9 +138,13 @@ class Gossip:
             # consortium, or several organizations behind one NAT, cannot have.
             eclipse_protection_enabled=False,
         )
-        self.pubsub = Pubsub(host, self.router, strict_signing=True, max_inbound_rpc_size=params.max_message_size + 4096)
+        self.pubsub = _KnexaPubsub(host, self.router, strict_signing=True,
+                                      max_inbound_rpc_size=params.max_message_size + 4096, stats=stats)
         self._handlers: dict[str, list[GossipHandler]] = {}
         self._seen = _SeenDigests(params.seen_cache_size, params.max_age_s)
+        # Envelopes the validator opened, by py-libp2p message id, until delivery takes them
+        # (bounded: a subscription queue that overflows never takes some).
+        self._opened: OrderedDict[bytes, tuple[Envelope, Message]] = OrderedDict()
         self._nursery: trio.Nursery | None = None
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -144,18 +193,23 @@ class Gossip:
     def _validate(self, forwarder: ID, msg: rpc_pb2.Message) -> bool:
         if ID(msg.from_id) == self.my_id:
             return True  # our own publication, already checked by construction
-        reason = self._check(msg.data)
-        if reason is not None:
-            self.stats.drop(reason)
-            logger.debug("dropped gossip message from %s: %s", forwarder, reason)
+        self.stats.gossip_validations += 1
+        checked = self._check(msg.data)
+        if isinstance(checked, str):
+            self.stats.drop(checked)
+            logger.debug("dropped gossip message from %s: %s", forwarder, checked)
             return False
+        self._opened[self.pubsub.get_message_id(msg)] = checked
+        while len(self._opened) > _OPENED_KEPT:
+            self._opened.popitem(last=False)
         return True
 
-    def _check(self, data: bytes) -> str | None:
+    def _check(self, data: bytes) -> str | tuple[Envelope, Message]:
+        """The opened envelope, or the reason to refuse it."""
         if len(data) > self.params.max_message_size:
             return "too-large"
         try:
-            envelope, _ = open_envelope(data, max_size=self.params.max_message_size)
+            envelope, message = open_envelope(data, max_size=self.params.max_message_size)
         except WireError as exc:
             return exc.reason
         now = self.clock()
@@ -165,7 +219,7 @@ class Gossip:
             return "future"
         if not self._seen.check_and_add(envelope.digest, now):
             return "duplicate"
-        return None
+        return envelope, message
 
     async def _deliver(self, topic: str, subscription: object) -> None:
         while True:
@@ -173,11 +227,14 @@ class Gossip:
             origin = ID(msg.from_id)
             if origin == self.my_id:
                 continue  # py-libp2p echoes our own publications to our subscription
-            try:
-                envelope, message = open_envelope(msg.data, max_size=self.params.max_message_size)
-            except WireError as exc:  # the validator passed it; only a bug gets here
-                self.stats.drop(exc.reason)
-                continue
+            opened = self._opened.pop(self.pubsub.get_message_id(msg), None)
+            if opened is None:  # evicted before delivery: open it again
+                try:
+                    opened = open_envelope(msg.data, max_size=self.params.max_message_size)
+                except WireError as exc:  # the validator passed it; only a bug gets here
+                    self.stats.drop(exc.reason)
+                    continue
+            envelope, message = opened
             self.stats.messages_in[topic] += 1
             for handler in list(self._handlers.get(topic, ())):
                 try:

@@ -75,6 +75,7 @@ class _ConnectionEvents(INotifee):
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
         self.net.on_event("peer-disconnected", peer_id=conn.muxed_conn.peer_id.to_base58())
+        self.net.discovery.wake()  # redial (or find again) a lost peer without waiting out a long interval
 
     async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
         pass
@@ -130,7 +131,11 @@ class Network:
                         self.started_at = time.monotonic()
                         self._running.set()
                         task_status.started(self)
-                        await trio.sleep_forever()
+                        try:
+                            await trio.sleep_forever()
+                        finally:
+                            # Before the host's services stop: peers redial a node they saw leave at once.
+                            await _stop_listening(self.host)
         finally:
             # Leaving host.run() does not close sockets in py-libp2p 0.8.1.
             with trio.CancelScope(shield=True), trio.move_on_after(5):
@@ -269,16 +274,17 @@ async def open_network(signer: Signer, params: NetParams, *, on_event: EventFn |
         try:
             yield net
         finally:
-            await _stop_listening(net.host)
-            nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()  # serve() closes the listeners first
 
 
 async def _stop_listening(host: Any) -> None:
     """Close the listeners before the host's services stop.
 
     Otherwise peers that re-dial while the node shuts down (a restart at a new
-    address, say) reach a swarm whose service has stopped, and py-libp2p logs a
-    traceback per connection (``[ADDCONN_FAIL] ... LifecycleError``) from a clean stop.
+    address, say; discovery redials a peer as soon as its connection drops)
+    reach a swarm whose service has stopped, and py-libp2p logs a traceback per
+    connection (``[ADDCONN_FAIL] ... LifecycleError``) from a clean stop. Called
+    by :meth:`Network.serve` on its way out, for daemons and tests alike.
     """
     listeners = getattr(host.get_network(), "listeners", {})
     with trio.move_on_after(LISTENER_CLOSE_S) as scope:

@@ -25,6 +25,9 @@ class GossipParams:
     # one duplicate per message per node. With flood publishing (below) the
     # first hop reaches every connected peer anyway; measured on 7 loopback
     # hosts: D=6 -> 36 RPCs and ~85 ms CPU per message, D=4/3/5 -> 18 and ~47 ms.
+    # Lower does not pay: D=3/2/4 on 8 processes cut the copies per receiver from
+    # ~3.8 to ~3.2 but not the CPU (6.8 vs 6.6 ms per message per node), and leaves
+    # fewer paths around a lost link in a consortium of 20-100 (docs/netlab.md).
     degree: int = 4
     degree_low: int = 3
     degree_high: int = 5
@@ -63,6 +66,10 @@ class NetParams:
     # interval, shorter while we know few peers.
     discovery_interval_s: float = 10.0
     discovery_fast_interval_s: float = 1.0
+    # While every known peer is connected the interval doubles up to this: each lookup costs
+    # streams to up to 20 peers and a signature check per peer record in their answers
+    # (at 20 nodes and a 2 s interval that was most of a node's CPU per gossip message).
+    discovery_max_interval_s: float = 120.0
     # Connect to at most this many discovered peers (a consortium is small; a mesh of all is fine).
     max_peers: int = 64
     dial_timeout_s: float = 10.0

@@ -13,6 +13,10 @@ class NetStats:
     # Gossip messages delivered to handlers / published, by topic.
     messages_in: Counter[str] = field(default_factory=Counter)
     messages_out: Counter[str] = field(default_factory=Counter)
+    # Gossip message copies peers sent us (duplicates through the mesh included), and how
+    # many of them our envelope validator checked (py-libp2p skips it for ids it has seen).
+    gossip_copies_in: int = 0
+    gossip_validations: int = 0
     # Stream requests refused or failed, by protocol and reason ("<protocol> <reason>").
     stream_errors: Counter[str] = field(default_factory=Counter)
     streams_in: Counter[str] = field(default_factory=Counter)
@@ -32,6 +36,8 @@ class NetStats:
             "dropped": dict(self.dropped),
             "messages_in": dict(self.messages_in),
             "messages_out": dict(self.messages_out),
+            "gossip_copies_in": self.gossip_copies_in,
+            "gossip_validations": self.gossip_validations,
             "stream_errors": dict(self.stream_errors),
             "streams_in": dict(self.streams_in),
             "streams_out": dict(self.streams_out),

@@ -49,14 +49,15 @@ class Envelope:
 
 
 def seal_envelope(signer: Signer, message: Message, *, now: float | None = None, nonce: bytes | None = None) -> Envelope:
-    """Wrap and sign ``message`` as ``signer``."""
+    """Wrap and sign ``message`` as ``signer``, at the oldest version that carries it (:meth:`Message.wire_version`)."""
+    version = message.wire_version()
     unsigned = Envelope(
-        version=message.VERSION,
+        version=version,
         type=message.TYPE,
         sender=signer.peer_id,
         timestamp=time.time() if now is None else float(now),
         nonce=os.urandom(NONCE_SIZE) if nonce is None else nonce,
-        body=message.to_body(),
+        body=message.to_body(version),
         signature=b"",
     )
     return Envelope(**{**unsigned.__dict__, "signature": signer.sign(unsigned.signed_bytes())})

@@ -48,8 +48,22 @@ class Message:
     def check(self) -> None:
         """Semantic checks beyond field types; raise :class:`WireError`."""
 
-    def to_body(self) -> bytes:
-        return pack({f.name: _to_wire(getattr(self, f.name)) for f in dataclasses.fields(self)})
+    def wire_version(self) -> int:
+        """The oldest version that carries every field in use: what peers of older releases read too.
+
+        A field that an older version lacked is in use when it differs from the value that version reads it
+        as; a message that uses none of them goes out as that version (a node without competence sends a
+        version-1 profile, which a CPM of the first release accepts), else as :attr:`VERSION`.
+        """
+        for version in sorted(self.OLDER):
+            if all(getattr(self, name) == value for name, value in self.OLDER[version].items()):
+                return version
+        return self.VERSION
+
+    def to_body(self, version: int | None = None) -> bytes:
+        """The msgpack body of ``version`` (default: the current one), without the fields it lacked."""
+        left_out = self.OLDER.get(version, {}) if version not in (None, self.VERSION) else {}
+        return pack({f.name: _to_wire(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in left_out})
 
 
 def _to_wire(value: Any) -> Any:

@@ -7,7 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from knexa_cpm.features import COMPETENCE_DIM, CONCAT_DIM, REPEAT_DISCOUNT, competence_features, js_divergence, knexa_dim
+from knexa_cpm.features import (
+    COMPETENCE_DIM, CONCAT_DIM, REPEAT_DISCOUNT, competence_features, held_after, js_divergence, knexa_dim,
+)
 from knexa_cpm.policies import POLICY_NAMES, Pairing, PolicyError, make_policy
 from knexa_cpm.runner import run_one
 from knexa_cpm.sim import Federation, SimConfig
@@ -213,3 +215,64 @@ def test_knexa_picks_the_teacher_strong_where_the_student_is_weak_and_avoids_rep
     again = {(p.teacher, p.student): p.score for p in pol.propose(profiles, 4, 2, competence=competence)}
     if (names[1], names[0]) in again:
         assert again[(names[1], names[0])] < first[(names[1], names[0])]
+
+
+def test_held_after_adds_the_teachers_share_only_in_the_categories_the_student_asks_for():
+    held = np.array([0.0, 0.5, 0.0, 0.9])
+    teacher = np.array([0.8, 0.5, 1.0, 0.5])
+    student = np.array([0.0, 0.25, 0.75, 0.0])  # asks for 0, 1 and 3 (below 0.5), not 2
+    after = held_after(held, teacher, student)
+    assert after == pytest.approx([0.8, 0.75, 0.0, 0.95])
+
+
+def test_fresh_teach_need_leaves_out_what_the_student_already_holds():
+    C = np.array([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    known = np.array([True, True])
+    t, s = np.array([0]), np.array([1])
+    zero = np.zeros(1)
+    fresh = competence_features(C, known, t, s, zero, zero)[0, -1]
+    held = np.array([[0.0] * 4, [1.0, 0.5, 0.0, 0.0]])  # the student holds all of category 0, half of 1
+    assert competence_features(C, known, t, s, zero, zero, held)[0, -1] == pytest.approx(fresh * 0.25)
+    assert competence_features(C, known, t, s, zero, zero, held)[0, 0] == pytest.approx(0.5)  # teach_need as before
+
+
+def test_knexa_sends_a_second_teacher_who_covers_what_the_first_did_not():
+    """After A taught S its categories, B (other categories) is preferred to C (A's categories), a new pair each."""
+    f = fed(4, 0)
+    profiles = f.profiles()
+    names = sorted(profiles)
+    student, first, other, same = names
+    cats = ("string", "list", "math", "logic")
+    competence = {student: dict.fromkeys(cats, 0.0),
+                  first: {"string": 1.0, "list": 1.0, "math": 0.0, "logic": 0.0},
+                  other: {"string": 0.0, "list": 0.0, "math": 0.75, "logic": 0.75},
+                  same: {"string": 1.0, "list": 1.0, "math": 0.0, "logic": 0.0}}
+    pol = make_policy("knexa", seed=1, beta0=0.0, competence=True)
+    X = pol._features(*_stacked(profiles, pol, competence, [(first, student)]))
+    pairing = Pairing(first, student, "text", X[0], round=1)
+    pol.feedback(pairing, 0.0)
+    assert pol.held[student][:4] == pytest.approx([1.0, 1.0, 0.0, 0.0])
+    scores = _scores(pol, profiles, competence, [(other, student), (same, student)], round_=2)
+    assert scores[(other, student)] > scores[(same, student)]
+    restored = make_policy("knexa", seed=1, beta0=0.0, competence=True)
+    restored.load_state_dict(pol.state_dict())
+    assert restored.held == pol.held and restored.last_competence == pol.last_competence
+    bad = pol.state_dict()
+    bad["held"] = {student: [2.0] * 12}
+    with pytest.raises(PolicyError, match="per-category row"):
+        restored.load_state_dict(bad)
+
+
+def _stacked(profiles, pol, competence, pairs, round_=1):
+    from knexa_cpm.policies import stack_profiles
+
+    names, P = stack_profiles(profiles)
+    t = np.array([names.index(a) for a, _ in pairs])
+    s = np.array([names.index(b) for _, b in pairs])
+    return P, t, s, np.zeros(len(pairs), dtype=int), np.ones(len(names)), names, competence, round_
+
+
+def _scores(pol, profiles, competence, pairs, round_):
+    X = pol._features(*_stacked(profiles, pol, competence, pairs, round_))
+    scores = pol.bandit.score(X, 0.0) + pol._prior(X)
+    return dict(zip(pairs, scores.tolist()))

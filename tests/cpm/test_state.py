@@ -149,6 +149,19 @@ def test_state_of_another_policy_or_config_is_refused(tmp_path):
         PolicyStore.open(tmp_path, make_policy("knexa", lam=2.0, beta0=0.5))
 
 
+def test_a_restart_with_another_scoring_weight_keeps_what_the_policy_learned(tmp_path):
+    """Options that only weigh scores (knexa's prior weight, as an upgrade may change its default) fit the state."""
+    fill(tmp_path, 5)
+    with reopen(tmp_path) as store:
+        learned = store.policy.state_dict()
+    other = make_policy("knexa", **{**OPTIONS, "prior_weight": 7.0, "beta0": 0.1})
+    with PolicyStore.open(tmp_path, other) as store:
+        assert store.seq == 5
+        assert np.array_equal(store.policy.state_dict()["bandit"]["A"], learned["bandit"]["A"])
+    with pytest.raises(StateMismatchError):  # one that shapes the state still does not
+        PolicyStore.open(tmp_path, make_policy("knexa", **{**OPTIONS, "raw": not OPTIONS.get("raw", True)}))
+
+
 def test_second_opener_is_refused_while_the_first_holds_the_lock(tmp_path):
     with reopen(tmp_path):
         with pytest.raises(StateError, match="in use"):

@@ -10,7 +10,7 @@ from knexa_node.crypto import Signer
 from knexa_node.profile import CATEGORIES, PROFILE_DIM
 from knexa_node.wire import ExchangeRequest, Feedback, Message, Profile, WireError, open_envelope, seal_envelope
 from knexa_node.wire.messages import MAX_FEEDBACK_ITEMS, MAX_REQUEST_BUDGET
-from knexa_node.wire.codec import pack
+from knexa_node.wire.codec import pack, unpack
 from knexa_node.wire.envelope import Envelope
 
 SIGNER = Signer(bytes(range(32)))
@@ -122,3 +122,31 @@ def test_bad_feedback_counts_are_refused(changes: dict) -> None:
     with pytest.raises(WireError) as info:
         open_envelope(sealed_as(feedback(), Feedback.VERSION, body_of(feedback(), **changes)))
     assert info.value.reason == "bad-field"
+
+
+def first_release_reads(data: bytes, cls: type[Message]) -> dict:
+    """What a peer of the first release checked: version 1 and exactly the version-1 fields (else it refused)."""
+    raw = unpack(data)
+    body = unpack(raw[6])
+    old_fields = {f.name for f in dataclasses.fields(cls)} - set(cls.OLDER[1])
+    if raw[1] != 1 or set(body) != old_fields:
+        raise WireError("bad-version", f"{cls.TYPE} version {raw[1]} with {sorted(body)}")
+    return body
+
+
+@pytest.mark.parametrize("plain, rich", [
+    (profile(), profile(math=0.5)),
+    (ExchangeRequest(bytes(16), bytes(32)), ExchangeRequest(bytes(16), bytes(32), ("math",), 8)),
+    (feedback(), feedback(items_used=1)),
+])
+def test_a_message_goes_out_at_the_oldest_version_that_carries_what_it_uses(plain: Message, rich: Message) -> None:
+    """New nodes talk to peers of the first release unless they use a newer field (then: the new version)."""
+    data = seal_envelope(SIGNER, plain).to_bytes()
+    assert plain.wire_version() == 1
+    first_release_reads(data, type(plain))
+    assert open_envelope(data)[1] == plain  # and this release reads its own old-version message back
+    assert rich.wire_version() == type(rich).VERSION == 2
+    data = seal_envelope(SIGNER, rich).to_bytes()
+    with pytest.raises(WireError, match="bad-version"):
+        first_release_reads(data, type(rich))
+    assert open_envelope(data)[1] == rich

@@ -70,6 +70,8 @@ def test_a_tiny_real_study_writes_its_document_and_plot_and_resumes(tmp_path: Pa
         assert 0.0 <= policy["headroom_by_seed"]["0"] <= 1.0
     assert document["policies"]["random"]["exchanges_by_seed"]["0"] == 1  # 2 nodes: one pair in the round
     assert document["policies"]["local-only"]["exchanges_by_seed"]["0"] == 0
+    assert document["policies"]["random"]["pairing_by_seed"]["0"] == {
+        "least_learned": 0, "most_learned": 1, "repeated_pairs": 0.0}  # one of the two learned, once
     assert document["headroom"] == document["policies"]["local-only"]["headroom_by_seed"]
     assert "gap_closed" in document["policies"]["random"] and "vs_local_only" in document["policies"]["pooled"]
     assert document["settings"]["teachers_per_student"] == 1 and document["failed"] == []

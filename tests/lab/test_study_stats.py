@@ -7,7 +7,7 @@ import math
 import pytest
 
 from knexa_lab.study import StudyError, StudySpec, check, curve_labels, headroom, node_curve, parse_policies, parse_seeds
-from knexa_lab.study_report import mean_ci, paired_ratio
+from knexa_lab.study_report import mean_ci, paired_ratio, pairing_spread
 
 
 def test_paired_ratio_is_the_ratio_of_means_with_the_delta_method_interval() -> None:
@@ -87,3 +87,14 @@ def test_policies_and_settings_checks() -> None:
     spec = check(StudySpec(nodes=3, seeds=(0, 1), policies=("local-only", "pooled"), teachers_per_student=2))
     assert spec.runs() == [("pooled", 0), ("pooled", 1), ("local-only", 0), ("local-only", 1)]
     assert spec.settings("pooled", 1).teachers_per_student == 2
+
+
+def test_pairing_spread_counts_who_learned_and_the_repeated_pairs() -> None:
+    record = {"nodes": [{"name": n} for n in ("a", "b", "c")],
+              "history": [{"round": 1, "pairs": ["a->b"]}, {"round": 2, "pairs": ["a->b", "b->a"]},
+                          {"round": 3, "pairs": ["a->b"]}]}
+    spread = pairing_spread(record)
+    assert spread["least_learned"] == 0 and spread["most_learned"] == 3  # c never learned, b three times
+    assert spread["repeated_pairs"] == pytest.approx(2 / 4)
+    assert pairing_spread({"nodes": [{"name": "a"}], "history": None}) == {
+        "least_learned": 0, "most_learned": 0, "repeated_pairs": None}

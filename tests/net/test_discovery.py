@@ -4,6 +4,7 @@ import pytest
 import trio
 
 from knexa_node.crypto import Signer
+from knexa_node.net.discovery import next_discovery_interval
 from knexa_node.net.network import Network
 from knexa_node.testing import loopback_params, wait_until
 
@@ -50,3 +51,29 @@ async def test_bootstrap_down_at_start_then_restarted_is_reconnected():
             third.cancel_scope.cancel()
         outer.cancel_scope.cancel()
     assert events.count("bootstrap-connected") >= 2
+
+
+def test_discovery_slows_down_while_nothing_changes_and_not_before():
+    step = dict(fast=0.5, base=10.0, ceiling=120.0)
+    assert next_discovery_interval(10.0, knows_peers=False, settled=True, **step) == 0.5
+    assert next_discovery_interval(80.0, knows_peers=True, settled=False, **step) == 10.0
+    interval, seen = 0.5, []
+    for _ in range(6):
+        interval = next_discovery_interval(interval, knows_peers=True, settled=True, **step)
+        seen.append(interval)
+    assert seen == [10.0, 20.0, 40.0, 80.0, 120.0, 120.0]
+
+
+async def test_a_lost_peer_is_redialed_at_once_though_discovery_has_slowed_down():
+    # Rounds 30 s apart and more: only the wake-up on the disconnection can bring the peer back within the bound.
+    slow = dict(discovery_interval_s=30.0, discovery_max_interval_s=600.0)
+    async with trio.open_nursery() as nursery:
+        boot = await nursery.start(Network(Signer.generate(), loopback_params(**slow)).serve)
+        join = loopback_params(bootstrap=(boot.dialable_addrs()[0],), **slow)
+        a = await nursery.start(Network(Signer.generate(), join).serve)
+        b = await nursery.start(Network(Signer.generate(), join).serve)
+        await wait_until(lambda: b.peer_id in _connected(a) and a.peer_id in _connected(b), 20)
+        await a.host.disconnect(b.host.get_id())
+        await wait_until(lambda: b.peer_id not in _connected(a), 10)
+        await wait_until(lambda: b.peer_id in _connected(a) and a.peer_id in _connected(b), 10)
+        nursery.cancel_scope.cancel()

@@ -3,13 +3,17 @@
 import time
 from dataclasses import replace
 
+from libp2p.pubsub import pubsub as pubsub_module
 from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pb import rpc_pb2
 
 from knexa_node.crypto import Signer
+from knexa_node.net import gossip as gossip_module
+from knexa_node.net.gossip import without_peer_record
 from knexa_node.net.params import GossipParams
 from knexa_node.net.protocols import ROUNDS, topic
 from knexa_node.testing import loopback_params, swarm, wait_until
-from knexa_node.wire import RoundOpen, seal_envelope
+from knexa_node.wire import RoundOpen, open_envelope, seal_envelope
 
 T = topic("test", ROUNDS)
 
@@ -112,3 +116,72 @@ async def test_peers_speak_gossipsub_1_1_so_no_idontwant_per_message():
     async with swarm(2) as nets:
         await _subscribed(nets)
         assert {str(p) for p in nets[0].gossip.router.peer_protocol.values()} == {"/meshsub/1.1.0"}
+
+
+async def test_a_duplicate_copy_is_not_validated_again_and_a_bad_signature_is_still_refused():
+    async with swarm(2) as (a, b):
+        inbox = await _subscribed([a, b])
+        await a.publish(T, seal_envelope(a.signer, RoundOpen(round=1, deadline=0.0, policy="p")).to_bytes())
+        await wait_until(lambda: len(inbox[b.peer_id]) == 1, 10)
+        assert (b.stats.gossip_copies_in, b.stats.gossip_validations) == (1, 1)
+        # The same signed pubsub message again, over the real stream (as a mesh peer forwards it).
+        [mid] = a.gossip.router.mcache.window(T)
+        copy = a.gossip.router.mcache.get(mid)
+        await a.gossip.pubsub.write_msg(a.gossip.pubsub.peers[b.host.get_id()], rpc_pb2.RPC(publish=[copy]))
+        await wait_until(lambda: b.stats.gossip_copies_in == 2, 10)
+        assert b.stats.gossip_validations == 1  # py-libp2p's seen-cache stopped it before our validator
+        forged = seal_envelope(a.signer, RoundOpen(round=2, deadline=0.0, policy="p")).to_bytes()[:-3] + b"\x00\x00\x00"
+        await a.publish(T, forged)
+        await wait_until(lambda: b.stats.dropped["bad-signature"] == 1, 10)
+        assert b.stats.gossip_validations == 2
+        assert [m.round for _, m, _ in inbox[b.peer_id]] == [1]
+        assert b.stats.messages_in[T] == 1
+
+
+async def test_an_envelope_is_opened_once_per_message_not_again_for_delivery(monkeypatch):
+    opened = []
+
+    def counting_open(data, **kwargs):
+        opened.append(data)
+        return open_envelope(data, **kwargs)
+
+    monkeypatch.setattr(gossip_module, "open_envelope", counting_open)
+    async with swarm(2) as (a, b):
+        inbox = await _subscribed([a, b])
+        sent = [seal_envelope(a.signer, RoundOpen(round=r, deadline=0.0, policy="p")).to_bytes() for r in range(3)]
+        for data in sent:
+            await a.publish(T, data)
+        await wait_until(lambda: len(inbox[b.peer_id]) == 3, 10)
+        assert sorted(opened) == sorted(sent)  # by b's validator only; a does not open its own
+
+
+async def test_message_rpcs_carry_no_peer_record_but_the_stream_hello_does(monkeypatch):
+    carried = []
+    consume = pubsub_module.maybe_consume_signed_record
+
+    def counting_consume(rpc, host, peer_id):
+        if rpc.publish:
+            carried.append(rpc.HasField("senderRecord"))
+        return consume(rpc, host, peer_id)
+
+    monkeypatch.setattr(pubsub_module, "maybe_consume_signed_record", counting_consume)
+    async with swarm(2) as (a, b):
+        inbox = await _subscribed([a, b])
+        for r in range(5):
+            await a.publish(T, seal_envelope(a.signer, RoundOpen(round=r, deadline=0.0, policy="p")).to_bytes())
+        await wait_until(lambda: len(inbox[b.peer_id]) == 5, 10)
+        assert carried and not any(carried)
+        # b still holds a's signed record: it came with the hello packet that opened the stream.
+        assert b.host.get_peerstore().get_peer_record(a.host.get_id()) is not None
+
+
+def test_only_message_rpcs_lose_the_peer_record():
+    message = rpc_pb2.Message(data=b"x", topicIDs=[T], from_id=b"a", seqno=b"1")
+    announce = rpc_pb2.RPC(subscriptions=[rpc_pb2.RPC.SubOpts(subscribe=True, topicid=T)], senderRecord=b"record")
+    publish = rpc_pb2.RPC(publish=[message], senderRecord=b"record")
+    both = rpc_pb2.RPC(publish=[message], subscriptions=list(announce.subscriptions), senderRecord=b"record")
+    assert without_peer_record(announce) is announce
+    assert without_peer_record(both) is both
+    stripped = without_peer_record(publish)
+    assert not stripped.HasField("senderRecord") and list(stripped.publish) == [message]
+    assert publish.senderRecord == b"record"  # the caller's RPC (maybe queued for others) is left as it was

@@ -12,7 +12,8 @@ from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTr
 
 from knexa_node.crypto import Signer
 from knexa_node.net.host import MUXER, SECURITY, HostError, build_host
-from knexa_node.net.network import open_network
+from knexa_node.net import network as network_module
+from knexa_node.net.network import Network, open_network
 from knexa_node.net.params import NetParams
 from knexa_node.testing import swarm, loopback_params
 
@@ -59,3 +60,33 @@ async def test_a_plaintext_only_dialer_is_refused():
                 assert target.host.get_connected_peers() == []
             finally:
                 await plain.close()
+
+
+async def test_a_stopping_network_closes_its_listeners_while_its_services_still_run(monkeypatch):
+    """Peers redial a node as soon as it drops them: if its listener outlived the swarm's service, each such
+    dial became a py-libp2p traceback in the stopping daemon's log (the re-addressing scenario saw it)."""
+    net = Network(Signer.generate(), loopback_params())
+    seen = []
+    real = network_module._stop_listening
+
+    async def spy(host):
+        running = net.dht.manager.is_running
+        await real(host)
+        seen.append((running, port_open(port)))
+
+    monkeypatch.setattr(network_module, "_stop_listening", spy)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.serve)
+        (addr,) = net.listen_addrs()
+        port = int(multiaddr.Multiaddr(addr).value_for_protocol("tcp"))
+        assert port_open(port)
+        nursery.cancel_scope.cancel()
+    assert seen == [(True, False)]  # begun while the services still ran, and closed
+
+
+def port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return False
+    return True
