@@ -1,6 +1,12 @@
 """One 64 MiB transfer over a /knexa/exchange framed stream vs plain trio TCP, between two processes.
 
     .venv/bin/python bench/net_throughput.py [--mib 64] [--repeat 3] [--chunk-kib 1024]
+    sudo .venv/bin/python bench/net_throughput.py --lab-rate-mbit 100 [--lab-delay-ms 40]
+
+With ``--lab-rate-mbit`` the two sides run in two network-lab namespaces
+(integration/netlab.py) whose links are limited to that rate (tbf, or netem
+with the delay where the kernel has it), and the figure to read is the
+transfer's time against the link's own limit (64 MiB at 100 Mbit/s: 5.4 s).
 
 This process sends; a child process receives on both paths (a knexa
 :class:`~knexa_node.net.network.Network` serving ``/knexa/exchange/1.0.0`` with
@@ -47,8 +53,13 @@ def load() -> str:
 # --- receiver (child process) -----------------------------------------------------------------------
 
 
+def _host() -> str:
+    """The address to listen on: the lab namespace's own (``KNEXA_BENCH_HOST``), else loopback."""
+    return os.environ.get("KNEXA_BENCH_HOST", "127.0.0.1")
+
+
 async def receiver() -> None:
-    net = Network(Signer.generate(), loopback_params())
+    net = Network(Signer.generate(), loopback_params(listen=(f"/ip4/{_host()}/tcp/0",)))
 
     async def sink(stream: FramedStream, remote: str) -> None:
         size = int((await stream.receive(timeout=30)).decode())
@@ -73,7 +84,7 @@ async def receiver() -> None:
     net.set_handler(EXCHANGE_PROTOCOL, sink)
     async with trio.open_nursery() as nursery:
         await nursery.start(net.serve)
-        (listener,) = await nursery.start(functools.partial(trio.serve_tcp, tcp_sink, 0, host="127.0.0.1"))
+        (listener,) = await nursery.start(functools.partial(trio.serve_tcp, tcp_sink, 0, host=_host()))
         sys.stdout.write(json.dumps({"addr": net.dialable_addrs()[0], "tcp_port": listener.socket.getsockname()[1]}) + "\n")
         sys.stdout.flush()
         await trio.sleep_forever()
@@ -96,8 +107,8 @@ async def p2p_once(client: Network, server_id: str, payload: bytes, chunk: int) 
     return elapsed, cpu, answer["cpu_s"]
 
 
-async def tcp_once(port: int, payload: bytes, chunk: int) -> float:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
+async def tcp_once(host: str, port: int, payload: bytes, chunk: int) -> float:
+    stream = await trio.open_tcp_stream(host, port)
     start = time.perf_counter()
     await stream.send_all(len(payload).to_bytes(8, "big"))
     view = memoryview(payload)
@@ -110,13 +121,14 @@ async def tcp_once(port: int, payload: bytes, chunk: int) -> float:
     return elapsed
 
 
-async def sender(mib: int, repeat: int, chunk: int) -> None:
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "_receiver"], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+async def sender(mib: int, repeat: int, chunk: int, receiver_argv: list[str] | None = None) -> None:
+    argv = receiver_argv or [sys.executable, str(Path(__file__).resolve()), "_receiver"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
         info = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
+        receiver_host = multiaddr.Multiaddr(info["addr"].split("/p2p/")[0]).value_for_protocol("ip4")
         payload = os.urandom(mib * 1024 * 1024)
-        client = Network(Signer.generate(), loopback_params())
+        client = Network(Signer.generate(), loopback_params(listen=(f"/ip4/{_host()}/tcp/0",)))
         server_id = info["addr"].split("/p2p/")[1]
         async with trio.open_nursery() as nursery:
             await nursery.start(client.serve)
@@ -127,9 +139,10 @@ async def sender(mib: int, repeat: int, chunk: int) -> None:
                 p2p.append(elapsed)
                 cpu_send.append(sent_cpu)
                 cpu_recv.append(recv_cpu)
-                tcp.append(await tcp_once(info["tcp_port"], payload, chunk))
+                tcp.append(await tcp_once(receiver_host, info["tcp_port"], payload, chunk))
             nursery.cancel_scope.cancel()
         p2p_rate, tcp_rate = mib / statistics.median(p2p), mib / statistics.median(tcp)
+        print(f"  /knexa/exchange median {statistics.median(p2p):.2f} s, plain TCP {statistics.median(tcp):.2f} s per transfer")
         print(f"{mib} MiB between two processes, chunks of {chunk // 1024} KiB: /knexa/exchange (Noise+Yamux, framed) "
               f"{p2p_rate:.1f} MiB/s, plain trio TCP {tcp_rate:.1f} MiB/s, ratio {p2p_rate / tcp_rate:.3f} "
               f"(median of {repeat}; runs {', '.join(f'{mib / t:.0f}' for t in p2p)} vs {', '.join(f'{mib / t:.0f}' for t in tcp)} MiB/s); {load()}")
@@ -141,13 +154,42 @@ async def sender(mib: int, repeat: int, chunk: int) -> None:
         proc.wait()
 
 
+def in_lab(args: argparse.Namespace) -> int:
+    """Sender and receiver in two lab namespaces over shaped links; this process only builds the lab."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
+    from netlab import Lab, LinkShape, unavailable_reason  # noqa: PLC0415 - a test tool, only in this mode
+
+    reason = unavailable_reason()
+    if reason:
+        print(reason)
+        return 2
+    shape = LinkShape(delay_ms=args.lab_delay_ms, rate_mbit=args.lab_rate_mbit)
+    with Lab(["send", "recv"], shape=shape) as lab:
+        ideal = args.mib * 8 * 1024 * 1024 / (args.lab_rate_mbit * 1e6)
+        print(f"lab: links {args.lab_rate_mbit:g} Mbit/s, delay {args.lab_delay_ms:g} ms; degraded: {lab.degraded}; "
+              f"the link's own limit for {args.mib} MiB: {ideal:.1f} s", flush=True)
+        script = str(Path(__file__).resolve())
+        receiver_argv = lab.exec_argv("recv", ["env", f"KNEXA_BENCH_HOST={lab.address('recv')}", sys.executable, script,
+                                               "_receiver"])
+        sender_argv = lab.exec_argv("send", ["env", f"KNEXA_BENCH_HOST={lab.address('send')}", sys.executable, script,
+                                             "_sender", str(args.mib), str(args.repeat), str(args.chunk_kib * 1024),
+                                             json.dumps(receiver_argv)])
+        return subprocess.run(sender_argv, timeout=1800).returncode
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["_receiver"]:
         trio.run(receiver)
+    elif sys.argv[1:2] == ["_sender"]:  # inside a lab namespace: mib repeat chunk receiver-argv (JSON)
+        trio.run(sender, int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), json.loads(sys.argv[5]))
     else:
         parser = argparse.ArgumentParser()
         parser.add_argument("--mib", type=int, default=64)
         parser.add_argument("--repeat", type=int, default=3)
         parser.add_argument("--chunk-kib", type=int, default=BULK_CHUNK // 1024)
+        parser.add_argument("--lab-rate-mbit", type=float, default=0.0, help="run in two lab namespaces at this link rate")
+        parser.add_argument("--lab-delay-ms", type=float, default=0.0, help="one-way delay per link (needs netem)")
         args = parser.parse_args()
+        if args.lab_rate_mbit > 0:
+            raise SystemExit(in_lab(args))
         trio.run(sender, args.mib, args.repeat, args.chunk_kib * 1024)
