@@ -60,9 +60,14 @@ class Message:
                 return version
         return self.VERSION
 
+    @classmethod
+    def lacked_in(cls, version: int | None) -> dict[str, Any]:
+        """The fields ``version`` (None: the current one) lacked, with the values they read as."""
+        return cls.OLDER.get(version, {}) if version not in (None, cls.VERSION) else {}
+
     def to_body(self, version: int | None = None) -> bytes:
         """The msgpack body of ``version`` (default: the current one), without the fields it lacked."""
-        left_out = self.OLDER.get(version, {}) if version not in (None, self.VERSION) else {}
+        left_out = self.lacked_in(version)
         return pack({f.name: _to_wire(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in left_out})
 
 
@@ -392,7 +397,7 @@ def decode_body(cls: type[Message], body: Any, version: int | None = None) -> Me
     if not isinstance(body, dict):
         raise WireError("bad-body", "body must be a map")
     hints = _HINTS[cls]
-    missing_before = cls.OLDER.get(version, {}) if version not in (None, cls.VERSION) else {}
+    missing_before = cls.lacked_in(version)
     names = [f.name for f in dataclasses.fields(cls) if f.name not in missing_before]
     if set(body) != set(names):
         missing, extra = sorted(set(names) - set(body)), sorted(set(body) - set(names), key=str)
