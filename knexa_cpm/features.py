@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from knexa_node.profile import FAMILY_SLICE, HISTOGRAM_SLICE, METRIC_SLICE, METRICS, PROFILE_DIM
+from knexa_node.profile import FAMILY_SLICE, HISTOGRAM_SLICE, METRIC_SLICE, METRICS, PROFILE_DIM, WEAK_PASS1
 
 _EPS = 1e-12
 
@@ -152,18 +152,15 @@ def competence_features(C: np.ndarray, known: np.ndarray, t: np.ndarray, s: np.n
     return np.stack(columns, axis=1)
 
 
-REQUESTED_BELOW = 0.5  # a node asks for the categories of its dev Pass@1 below this (learning.weak_pass1's default)
-
-
 def held_after(held: np.ndarray, teacher: np.ndarray, student: np.ndarray) -> np.ndarray:
     """A student's estimated share of verified transfer answers per category after one more package.
 
     The teacher answers the categories the student asks for (dev Pass@1 below
-    :data:`REQUESTED_BELOW`), and its answers pass the tests on about its own
-    dev Pass@1 share of the prompts, independently of earlier teachers':
+    :data:`~knexa_node.profile.WEAK_PASS1`, ``learning.weak_pass1``'s default),
+    and its answers pass the tests on about its own dev Pass@1 share of the prompts, independently of earlier teachers':
     ``1 - (1 - held) (1 - C_teacher)`` there, unchanged elsewhere. An estimate
     (the item budget may cut the last categories): the CPM sees no package.
     """
-    asked = np.asarray(student) < REQUESTED_BELOW
+    asked = np.asarray(student) < WEAK_PASS1
     gained = 1.0 - (1.0 - np.asarray(held)) * (1.0 - np.clip(np.asarray(teacher), 0.0, 1.0))
     return np.where(asked, gained, held)

@@ -21,6 +21,7 @@ from typing import Any, Callable, get_args, get_origin, get_type_hints
 import multiaddr
 
 from knexa_node.crypto import is_valid_peer_id
+from knexa_node.profile import WEAK_PASS1
 
 
 class ConfigError(Exception):
@@ -160,7 +161,7 @@ class LearningSection:
     min_mean_logprob: float = opt(-0.35, "The confidence filter's floor, in nats per token.", _range(-100, 0))
     check_received: bool = opt(True, "Re-run the public tests of every received item in this node's sandbox before training on it; failures are dropped and counted.")
     exchange_budget: int = opt(0, "Transfer prompts a teacher answers per request at most (the requested categories first; 0: all).", _range(0, 1_000_000))
-    weak_pass1: float = opt(0.5, "A category is asked for when this node's public dev-set Pass@1 there is below this.", _range(0, 1.0001))
+    weak_pass1: float = opt(WEAK_PASS1, "A category is asked for when this node's public dev-set Pass@1 there is below this.", _range(0, 1.0001))
     distill_epochs: int = opt(2, "Passes over the received items in one distillation phase.", _range(1, 100))
     received_memory: int = opt(2000, "Verified received answers kept and replayed in later local epochs (0: none; they are public problems, checked here).", _range(0, 1_000_000))
     reward_gamma: float = opt(1.0, "gamma in r = gamma (L_pre - L_post) - delta KB (Eq. 3).", _range(0, 1e6))

@@ -63,6 +63,11 @@ CATEGORIES: tuple[str, ...] = (
     "matrix",
 )
 
+# The default of ``learning.weak_pass1``: a node asks teachers for the categories of its public dev-set
+# Pass@1 below this. One constant for the node's config and agent and for the CPM, which estimates what
+# a student asked for (knexa_cpm.features.held_after).
+WEAK_PASS1 = 0.5
+
 METRIC_RANGE = (0.0, 1.0)
 DELTA_RANGE = (-1.0, 1.0)
 HISTOGRAM_TOLERANCE = 1e-6  # |sum - 1| allowed for rounding

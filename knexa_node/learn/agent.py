@@ -44,7 +44,7 @@ from knexa_node.learn.schedule import eq3_reward, linear_schedule, warmup_factor
 from knexa_node.learn.targeting import covered_gain, select_prompts, teachable_order, weak_categories
 from knexa_node.learn.state import StateError, load_state, save_state
 from knexa_node.models import EMBEDDED_PREFIX
-from knexa_node.profile import CATEGORIES, ProfileInputs, build_profile, squash_loss
+from knexa_node.profile import CATEGORIES, WEAK_PASS1, ProfileInputs, build_profile, squash_loss
 
 hf_logging.disable_progress_bar()
 
@@ -96,7 +96,7 @@ class AgentConfig:
     min_mean_logprob: float = -0.35  # the confidence filter's floor (nats per token, greedy answer)
     check_received: bool = False  # the student re-runs the tests of every item before training on it
     exchange_budget: int = 0  # transfer prompts a teacher answers at most (0: all it selects)
-    weak_pass1: float = 0.5  # a category is weak (asked for) below this public dev-set Pass@1
+    weak_pass1: float = WEAK_PASS1  # a category is weak (asked for) below this public dev-set Pass@1
     distill_epochs: int = 1  # passes over the received items in one distillation phase
     received_memory: int = 0  # verified received answers kept and replayed in later local epochs (0: none)
 
