@@ -178,7 +178,8 @@ def pairing_spread(record: Mapping[str, Any]) -> dict[str, Any]:
     repeats = total = 0
     for entry in record.get("history") or []:
         for pair in entry.get("pairs", []):
-            learned[pair.split("->", 1)[-1]] = learned.get(pair.split("->", 1)[-1], 0) + 1
+            student = pair.split("->", 1)[-1]
+            learned[student] = learned.get(student, 0) + 1
             repeats += pair in seen
             total += 1
             seen.add(pair)
