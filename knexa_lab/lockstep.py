@@ -74,7 +74,8 @@ def _exchanges(settings: DemoSettings, jobs: list[tuple[Any, LocalNode, LocalNod
             "dev_pass1_pre": report.teachers[0].dev_pass1_pre, "dev_pass1_post": report.teachers[0].dev_pass1_post,
             "items_used": sum(r.items_used for r in report.teachers),
             "items_failed": sum(r.items_failed for r in report.teachers),
-            "claims_failed": sum(r.claims_failed for r in report.teachers), "seconds": round(report.seconds, 2)})
+            "claims_failed": sum(r.claims_failed for r in report.teachers), "replay_steps": report.replay_steps,
+            "kept": report.kept, "seconds": round(report.seconds, 2)})
         done.extend((record, teacher, student, r) for (record, teacher, _), r in zip(parcels, report.teachers))
     return done
 
@@ -132,7 +133,7 @@ def run_lockstep(workdir: Path, settings: DemoSettings, *, on_progress: Callable
                      "reward_covered": report.reward_covered, "items_received": report.items_received,
                      "items_used": report.items_used, "items_failed": report.items_failed,
                      "claims_failed": report.claims_failed, "items_known": report.items_known,
-                     "covered": list(report.covered)}
+                     "covered": list(report.covered), "kept": report.kept}
             student.rewards.append(entry)
             rewards.append(reward)
             pairs.append(f"{teacher.name}->{student.name}")

@@ -42,6 +42,8 @@ class DemoSettings:
     teacher_samples: int = 2  # sampled candidates per tested prompt whose greedy answer failed
     distill_epochs: int = 2  # passes over the received items in one distillation phase
     received_memory: int = 2000  # verified received answers replayed in later local epochs (0: none)
+    replay_after: float = 1.0  # own-data steps ending a distillation phase, per distillation step
+    distill_guard: str = "dev"  # undo a distillation phase after which dev Pass@1 fell ("off": keep all)
     reward: str = "covered"  # reward fed to the policy: "covered" (dev Pass@1 gain on covered categories) or "eq3"
     warmup_cache: str = ""  # lock-step runs: a directory where the warm-up of each (seed, node) is kept and reused
     round_deadline_s: float = 600.0
@@ -140,6 +142,8 @@ def lay_out(workdir: Path, settings: DemoSettings) -> DemoLayout:
         config.learning.teacher_samples = settings.teacher_samples
         config.learning.distill_epochs = settings.distill_epochs
         config.learning.received_memory = settings.received_memory
+        config.learning.replay_after = settings.replay_after
+        config.learning.distill_guard = settings.distill_guard
         config.learning.reward = settings.reward
         config.exchange.protocol = settings.protocol
         config.exchange.timeout_s = settings.proposal_ttl_s

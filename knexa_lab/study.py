@@ -229,7 +229,7 @@ def exchange_outcomes(name: str, points: Sequence[dict[str, Any]], rewards: Sequ
             "round": r, "student": name, "teacher": entry.get("teacher"), "reward": entry.get("reward"),
             "reward_eq3": entry.get("reward_eq3"), "reward_eq3_private": entry.get("reward_eq3_private"),
             "reward_covered": entry.get("reward_covered"),
-            "items_used": entry.get("items_used"), "pass1_before": pass1_before,
+            "items_used": entry.get("items_used"), "kept": entry.get("kept"), "pass1_before": pass1_before,
             "pass1_after": pass1_after, "after_basis": basis if pass1_after is not None else None,
             "pass1_next": pass1_next, "gain_next": None if pass1_next is None else pass1_next - pass1_before})
     return outcomes

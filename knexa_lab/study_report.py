@@ -141,7 +141,8 @@ def collapse(outcomes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     One distillation is one (seed, student, round), however many teachers' packages it had
     (``seed`` is added to each outcome by :func:`study_document`). ``mean_drop`` is the mean of
     (before - after) over the distillations that dropped, ``mean_change`` the mean of
-    (after - before) over all; ``basis`` counts how ``pass1_after`` was measured.
+    (after - before) over all; ``basis`` counts how ``pass1_after`` was measured; ``undone``
+    counts the distillations the student's guard undid (``distill_guard``; older records: 0).
     """
     phases: dict[tuple[Any, Any, Any], Mapping[str, Any]] = {}
     for o in outcomes:
@@ -155,7 +156,8 @@ def collapse(outcomes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     n = len(changes)
     return {"distillations": n, "worse": len(drops), "share_worse": len(drops) / n if n else None,
             "mean_drop": sum(drops) / len(drops) if drops else None,
-            "mean_change": sum(changes) / n if n else None, "basis": basis}
+            "mean_change": sum(changes) / n if n else None, "basis": basis,
+            "undone": sum(1 for o in phases.values() if o.get("kept") is False)}
 
 
 def _outcomes(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -316,7 +318,8 @@ def _collapse_cell(figure: Mapping[str, Any]) -> str:
     if not figure["distillations"]:
         return "-"
     drop = f", mean drop {100 * figure['mean_drop']:.1f} pp" if figure["mean_drop"] is not None else ""
-    return f"{figure['worse']}/{figure['distillations']} ({_pct(figure['share_worse'])}){drop}"
+    undone = f", {figure['undone']} undone by the guard" if figure.get("undone") else ""
+    return f"{figure['worse']}/{figure['distillations']} ({_pct(figure['share_worse'])}){drop}{undone}"
 
 
 def exchange_table(document: Mapping[str, Any]) -> Table:

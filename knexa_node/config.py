@@ -164,6 +164,8 @@ class LearningSection:
     weak_pass1: float = opt(WEAK_PASS1, "A category is asked for when this node's public dev-set Pass@1 there is below this.", _range(0, 1.0001))
     distill_epochs: int = opt(2, "Passes over the received items in one distillation phase.", _range(1, 100))
     received_memory: int = opt(2000, "Verified received answers kept and replayed in later local epochs (0: none; they are public problems, checked here).", _range(0, 1_000_000))
+    replay_after: float = opt(1.0, "Steps on this node's own training data (and held answers) that end a distillation phase, per distillation step: a phase ending on foreign answers alone cost the node its own categories (0: none).", _range(0, 100))
+    distill_guard: str = opt("dev", "dev: undo a distillation phase after which this node's public dev-set Pass@1 fell (its verified answers stay in replay memory); off: keep every phase.", _choice("dev", "off"))
     reward_gamma: float = opt(1.0, "gamma in r = gamma (L_pre - L_post) - delta KB (Eq. 3).", _range(0, 1e6))
     reward_delta: float = opt(1e-6, "delta (per kilobyte) in Eq. 3.", _range(0, 1e3))
 

@@ -70,6 +70,8 @@ def agent_config(config: Config, *, total_rounds: int) -> AgentConfig:
         weak_pass1=learning.weak_pass1,
         distill_epochs=learning.distill_epochs,
         received_memory=learning.received_memory,
+        replay_after=learning.replay_after,
+        distill_guard=learning.distill_guard,
         seed=config.data.seed * 1000 + config.data.shard,
     )
 

@@ -99,6 +99,7 @@ class Lessons:
                 await self.exchanges.record_distillation(outcome, None, error=f"{type(exc).__name__}: {exc}")
             raise
         self.on_event("distil-phase", round=round_, packages=len(parcels), steps=phase.steps,
+                      replay_steps=phase.replay_steps, kept=phase.kept,
                       seconds=round(phase.seconds, 2), teachers=[p.teacher for p in proposals])
         for proposal, outcome, report in zip(proposals, outcomes, phase.teachers):
             await self.exchanges.record_distillation(outcome, report)

@@ -120,7 +120,7 @@ def outcome(seed: int, student: str, round_: int, before: float, after: float, t
 
 def test_collapse_counts_each_distillation_once_and_averages_the_drops() -> None:
     outcomes = [outcome(0, "a", 1, 0.30, 0.20, "t1"), outcome(0, "a", 1, 0.30, 0.20, "t2"),  # one drop, 2 teachers
-                outcome(0, "b", 1, 0.10, 0.25), outcome(0, "a", 2, 0.30, 0.30),  # a gain and no change
+                outcome(0, "b", 1, 0.10, 0.25), {**outcome(0, "a", 2, 0.30, 0.30), "kept": False},  # a gain; undone
                 outcome(1, "a", 1, 0.40, 0.35, basis="final"),  # another seed: another distillation
                 {**outcome(1, "b", 1, 0.2, 0.2), "pass1_after": None}]  # not measured: left out
     result = collapse(outcomes)
@@ -129,6 +129,7 @@ def test_collapse_counts_each_distillation_once_and_averages_the_drops() -> None
     assert result["mean_drop"] == pytest.approx((0.10 + 0.05) / 2)
     assert result["mean_change"] == pytest.approx((-0.10 + 0.15 + 0.0 - 0.05) / 4)
     assert result["basis"] == {"after-exchange": 3, "final": 1}
+    assert result["undone"] == 1
 
 
 def test_no_drop_and_no_distillation() -> None:

@@ -121,3 +121,48 @@ def test_one_package_distill_keeps_its_report_shape(tiny_models, tmp_path) -> No
     report = student.distill(encode_package(KnowledgePackage("text", "x", 0, texts=texts)), TASK.transfer, dev=TASK.dev)
     assert report.items_used == 4 and report.items_failed == 0 and report.dev_pass1_pre is not None
     assert replace(report, teacher="t").teacher == "t"
+
+
+class ScriptedDev(Agent):
+    """Public dev-set Pass@1 as scripted, one value per measurement (an untrained tiny model measures 0 always)."""
+
+    measurements: list[float] = []
+
+    def competence(self, dev: Sequence[Problem]) -> dict[str, float]:
+        value = self.measurements.pop(0)
+        self.own_competence = {p.category: value for p in dev}
+        return dict(self.own_competence)
+
+
+def _weights(agent: Agent) -> dict[str, object]:
+    return {name: p.detach().clone() for name, p in agent._trainable().items()}
+
+
+@pytest.mark.parametrize("after, kept", [(0.25, False), (0.5, True)])
+def test_the_guard_undoes_a_phase_that_left_dev_pass1_lower_and_keeps_its_answers(tiny_models, tmp_path, after, kept) -> None:
+    student = make(tiny_models, "llama", tmp_path / "s", ScriptedDev, received_memory=100, replay_after=1.5,
+                   distill_guard="dev")
+    student.measurements = [0.5, after]  # before the phase, after it
+    texts = {p.task_id: p.solution for p in TASK.transfer[:16]}
+    before, steps_before = _weights(student), student.optimizer_steps
+    report = student.distill_many([("t", encode_package(KnowledgePackage("text", "x", 0, texts=texts)))],
+                                  TASK.transfer, dev=TASK.dev)
+    # 16 items in batches of 8: 2 distillation steps, then 1.5 x 2 replay steps on the student's own data.
+    assert (report.steps, report.replay_steps, student.optimizer_steps - steps_before) == (2, 3, 5)
+    now = _weights(student)
+    assert report.kept is kept and report.teachers[0].kept is kept
+    assert all(bool((now[name] == before[name]).all()) for name in now) is not kept
+    assert student.own_competence == {p.category: 0.5 if not kept else after for p in TASK.dev}
+    assert set(student.received) == set(texts)  # kept or not, the verified answers are replayed in local epochs
+    assert report.teachers[0].dev_pass1_post == after  # the measurement the decision was made on
+
+
+def test_without_the_guard_every_phase_is_kept(tiny_models, tmp_path) -> None:
+    student = make(tiny_models, "llama", tmp_path / "s", ScriptedDev)
+    student.measurements = [0.5, 0.0]
+    texts = {p.task_id: p.solution for p in TASK.transfer[:8]}
+    report = student.distill_many([("t", encode_package(KnowledgePackage("text", "x", 0, texts=texts)))],
+                                  TASK.transfer, dev=TASK.dev)
+    assert report.kept and report.replay_steps == 0
+    with pytest.raises(ValueError, match="distill_guard"):
+        make(tiny_models, "llama", tmp_path / "bad", distill_guard="sometimes")
