@@ -236,9 +236,11 @@ def exchange_outcomes(name: str, points: Sequence[dict[str, Any]], rewards: Sequ
 
 
 def run_record(policy: str, seed: int, settings: DemoSettings, nodes: Sequence[dict[str, Any]], *,
-               wall_s: float, cpu_s: float, history: Any = None) -> dict[str, Any]:
-    """What a study keeps of one run: per node the final and per-round Pass@1, per run the means and costs,
-    and per exchange its rewards and what it did to the student (:func:`exchange_outcomes`)."""
+               wall_s: float, cpu_s: float, history: Any = None,
+               phases_s: dict[str, float] | None = None) -> dict[str, Any]:
+    """What a study keeps of one run: per node the final and per-round Pass@1, per run the means and costs
+    (``phases_s``: where the runner spent its seconds, e.g. local epochs, measurements, exchanges), and per
+    exchange its rewards and what it did to the student (:func:`exchange_outcomes`)."""
     finals = [next(p for p in node["curve"] if p["phase"] == "final") for node in nodes]
     curves = [node_curve(node["curve"], settings.rounds) for node in nodes]
     node_rounds = settings.nodes * settings.rounds
@@ -247,7 +249,7 @@ def run_record(policy: str, seed: int, settings: DemoSettings, nodes: Sequence[d
         "final_pass1": _mean([p["pass1"] for p in finals]),
         "curve": [_mean(list(column)) for column in zip(*curves)],
         "headroom": headroom([p.get("per_category") or {} for p in finals]),
-        "wall_s": wall_s, "cpu_s": cpu_s,
+        "wall_s": wall_s, "cpu_s": cpu_s, "phases_s": {k: round(v, 1) for k, v in (phases_s or {}).items()},
         # One process and one torch thread per run: its seconds are core-seconds, shared over node-rounds.
         "node_seconds_per_round": wall_s / node_rounds, "node_cpu_seconds_per_round": cpu_s / node_rounds,
         "exchanges": sum(node.get("exchanges_as_student", 0) for node in nodes),

@@ -77,7 +77,7 @@ def execute_run(task: RunTask) -> dict[str, Any]:
         result = runner(workdir, task.execution_settings())
         record = run_record(task.policy, task.seed, task.settings, result.nodes,
                             wall_s=time.monotonic() - started_wall, cpu_s=time.process_time() - started_cpu,
-                            history=result.cpm_status.get("history"))
+                            history=result.cpm_status.get("history"), phases_s=result.phases_s)
     except Exception as exc:  # one failed run must not end the others; its error is reported, not stored
         return {"policy": task.policy, "seed": task.seed,
                 "error": one_line_error(exc), "traceback": traceback.format_exc()}

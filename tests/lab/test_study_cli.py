@@ -76,7 +76,10 @@ def test_a_tiny_real_study_writes_its_document_and_plot_and_resumes(tmp_path: Pa
     assert "gap_closed" in document["policies"]["random"] and "vs_local_only" in document["policies"]["pooled"]
     assert document["settings"]["teachers_per_student"] == 1 and document["failed"] == []
     # The one exchange is in the last round: measured right after it (final), no gain one round later.
-    (outcome,) = json.loads((tmp_path / "tiny.runs" / "random-seed0.json").read_text())["exchange_outcomes"]
+    random_run = json.loads((tmp_path / "tiny.runs" / "random-seed0.json").read_text())
+    (outcome,) = random_run["exchange_outcomes"]
+    assert set(random_run["phases_s"]) >= {"lockstep_local", "lockstep_measure", "lockstep_exchange"}
+    assert random_run["phases_s"]["lockstep_local"] > 0 and random_run["phases_s"]["lockstep_exchange"] > 0
     assert outcome["round"] == 1 and outcome["student"] in ("node-0", "node-1") and outcome["gain_next"] is None
     assert outcome["after_basis"] in ("final", "after-exchange") and 0.0 <= outcome["pass1_after"] <= 1.0
     collapse = document["policies"]["random"]["collapse"]
