@@ -192,8 +192,11 @@ def test_a_failure_in_the_middle_of_the_build_leaves_nothing(monkeypatch: pytest
     assert netlab.lab_namespaces(lab.prefix + "-") == []
 
 
+# The user of the lab reads Ctrl-C as a terminal user's process does, even when the test runs under a parent
+# that ignores SIGINT (a shell's background job: the child would inherit SIG_IGN and never see it).
 USER = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path.insert(0, {here!r})
     import netlab
     with netlab.Lab(["a", "b"]) as lab:
