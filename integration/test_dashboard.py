@@ -98,7 +98,9 @@ def test_dashboards_in_a_real_browser(tmp_path: Path) -> None:
         assert "audit log verifies" in first
         points = len(re.findall(r'class="point-pass1"', first))
         assert points >= 1, "no curve point drawn"
-        drawn = sum(isinstance(p.get("pass1"), (int, float)) for p in api(urls[name])["curve"])  # >= the page's
+        # Points as the page counts them (numeric Pass@1); read after the first page, so >= what it drew.
+        measured = lambda: sum(isinstance(p.get("pass1"), (int, float)) for p in api(urls[name])["curve"])  # noqa: E731
+        drawn = measured()
         cpm_first = dom(urls["cpm"])
         assert cpm_data["status"]["peer_id"] in cpm_first
         closed_first = cpm_data["status"]["cpm"]["rounds_closed"]
@@ -106,8 +108,7 @@ def test_dashboards_in_a_real_browser(tmp_path: Path) -> None:
         wait_for(lambda: api(urls["cpm"])["status"]["cpm"]["rounds_closed"] > closed_first, "another round",
                  process=demo)
         # The page drew what the API held when it loaded, which may already be more than ``data`` held: wait for a
-        # point after the first page, counted as the page counts them (numeric Pass@1).
-        measured = lambda: sum(isinstance(p.get("pass1"), (int, float)) for p in api(urls[name])["curve"])  # noqa: E731
+        # point after the first page.
         wait_for(lambda: measured() > max(points, drawn), "a new curve point", process=demo)
         second = dom(urls[name])
         assert len(re.findall(r'class="point-pass1"', second)) > points, "the curve did not grow after a round"
