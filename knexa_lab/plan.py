@@ -43,6 +43,8 @@ class DemoSettings:
     distill_epochs: int = 2  # passes over the received items in one distillation phase
     received_memory: int = 2000  # verified received answers replayed in later local epochs (0: none)
     replay_after: float = 1.0  # own-data steps ending a distillation phase, per distillation step
+    skip_held: bool = True  # requests name the transfer prompts already held, so teachers answer new ones
+    transfer_per_category: int = 16  # public transfer prompts per category of the embedded task
     distill_guard: str = "dev"  # undo a distillation phase after which dev Pass@1 fell ("off": keep all)
     reward: str = "covered"  # reward fed to the policy: "covered" (dev Pass@1 gain on covered categories) or "eq3"
     warmup_cache: str = ""  # lock-step runs: a directory where the warm-up of each (seed, node) is kept and reused
@@ -131,6 +133,7 @@ def lay_out(workdir: Path, settings: DemoSettings) -> DemoLayout:
         config.data.shards = settings.nodes
         config.data.dirichlet_alpha = settings.dirichlet_alpha
         config.data.shard_size = settings.shard_size
+        config.data.transfer_per_category = settings.transfer_per_category
         config.learning.lr = settings.lr if config.model.path.startswith(EMBEDDED_PREFIX) else settings.pretrained_lr
         config.learning.batch_size = settings.batch_size
         config.learning.generation_batch_size = settings.generation_batch_size
@@ -143,6 +146,7 @@ def lay_out(workdir: Path, settings: DemoSettings) -> DemoLayout:
         config.learning.distill_epochs = settings.distill_epochs
         config.learning.received_memory = settings.received_memory
         config.learning.replay_after = settings.replay_after
+        config.learning.skip_held = settings.skip_held
         config.learning.distill_guard = settings.distill_guard
         config.learning.reward = settings.reward
         config.exchange.protocol = settings.protocol

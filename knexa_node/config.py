@@ -132,6 +132,7 @@ class DataSection:
     shards: int = opt(1, "Number of shards in the embedded task's split (the consortium size).", _range(1, 4096))
     shard_size: int = opt(0, "Private problems in this node's embedded shard (0: an equal share of the pool).", _range(0, 10_000_000))
     dirichlet_alpha: float = opt(0.3, "Skew of the embedded split over categories (smaller: more skewed).", _range(0.001, 1000))
+    transfer_per_category: int = opt(16, "Public transfer prompts per category in the embedded task (more: a further draw; the private, dev and test sets stay the same). Every member must use the same value.", _range(1, 1024))
 
 
 @dataclass
@@ -164,6 +165,7 @@ class LearningSection:
     weak_pass1: float = opt(WEAK_PASS1, "A category is asked for when this node's public dev-set Pass@1 there is below this.", _range(0, 1.0001))
     distill_epochs: int = opt(2, "Passes over the received items in one distillation phase.", _range(1, 100))
     received_memory: int = opt(2000, "Verified received answers kept and replayed in later local epochs (0: none; they are public problems, checked here).", _range(0, 1_000_000))
+    skip_held: bool = opt(True, "Name in each exchange request the transfer prompts this node already holds a verified answer to, so that teachers spend their budget on prompts it has not been taught (the teacher learns which public prompts those are).")
     replay_after: float = opt(1.0, "Steps on this node's own training data (and held answers) that end a distillation phase, per distillation step: a phase ending on foreign answers alone cost the node its own categories (0: none).", _range(0, 100))
     distill_guard: str = opt("dev", "dev: undo a distillation phase after which this node's public dev-set Pass@1 fell (its verified answers stay in replay memory); off: keep every phase.", _choice("dev", "off"))
     reward_gamma: float = opt(1.0, "gamma in r = gamma (L_pre - L_post) - delta KB (Eq. 3).", _range(0, 1e6))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from knexa_node.config import Config
-from knexa_node.learn.data import assert_disjoint, dirichlet_split, embedded_task, load_jsonl, split_validation
+from knexa_node.learn.data import assert_disjoint, dirichlet_split, embedded_task_with_transfer, load_jsonl, split_validation
 from knexa_node.learn.problems import Problem
 
 
@@ -41,7 +41,7 @@ def load_node_data(config: Config, *, base: Path | None = None) -> NodeData:
     files = {name: load_jsonl(path(value)) for name, value in
              (("train", data.train), ("validation", data.validation), ("transfer", data.transfer),
               ("dev", data.dev), ("test", data.test)) if value}
-    task = None if len(files.keys() - {"validation"}) == 4 else embedded_task(data.seed)
+    task = None if len(files.keys() - {"validation"}) == 4 else embedded_task_with_transfer(data.seed, data.transfer_per_category)
     if task is None or "train" in files:  # task is None only when every file, train included, is given
         private = files["train"]
     else:

@@ -71,6 +71,7 @@ def agent_config(config: Config, *, total_rounds: int) -> AgentConfig:
         distill_epochs=learning.distill_epochs,
         received_memory=learning.received_memory,
         replay_after=learning.replay_after,
+        skip_held=learning.skip_held,
         distill_guard=learning.distill_guard,
         seed=config.data.seed * 1000 + config.data.shard,
     )

@@ -102,6 +102,7 @@ class AgentConfig:
     distill_epochs: int = 1  # passes over the received items in one distillation phase
     received_memory: int = 0  # verified received answers kept and replayed in later local epochs (0: none)
     replay_after: float = 0.0  # steps on the node's own training data after a distillation phase, per phase step
+    skip_held: bool = False  # requests name the transfer prompts already held (verified), so teachers skip them
     distill_guard: str = "off"  # "dev": undo a distillation phase after which public dev-set Pass@1 fell
 
 
@@ -133,6 +134,7 @@ class ExchangeRequest:
 
     categories: tuple[str, ...] = ()
     budget: int = 0  # transfer prompts to answer at most (0: the teacher's own budget)
+    held: frozenset[str] = frozenset()  # transfer task ids it already holds a verified answer to (skipped)
 
 
 @dataclass(frozen=True)
@@ -422,8 +424,9 @@ class Agent:
         return dict(self.own_competence)
 
     def exchange_request(self, competence: Mapping[str, float]) -> ExchangeRequest:
-        """The categories to ask teachers for (dev-set Pass@1 below ``weak_pass1``), weakest first."""
-        return ExchangeRequest(weak_categories(competence, self.config.weak_pass1), self.config.exchange_budget)
+        """The categories to ask teachers for (dev-set Pass@1 below ``weak_pass1``), weakest first, and the prompts held."""
+        held = frozenset(self.received) if self.config.skip_held else frozenset()
+        return ExchangeRequest(weak_categories(competence, self.config.weak_pass1), self.config.exchange_budget, held)
 
     def _check(self, problems: Sequence[Problem], bodies: Sequence[str]) -> list[bool]:
         """Each body run against its problem's public tests in the sandbox."""
@@ -498,7 +501,7 @@ class Agent:
             raise ValueError(f"unknown protocol {protocol!r}")
         request = request or ExchangeRequest()
         categories = teachable_order(request.categories, self.own_competence)
-        prompts = select_prompts(transfer, categories, request.budget or self.config.exchange_budget)
+        prompts = select_prompts(transfer, categories, request.budget or self.config.exchange_budget, request.held)
         k = self.config.top_k_logits if protocol == "logits" else 0
         answers, tested, decoded = self._cached_candidates(prompts, k)
         eos = self.tokenizer.eos_token_id

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -160,9 +160,19 @@ class TaskSplits:
     test: list[Problem]  # held-out test set (Pass@k); never trained on
 
 
-def embedded_task(seed: int = 0, *, train_per_category: int = 400, transfer_per_category: int = 16,
-                  dev_per_category: int = 4, test_per_category: int = 8) -> TaskSplits:
-    """Draw the embedded task; the four parts never share a prompt."""
+EMBEDDED_TRANSFER_PER_CATEGORY = 16  # the embedded task's own transfer set, drawn with the other parts
+
+
+def embedded_task(seed: int = 0, *, train_per_category: int = 400, transfer_per_category: int = EMBEDDED_TRANSFER_PER_CATEGORY,
+                  dev_per_category: int = 4, test_per_category: int = 8,
+                  transfer_extra_per_category: int = 0) -> TaskSplits:
+    """Draw the embedded task; the four parts never share a prompt.
+
+    ``transfer_extra_per_category`` more transfer prompts per category come
+    from a draw of their own (:func:`_extra_transfer`), so that a larger
+    public transfer set leaves the private pool, the dev and the test sets
+    exactly as they are (and a cached warm-up still valid).
+    """
     sizes = (train_per_category, transfer_per_category, dev_per_category, test_per_category)
     total = sum(sizes)
     problems = generate_problems(seed, {c: total for c in CATEGORIES})
@@ -173,7 +183,49 @@ def embedded_task(seed: int = 0, *, train_per_category: int = 400, transfer_per_
         for part, size in zip(parts, sizes):
             part.extend(mine[start:start + size])
             start += size
+    if transfer_extra_per_category > 0:
+        parts[1] = _grouped_by_category(parts[1] + _extra_transfer(seed, {p.prompt for p in problems},
+                                                                      transfer_extra_per_category))
     return TaskSplits(*parts)
+
+
+def embedded_task_with_transfer(seed: int, transfer_per_category: int = EMBEDDED_TRANSFER_PER_CATEGORY) -> TaskSplits:
+    """The embedded task with ``transfer_per_category`` public transfer prompts per category.
+
+    Fewer than the task's own 16: the first ones of each category; more: the
+    16 and a further draw. The private pool, dev and test sets do not change.
+    """
+    if transfer_per_category < 0:
+        raise ValueError(f"transfer_per_category must be >= 0, got {transfer_per_category}")
+    extra = max(0, transfer_per_category - EMBEDDED_TRANSFER_PER_CATEGORY)
+    task = embedded_task(seed, transfer_extra_per_category=extra)
+    if transfer_per_category < EMBEDDED_TRANSFER_PER_CATEGORY:
+        seen: Counter[str] = Counter()
+        kept = []
+        for problem in task.transfer:
+            seen[problem.category] += 1
+            if seen[problem.category] <= transfer_per_category:
+                kept.append(problem)
+        task = replace(task, transfer=kept)
+    return task
+
+
+def _extra_transfer(seed: int, taken: set[str], per_category: int) -> list[Problem]:
+    """``per_category`` transfer problems per category whose prompts are not in ``taken``, from their own seeded draw."""
+    # Over-draw: a prompt of this draw may repeat one of the task's; renamed so task ids stay unique.
+    drawn = generate_problems(seed + 104_729, {c: 2 * per_category + 8 for c in CATEGORIES})
+    extra: list[Problem] = []
+    for category in CATEGORIES:
+        fresh = [p for p in drawn if p.category == category and p.prompt not in taken][:per_category]
+        if len(fresh) < per_category:
+            raise ValueError(f"cannot draw {per_category} further {category} transfer problems")
+        extra.extend(replace(p, task_id=p.task_id.replace("embedded/", "embedded-transfer/", 1)) for p in fresh)
+    return extra
+
+
+def _grouped_by_category(problems: list[Problem]) -> list[Problem]:
+    """The same problems, grouped by category in CATEGORIES order (the embedded layout), each group in order."""
+    return [p for category in CATEGORIES for p in problems if p.category == category]
 
 
 def assert_disjoint(*sets: Sequence[Problem]) -> None:

@@ -4,7 +4,8 @@
   its Pass@1 per category on the *public* dev set (never its private data).
 - :func:`select_prompts`: the transfer prompts a teacher answers for a request:
   the requested categories in turn (round-robin, so a small budget still covers
-  each of them), at most ``budget``.
+  each of them), at most ``budget``, leaving out the prompts the student
+  already holds a verified answer to (a second answer teaches it little).
 - :func:`teachable_order`: the requested categories reordered by what the
   teacher itself knows (its own public dev-set Pass@1): the budget goes first
   to the categories where its answers will pass the tests, and categories it
@@ -17,7 +18,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 from knexa_node.learn.problems import Problem
 
@@ -41,8 +42,15 @@ def teachable_order(requested: Sequence[str], own: Mapping[str, float]) -> tuple
     return tuple(name for _, name in ranked if own.get(name, 0.0) > 0.0)
 
 
-def select_prompts(transfer: Sequence[Problem], categories: Sequence[str] = (), budget: int = 0) -> list[Problem]:
-    """The prompts to answer: all of ``transfer``, or the requested categories taken in turn; then the budget."""
+def select_prompts(transfer: Sequence[Problem], categories: Sequence[str] = (), budget: int = 0,
+                   held: Collection[str] = ()) -> list[Problem]:
+    """The prompts to answer: all of ``transfer``, or the requested categories taken in turn; then the budget.
+
+    Prompts the student already ``held`` a verified answer to (task ids) are
+    left out first, so that the budget goes to prompts it has not been taught.
+    """
+    if held:
+        transfer = [p for p in transfer if p.task_id not in held]
     if categories:
         queues = [[p for p in transfer if p.category == c] for c in dict.fromkeys(categories)]
         chosen: list[Problem] = []

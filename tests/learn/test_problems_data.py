@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from knexa_node.learn.data import (DataError, assert_disjoint, category_counts, dirichlet_split, embedded_task,
-                                   load_jsonl, split_validation, write_jsonl)
+                                   embedded_task_with_transfer, load_jsonl, split_validation, write_jsonl)
 from knexa_node.learn.problems import Problem, generate_problems, template_count
 from knexa_node.profile import CATEGORIES
 
@@ -48,6 +48,19 @@ def test_embedded_task_parts_are_disjoint() -> None:
     assert category_counts(task.dev) == [2] * len(CATEGORIES)
     with pytest.raises(DataError):
         assert_disjoint(task.train_pool, task.train_pool[:1])
+
+
+@pytest.mark.parametrize("per_category", [5, 40])
+def test_a_resized_transfer_set_leaves_the_other_parts_as_they_are(per_category: int) -> None:
+    task, resized = embedded_task(3), embedded_task_with_transfer(3, per_category)
+    assert (resized.train_pool, resized.dev, resized.test) == (task.train_pool, task.dev, task.test)
+    assert category_counts(resized.transfer) == [per_category] * len(CATEGORIES)
+    first = {c: [p for p in task.transfer if p.category == c][:per_category] for c in CATEGORIES}
+    assert all([p for p in resized.transfer if p.category == c][:16] == first[c][:16] for c in CATEGORIES)
+    assert len({p.task_id for p in resized.transfer}) == len(resized.transfer)
+    assert_disjoint(resized.train_pool, resized.transfer, resized.dev, resized.test)
+    with pytest.raises(ValueError):
+        embedded_task_with_transfer(3, -1)
 
 
 def _max_share(shards: list[list[Problem]]) -> float:

@@ -26,6 +26,16 @@ def test_select_prompts_takes_requested_categories_in_turn_within_the_budget() -
     assert len(select_prompts(TASK.transfer, budget=4)) == 4
 
 
+def test_select_prompts_spends_the_budget_on_prompts_the_student_does_not_hold() -> None:
+    math = [p for p in TASK.transfer if p.category == "math"]
+    held = {math[0].task_id, math[1].task_id}
+    chosen = select_prompts(TASK.transfer, ("math", "list"), budget=3, held=held)
+    assert [p.task_id for p in chosen if p.category == "math"] == [math[2].task_id]
+    assert len(chosen) == 3 and not held & {p.task_id for p in chosen}
+    everything = {p.task_id for p in math}
+    assert select_prompts(TASK.transfer, ("math",), held=everything) == []
+
+
 def test_teachable_order_puts_the_teachers_strengths_first_and_drops_what_it_cannot_do() -> None:
     requested = ("list", "dict", "math", "string")
     own = {"list": 0.25, "dict": 0.0, "math": 1.0, "string": 0.25}
