@@ -78,6 +78,7 @@ from knexa_node.wire import (
     WireError,
     open_envelope,
 )
+from knexa_node.wire.messages import MAX_HELD
 
 log = logging.getLogger("knexa.daemon.exchanges")
 
@@ -251,18 +252,20 @@ class ExchangeService:
 
     async def _build(self, proposal: PairingProposal, request: ExchangeRequest) -> BuiltPackage:
         self.daemon.log.event("request-received", proposal_id=proposal.proposal_id.hex(), round=proposal.round,
-                              peer_id=proposal.student, categories=list(request.categories), budget=request.budget)
+                              peer_id=proposal.student, categories=list(request.categories), budget=request.budget,
+                              held=len(request.held))
         return await self.agent_call(lambda agent: self.packager.build(agent, proposal, request))
 
     # --- student side ------------------------------------------------------------------------------
 
     async def fetch(self, proposal_envelope: bytes, proposal: PairingProposal, *, categories: tuple[str, ...] = (),
-                    budget: int = 0) -> ExchangeOutcome:
+                    budget: int = 0, held: tuple[str, ...] = ()) -> ExchangeOutcome:
         """Fetch the package of ``proposal`` from its teacher; never raises for a failed exchange.
 
         ``proposal`` must be the message inside ``proposal_envelope`` (the CPM's
-        signed bytes, which the teacher checks again); ``categories`` and
-        ``budget`` are what the request asks for. The outcome is logged and
+        signed bytes, which the teacher checks again); ``categories``,
+        ``budget`` and ``held`` are what the request asks for (``held``: the
+        newest :data:`~knexa_node.wire.messages.MAX_HELD` at most). The outcome is logged and
         audited before it is returned; ``outcome.payload`` holds the package
         when ``outcome.ok``.
         """
@@ -284,7 +287,7 @@ class ExchangeService:
             outcome = await fetch_package(
                 Libp2pExchangeStream(stream), remote=teacher, signer=self.signer, policy=self.policy,
                 proposal_envelope=proposal_envelope, current_round=current, clock=self.clock, log_head=head,
-                categories=categories, budget=budget,
+                categories=categories, budget=budget, held=tuple(held)[-MAX_HELD:],
             )
             sent, received = stream.bytes_sent, stream.bytes_received
         if outcome.ok:

@@ -71,7 +71,8 @@ class Lessons:
     async def fetch(self, proposal: PairingProposal, raw: bytes) -> Event:
         request = self.request
         outcome = await self.exchanges.fetch(raw, proposal, categories=request.categories if request else (),
-                                             budget=request.budget if request else 0)
+                                             budget=request.budget if request else 0,
+                                             held=request.held if request else ())
         if not outcome.ok:
             self.counts["failed"] += 1
             return FetchFailed(proposal.proposal_id)

@@ -75,6 +75,9 @@ class Wanted(Protocol):
     @property
     def budget(self) -> int: ...
 
+    @property
+    def held(self) -> tuple[str, ...]: ...
+
 
 class TeacherAgent(Protocol):
     """What packaging needs of :class:`knexa_node.learn.agent.Agent`."""

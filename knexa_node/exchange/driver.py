@@ -227,11 +227,12 @@ async def fetch_package(
     log_head: tuple[int, bytes] = (0, bytes(32)),
     categories: tuple[str, ...] = (),
     budget: int = 0,
+    held: tuple[str, ...] = (),
 ) -> ExchangeOutcome:
     """Student side: fetch the package of ``proposal_envelope`` from the teacher ``remote`` over ``stream``.
 
     ``log_head`` (entries, head hash of this node's audit log) goes into the signed receipt;
-    ``categories`` and ``budget`` into the request (what this student asks the teacher for).
+    ``categories``, ``budget`` and ``held`` into the request (what this student asks the teacher for).
     """
     started = trio.current_time()
     deadline = _Deadline(policy.timeout_s)
@@ -244,7 +245,7 @@ async def fetch_package(
                 policy.membership.check(remote)
                 session = StudentSession(
                     signer, policy, proposal_envelope=proposal_envelope, remote=remote, current_round=current_round, now=clock(),
-                    log_head=log_head, categories=categories, budget=budget,
+                    log_head=log_head, categories=categories, budget=budget, held=held,
                 )
                 await _send(stream, session.request_frame())
                 session.receive_header(await _receive(stream, MAX_CONTROL_FRAME, deadline))

@@ -50,9 +50,11 @@ class StudentSession:
         log_head: tuple[int, bytes] = (0, bytes(32)),
         categories: tuple[str, ...] = (),
         budget: int = 0,
+        held: tuple[str, ...] = (),
     ) -> None:
         self.signer = signer
-        self.wanted = (tuple(categories), int(budget))  # the targeted request: weak categories, item budget
+        # The targeted request: weak categories, item budget, transfer prompts already held.
+        self.wanted = (tuple(categories), int(budget), tuple(held))
         self.log_head = log_head  # (entries, head hash) of this node's audit log, signed into the receipt
         self.policy = policy
         self.remote = remote
@@ -102,9 +104,9 @@ class StudentSession:
     def request_frame(self) -> bytes:
         self._machine.require(StudentEvent.REQUEST)
         ephemeral = cast(EphemeralKey, self._ephemeral)  # None only after HEADER or FAIL
-        categories, budget = self.wanted
+        categories, budget, held = self.wanted
         request = ExchangeRequest(proposal=self._proposal_envelope, ephemeral_key=ephemeral.public,
-                                  categories=categories, budget=budget)
+                                  categories=categories, budget=budget, held=held)
         self._machine.fire(StudentEvent.REQUEST)
         return seal_envelope(self.signer, request).to_bytes()
 

@@ -134,7 +134,7 @@ class ExchangeRequest:
 
     categories: tuple[str, ...] = ()
     budget: int = 0  # transfer prompts to answer at most (0: the teacher's own budget)
-    held: frozenset[str] = frozenset()  # transfer task ids it already holds a verified answer to (skipped)
+    held: tuple[str, ...] = ()  # transfer task ids of those categories it holds a verified answer to, oldest first
 
 
 @dataclass(frozen=True)
@@ -425,8 +425,11 @@ class Agent:
 
     def exchange_request(self, competence: Mapping[str, float]) -> ExchangeRequest:
         """The categories to ask teachers for (dev-set Pass@1 below ``weak_pass1``), weakest first, and the prompts held."""
-        held = frozenset(self.received) if self.config.skip_held else frozenset()
-        return ExchangeRequest(weak_categories(competence, self.config.weak_pass1), self.config.exchange_budget, held)
+        categories = weak_categories(competence, self.config.weak_pass1)
+        wanted = set(categories)
+        held = tuple(task_id for task_id, (problem, _) in self.received.items()
+                     if problem.category in wanted) if self.config.skip_held else ()
+        return ExchangeRequest(categories, self.config.exchange_budget, held)
 
     def _check(self, problems: Sequence[Problem], bodies: Sequence[str]) -> list[bool]:
         """Each body run against its problem's public tests in the sandbox."""

@@ -50,7 +50,8 @@ def select_prompts(transfer: Sequence[Problem], categories: Sequence[str] = (), 
     left out first, so that the budget goes to prompts it has not been taught.
     """
     if held:
-        transfer = [p for p in transfer if p.task_id not in held]
+        skip = set(held)
+        transfer = [p for p in transfer if p.task_id not in skip]
     if categories:
         queues = [[p for p in transfer if p.category == c] for c in dict.fromkeys(categories)]
         chosen: list[Problem] = []

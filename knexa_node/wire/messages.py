@@ -29,6 +29,8 @@ MAX_LOSS = 1e4  # a cross-entropy in nats; honest values are below 20
 MAX_REWARD = 1e6
 MAX_TIME = 1e11  # unix seconds, as the envelope's timestamp
 PROTOCOLS = ("text", "logits")
+MAX_HELD = 1024  # task ids a request may name as held: ~32 KiB, inside one 64 KiB control frame
+MAX_TASK_ID = 200  # characters of a transfer problem's task id named in a request (``held``)
 MAX_REQUEST_BUDGET = 1_000_000  # transfer prompts a request may ask for (as learning.exchange_budget)
 MAX_FEEDBACK_ITEMS = 10_000_000  # items a feedback may count (a package holds at most one per transfer prompt and answer)
 NO_RECEIPT = bytes(32)  # receipt_hash of a Feedback that reports a failed exchange
@@ -167,23 +169,33 @@ class ExchangeRequest(Message):
     adds what the student asks for: its weak ``categories`` (weakest first,
     from its public dev-set Pass@1; known categories, each at most once) and
     ``budget``, the transfer prompts to answer at most (0: the teacher's own
-    budget; at most :data:`MAX_REQUEST_BUDGET`). A version-1 request asks for
-    nothing in particular.
+    budget; at most :data:`MAX_REQUEST_BUDGET`). Version 3 adds ``held``: the
+    public transfer prompts (task ids) the student already holds a verified
+    answer to, which the teacher leaves out (at most :data:`MAX_HELD`, each
+    id at most :data:`MAX_TASK_ID` characters, none twice). A version-1
+    request asks for nothing in particular.
     """
 
     TYPE = "exchange-request"
-    VERSION = 2
-    OLDER = {1: {"categories": (), "budget": 0}}
+    VERSION = 3
+    OLDER = {1: {"categories": (), "budget": 0, "held": ()}, 2: {"held": ()}}
     FIXED32_FIELDS = ("ephemeral_key",)
     proposal: bytes
     ephemeral_key: bytes
     categories: tuple[str, ...] = ()
     budget: int = 0
+    held: tuple[str, ...] = ()
 
     def check(self) -> None:
         _check_categories("categories", self.categories)
         if self.budget > MAX_REQUEST_BUDGET:
             raise WireError("bad-field", f"budget must lie in 0..{MAX_REQUEST_BUDGET}")
+        if len(self.held) > MAX_HELD:
+            raise WireError("bad-field", f"held names more than {MAX_HELD} task ids")
+        if any(not 0 < len(task_id) <= MAX_TASK_ID for task_id in self.held):
+            raise WireError("bad-field", f"held: each task id must have 1..{MAX_TASK_ID} characters")
+        if len(set(self.held)) != len(self.held):
+            raise WireError("bad-field", "held names a task id twice")
 
 
 @dataclass(frozen=True)

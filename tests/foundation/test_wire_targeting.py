@@ -9,7 +9,7 @@ import pytest
 from knexa_node.crypto import Signer
 from knexa_node.profile import CATEGORIES, PROFILE_DIM
 from knexa_node.wire import ExchangeRequest, Feedback, Message, Profile, WireError, open_envelope, seal_envelope
-from knexa_node.wire.messages import MAX_FEEDBACK_ITEMS, MAX_REQUEST_BUDGET
+from knexa_node.wire.messages import MAX_FEEDBACK_ITEMS, MAX_HELD, MAX_REQUEST_BUDGET, MAX_TASK_ID
 from knexa_node.wire.codec import pack, unpack
 from knexa_node.wire.envelope import Envelope
 
@@ -68,8 +68,9 @@ def test_a_version_1_profile_may_not_smuggle_competence() -> None:
         open_envelope(sealed_as(profile(), 1, body_of(profile(math=0.5))))
 
 
-def request(categories: tuple[str, ...] = (), budget: int = 0) -> ExchangeRequest:
-    return ExchangeRequest(proposal=b"envelope", ephemeral_key=bytes(range(32)), categories=categories, budget=budget)
+def request(categories: tuple[str, ...] = (), budget: int = 0, held: tuple[str, ...] = ()) -> ExchangeRequest:
+    return ExchangeRequest(proposal=b"envelope", ephemeral_key=bytes(range(32)), categories=categories, budget=budget,
+                           held=held)
 
 
 def test_a_request_names_weak_categories_and_a_budget() -> None:
@@ -79,9 +80,22 @@ def test_a_request_names_weak_categories_and_a_budget() -> None:
 
 
 def test_an_older_request_asks_for_nothing_in_particular() -> None:
-    old = {k: v for k, v in body_of(request()).items() if k not in ("categories", "budget")}
+    old = {k: v for k, v in body_of(request()).items() if k not in ("categories", "budget", "held")}
     _, received = open_envelope(sealed_as(request(), 1, old))
     assert isinstance(received, ExchangeRequest) and received.categories == () and received.budget == 0
+    assert received.held == ()
+
+
+def test_a_request_names_the_prompts_held_and_goes_out_as_version_2_without_them() -> None:
+    plain, rich = request(("math",), 8), request(("math",), 8, ("embedded/math/0/1", "embedded-transfer/math/2/7"))
+    assert plain.wire_version() == 2 and rich.wire_version() == ExchangeRequest.VERSION == 3
+    for sent in (plain, rich):
+        _, received = open_envelope(seal_envelope(SIGNER, sent).to_bytes())
+        assert received == sent
+    version_2 = {k: v for k, v in body_of(rich).items() if k != "held"}
+    assert open_envelope(sealed_as(rich, 2, version_2))[1] == plain
+    with pytest.raises(WireError):  # a version-2 body may not smuggle held prompts
+        open_envelope(sealed_as(rich, 2, body_of(rich)))
 
 
 @pytest.mark.parametrize("changes", [
@@ -91,6 +105,10 @@ def test_an_older_request_asks_for_nothing_in_particular() -> None:
     {"budget": MAX_REQUEST_BUDGET + 1},
     {"budget": -1},
     {"budget": 1.5},
+    {"held": ["embedded/math/0/1"] * 2},
+    {"held": [""]},
+    {"held": ["x" * (MAX_TASK_ID + 1)]},
+    {"held": [f"t{i}" for i in range(MAX_HELD + 1)]},
 ])
 def test_a_bad_request_is_refused(changes: dict) -> None:
     with pytest.raises(WireError) as info:
@@ -145,7 +163,7 @@ def test_a_message_goes_out_at_the_oldest_version_that_carries_what_it_uses(plai
     assert plain.wire_version() == 1
     first_release_reads(data, type(plain))
     assert open_envelope(data)[1] == plain  # and this release reads its own old-version message back
-    assert rich.wire_version() == type(rich).VERSION == 2
+    assert rich.wire_version() == 2
     data = seal_envelope(SIGNER, rich).to_bytes()
     with pytest.raises(WireError, match="bad-version"):
         first_release_reads(data, type(rich))

@@ -115,6 +115,22 @@ def test_student_rechecks_items_counts_false_claims_and_credits_each_teacher(tin
     assert repeat.reward_covered == 0.0
 
 
+@pytest.mark.parametrize("skip_held", [True, False])
+def test_a_request_names_the_prompts_held_and_the_teacher_answers_new_ones(tiny_models, tmp_path, skip_held: bool) -> None:
+    student = make(tiny_models, "llama", tmp_path / "s", received_memory=100, skip_held=skip_held)
+    math = [p for p in TASK.transfer if p.category == "math"]
+    taught = {math[0].task_id: math[0].solution}
+    student.distill_many([("t", encode_package(KnowledgePackage("text", "x", 0, texts=taught, verified=frozenset(taught))))],
+                         TASK.transfer)
+    request = student.exchange_request({"math": 0.0, "set": 0.0, "list": 1.0})
+    assert request.categories == ("math", "set")
+    assert request.held == ((math[0].task_id,) if skip_held else ())
+    teacher = make(tiny_models, "gpt2", tmp_path / "t", KnowsHalf, teacher_samples=1)
+    texts = decode_package(teacher.teacher_package(TASK.transfer, request=replace(request, budget=1)).payload,
+                           max_size=1 << 20).texts
+    assert list(texts) == [math[1].task_id if skip_held else math[0].task_id]
+
+
 def test_one_package_distill_keeps_its_report_shape(tiny_models, tmp_path) -> None:
     student = make(tiny_models, "llama", tmp_path / "s")
     texts = {p.task_id: p.solution for p in TASK.transfer[:4]}

@@ -177,16 +177,17 @@ async def test_a_stuck_teacher_ends_in_timed_out_outcomes_on_both_sides(tmp_path
 async def test_a_targeted_request_crosses_libp2p_and_shapes_the_package(tmp_path) -> None:
     cpm = Signer.generate()
     teacher_agent = StubAgent()
-    wanted = TRANSFER[-1].category
+    wanted, held = TRANSFER[-1].category, TRANSFER[-2]  # the student holds an answer to its other weak category
     specs = [NodeSpec(teacher_agent, []), NodeSpec(StubAgent(), [])]
     with trio.fail_after(60):
         async with consortium(tmp_path, cpm, specs) as (teacher, student):
             envelope, message = proposal(cpm, teacher.peer_id, student.peer_id, protocol="text")
-            outcome = await student.service.fetch(envelope, message, categories=(wanted,), budget=1)
+            outcome = await student.service.fetch(envelope, message, categories=(held.category, wanted), budget=1,
+                                                  held=(held.task_id,))
     assert outcome.ok, outcome
     asked = teacher_agent.requests[0]
-    assert (asked.categories, asked.budget) == ((wanted,), 1)
+    assert (asked.categories, asked.budget, asked.held) == ((held.category, wanted), 1, (held.task_id,))
     package = decode_package(outcome.payload, max_size=len(outcome.payload) + 1)
     assert list(package.texts) == [next(p.task_id for p in TRANSFER if p.category == wanted)]
     served = teacher.logged("request-received")
-    assert served and wanted in served[0]
+    assert served and wanted in served[0] and "held=1" in served[0]

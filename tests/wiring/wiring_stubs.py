@@ -54,7 +54,7 @@ class StubAgent:
         self.calls.append(protocol)
         self.requests.append(request)
         if request is not None:  # as the agent: the requested categories first, within the budget
-            transfer = select_prompts(transfer, request.categories, request.budget)
+            transfer = select_prompts(transfer, request.categories, request.budget, request.held)
         if protocol == "text":
             package = KnowledgePackage("text", "stub", 1, texts={p.task_id: self.answer(p) for p in transfer})
         else:
