@@ -159,7 +159,7 @@ class FakeExchanges:
         self.hang_from: set[str] = set()  # teachers whose package never comes
 
     async def fetch(self, proposal_envelope: bytes, proposal: Any, *, categories: tuple = (),
-                    budget: int = 0) -> ExchangeOutcome:
+                    budget: int = 0, held: tuple = ()) -> ExchangeOutcome:
         self.requests.append((categories, budget))
         await trio.sleep(2)
         if proposal.teacher in self.hang_from:
