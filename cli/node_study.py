@@ -34,6 +34,7 @@ def study(
     warmup_epochs: int = typer.Option(8, "--warmup-epochs", help="Local epochs before round 1, done once per seed and node and shared by the policies (the tiny embedded models need ~8 to know their own categories)."),
     epochs_per_round: int = typer.Option(1, "--epochs-per-round", help="Local epochs in each round (pooled: the same epochs on the pooled data)."),
     transfer: int = typer.Option(16, "--transfer-per-category", help="Public transfer prompts per category that teachers answer from (the embedded task's own 16; more come from a further draw, the private, dev and test sets unchanged)."),
+    budget: int = typer.Option(64, "--exchange-budget", help="Transfer prompts a teacher answers per request at most (its compute per package)."),
     workers: int = typer.Option(0, "--workers", help="Runs at a time, one process and one torch thread each (0: one per core; 1: in this process)."),
     out: Path = typer.Option(Path("study.json"), "--out", help="The study's JSON document; beside it <name>.png (curves) and <name>.runs/ (one record per finished run: a rerun with the same --out skips them)."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON document instead of the table (progress goes to stderr)."),
@@ -53,7 +54,7 @@ def study(
                                dirichlet_alpha=alpha, teachers_per_student=teachers,
                                models=tuple(parse_list(models, "--models")),
                                shard_size=shard_size, warmup_epochs=warmup_epochs, epochs_per_round=epochs_per_round,
-                               transfer_per_category=transfer))
+                               transfer_per_category=transfer, exchange_budget=budget))
     except StudyError as exc:
         fail(str(exc))
     if workers < 0:

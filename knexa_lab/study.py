@@ -48,13 +48,14 @@ class StudySpec:
     warmup_epochs: int = 8  # tiny embedded models: 4% Pass@1 after 2 epochs, 25% after 8 (docs/study.md)
     epochs_per_round: int = 1
     transfer_per_category: int = 16  # public transfer prompts per category (the embedded task's own: 16)
+    exchange_budget: int = 64  # transfer prompts a teacher answers per request at most
 
     def settings(self, policy: str, seed: int) -> DemoSettings:
         return DemoSettings(nodes=self.nodes, rounds=self.rounds, policy=policy, seed=seed, models=self.models,
                             dirichlet_alpha=self.dirichlet_alpha, shard_size=self.shard_size,
                             warmup_epochs=self.warmup_epochs, epochs_per_round=self.epochs_per_round,
                             teachers_per_student=self.teachers_per_student,
-                            transfer_per_category=self.transfer_per_category)
+                            transfer_per_category=self.transfer_per_category, exchange_budget=self.exchange_budget)
 
     def runs(self) -> list[tuple[str, int]]:
         """Every (policy, seed), longest policies first, seeds interleaved."""
@@ -106,6 +107,8 @@ def check(spec: StudySpec) -> StudySpec:
         raise StudyError("--shard-size and --warmup-epochs are >= 0 and --epochs-per-round >= 1")
     if not 1 <= spec.transfer_per_category <= 1024:
         raise StudyError(f"--transfer-per-category: between 1 and 1024, got {spec.transfer_per_category}")
+    if not 1 <= spec.exchange_budget <= 100_000:
+        raise StudyError(f"--exchange-budget: between 1 and 100000, got {spec.exchange_budget}")
     if not spec.models or any(not model.strip() for model in spec.models):
         raise StudyError("--models: expected a comma-separated list of models")
     return spec

@@ -286,10 +286,16 @@ def study_table(document: Mapping[str, Any]) -> Group:
     return Group(policy_table(document), *([exchanges] if exchanges.row_count else []))
 
 
+def _exchange_size(settings: Mapping[str, Any]) -> str:
+    """The transfer set and the teacher's budget (documents written before they were options: 16 and 64)."""
+    return (f"transfer {settings.get('transfer_per_category', 16)}/category, "
+            f"budget {settings.get('exchange_budget', 64)}")
+
+
 def policy_table(document: Mapping[str, Any]) -> Table:
     s = document["settings"]
     table = Table(title=f"study: {s['nodes']} nodes, {s['rounds']} rounds, seeds {','.join(map(str, s['seeds']))}, "
-                        f"Dirichlet {s['dirichlet_alpha']}, c = {s['teachers_per_student']} "
+                        f"Dirichlet {s['dirichlet_alpha']}, c = {s['teachers_per_student']}, {_exchange_size(s)} "
                         f"(mean final Pass@1 over nodes, 95% intervals over seeds)")
     for column in ("policy", "seeds", "final Pass@1", "x local-only", "x random", "gap closed to pooled",
                    "s/run", "node-s/round", "node-cpu-s/round"):
@@ -369,6 +375,6 @@ def plot_study(document: Mapping[str, Any], path: Path) -> Path:
     axis.set(xlabel="after the warm-up, the local phase of each round, the last round",
              ylabel="mean Pass@1 over nodes (%)",
              title=f"{s['nodes']} nodes, Dirichlet {s['dirichlet_alpha']}, c = {s['teachers_per_student']}, "
-                   f"seeds {','.join(map(str, s['seeds']))} (95% intervals over seeds)")
+                   f"{_exchange_size(s)}, seeds {','.join(map(str, s['seeds']))} (95% intervals over seeds)")
     axis.legend(fontsize=8)
     return save_figure(figure, path)

@@ -28,6 +28,8 @@ def knexa_node(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[s
     (["--dirichlet-alpha", "0"], "--dirichlet-alpha: must be positive"),
     (["--rounds", "0"], "--rounds: at least 1"),
     (["--workers", "-1"], "--workers"),
+    (["--transfer-per-category", "0"], "--transfer-per-category: between 1 and 1024"),
+    (["--exchange-budget", "0"], "--exchange-budget: between 1 and 100000"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:
     done = knexa_node(*args, "--out", str(tmp_path / "s.json"))
@@ -46,7 +48,7 @@ def test_help_explains_the_study() -> None:
     done = knexa_node("--help")
     assert done.returncode == 0
     for option in ("--nodes", "--rounds", "--seeds", "--policies", "--dirichlet-alpha", "--teachers-per-student",
-                   "--json", "--out", "pooled"):
+                   "--transfer-per-category", "--exchange-budget", "--json", "--out", "pooled"):
         assert option in done.stdout
 
 
