@@ -105,7 +105,7 @@ class FakeAgent:
         return {"string": 0.8, "math": 0.1}
 
     def exchange_request(self, competence: dict[str, float]) -> ExchangeRequest:
-        return ExchangeRequest(tuple(c for c, v in competence.items() if v < 0.5), 5)
+        return ExchangeRequest(tuple(c for c, v in competence.items() if v < 0.5), 5, ("embedded/math/0/3",))
 
     def distill_many(self, packages: Any, transfer: Any, *, dev: Any, max_package_bytes: int,
                      dev_competence: Any = None) -> MultiDistillReport:
@@ -155,12 +155,12 @@ class FakeExchanges:
     def __init__(self) -> None:
         self.distilled: list[Any] = []
         self.rewards: list[tuple[Any, str]] = []
-        self.requests: list[tuple[tuple[str, ...], int]] = []
+        self.requests: list[tuple[tuple[str, ...], int, tuple[str, ...]]] = []
         self.hang_from: set[str] = set()  # teachers whose package never comes
 
     async def fetch(self, proposal_envelope: bytes, proposal: Any, *, categories: tuple = (),
                     budget: int = 0, held: tuple = ()) -> ExchangeOutcome:
-        self.requests.append((categories, budget))
+        self.requests.append((categories, budget, held))
         await trio.sleep(2)
         if proposal.teacher in self.hang_from:
             await trio.sleep_forever()
@@ -262,7 +262,8 @@ async def test_a_student_of_two_teachers_distils_once_and_reports_to_each(tmp_pa
             assert learner.agent.phases[0][1] == {"string": 0.8, "math": 0.1}
             phases = [e for e in host.events() if e["event"] == "distil-phase"]
             assert len(phases) == 1 and phases[0]["packages"] == 2
-            assert participant.lessons.exchanges.requests == [(("math",), 5)] * 2  # targeted at its weak category
+            # Targeted at its weak category, naming the prompt it holds.
+            assert participant.lessons.exchanges.requests == [(("math",), 5, ("embedded/math/0/3",))] * 2
             rewards = participant.lessons.rewards
             assert len(rewards) == 2 and all(r["accepted"] and r["reward"] == expected for r in rewards), rewards
             sent = [feedback for feedback, _ in participant.lessons.exchanges.rewards]
