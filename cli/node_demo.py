@@ -71,6 +71,8 @@ def demo(
     warmup_epochs: int = typer.Option(4, "--warmup-epochs", min=0, help="Local epochs each node trains before round 1 (its starting model; the tiny embedded models know little before ~4 epochs of a 4-node share). With --compare they are trained once and shared by the policies."),
     round_deadline: float = typer.Option(600.0, "--round-deadline", min=30.0, help="Seconds the CPM waits for every profile before pairing, and the life of a proposal (raise it for a pretrained node on a CPU)."),
     teachers_per_student: int = typer.Option(1, "--teachers-per-student", min=1, max=15, help="c: teachers per student and students per teacher in a round (1: the paper's disjoint pairs)."),
+    transfer: int = typer.Option(16, "--transfer-per-category", min=1, max=1024, help="Public transfer prompts per category that teachers answer from (the embedded task's own 16; more come from a further draw, the private, dev and test sets unchanged)."),
+    budget: int = typer.Option(64, "--exchange-budget", min=1, max=100_000, help="Transfer prompts a teacher answers per request at most: its compute per package, and how much a student can learn from one exchange."),
     dp: bool = typer.Option(False, "--dp", help="Turn on the differential-privacy layer."),
     dashboard: bool = typer.Option(False, "--dashboard", help="Every daemon serves its dashboard page on a loopback port; the URLs are printed once they listen."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON summary at the end instead of tables."),
@@ -95,8 +97,8 @@ def demo(
         settings = DemoSettings(nodes=nodes, rounds=rounds, policy=name, seed=seed, models=tuple(model) or DEFAULT_MODELS,
                                 protocol=protocol, dirichlet_alpha=alpha, shard_size=shard_size, lr=lr, pretrained_lr=pretrained_lr,
                                 warmup_epochs=warmup_epochs, dp=dp, round_deadline_s=round_deadline,
-                                teachers_per_student=teachers_per_student,
-                                proposal_ttl_s=round_deadline, dashboard=dashboard, warmup_cache=shared_warmup)
+                                teachers_per_student=teachers_per_student, transfer_per_category=transfer,
+                                exchange_budget=budget, proposal_ttl_s=round_deadline, dashboard=dashboard, warmup_cache=shared_warmup)
         where = root / name if len(policies) > 1 else root
         try:
             if shared_warmup and index == 0:
