@@ -3,6 +3,7 @@
 import pytest
 import trio
 
+from knexa_node.net.errors import PeerUnreachable
 from knexa_node.testing import swarm, wait_until
 
 CLIENTS = 10
@@ -22,7 +23,13 @@ async def test_three_hundred_inbound_connections_are_all_accepted():
             sid = server.host.get_id()
             for _ in range(CYCLES):
                 client.host.get_peerstore().add_addrs(sid, server.host.get_addrs(), 10**9)
-                await client.connect(server.peer_id)
+                try:
+                    await client.connect(server.peer_id)
+                except PeerUnreachable:
+                    # One handshake can fail under CI load (seen once: a multiselect write failed); an exhausted
+                    # pool refuses every later dial, so one retry after a pause still tells the two apart.
+                    await trio.sleep(1)
+                    await client.connect(server.peer_id)
                 accepted += 1
                 await client.host.disconnect(sid)
                 await wait_until(lambda: not client.discovery.is_connected(sid), 30)
