@@ -78,7 +78,7 @@ from knexa_node.wire import (
     WireError,
     open_envelope,
 )
-from knexa_node.wire.messages import MAX_HELD
+from knexa_node.wire.messages import newest_held
 
 log = logging.getLogger("knexa.daemon.exchanges")
 
@@ -265,7 +265,7 @@ class ExchangeService:
         ``proposal`` must be the message inside ``proposal_envelope`` (the CPM's
         signed bytes, which the teacher checks again); ``categories``,
         ``budget`` and ``held`` are what the request asks for (``held``: the
-        newest :data:`~knexa_node.wire.messages.MAX_HELD` at most). The outcome is logged and
+        newest that fit a request, :func:`~knexa_node.wire.messages.newest_held`). The outcome is logged and
         audited before it is returned; ``outcome.payload`` holds the package
         when ``outcome.ok``.
         """
@@ -287,7 +287,7 @@ class ExchangeService:
             outcome = await fetch_package(
                 Libp2pExchangeStream(stream), remote=teacher, signer=self.signer, policy=self.policy,
                 proposal_envelope=proposal_envelope, current_round=current, clock=self.clock, log_head=head,
-                categories=categories, budget=budget, held=tuple(held)[-MAX_HELD:],
+                categories=categories, budget=budget, held=newest_held(held),
             )
             sent, received = stream.bytes_sent, stream.bytes_received
         if outcome.ok:

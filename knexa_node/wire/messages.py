@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Sequence, get_args, get_origin, get_type_hints
 
 from knexa_node.crypto import is_valid_peer_id
 from knexa_node.profile import CATEGORIES, PROFILE_DIM
@@ -29,7 +29,8 @@ MAX_LOSS = 1e4  # a cross-entropy in nats; honest values are below 20
 MAX_REWARD = 1e6
 MAX_TIME = 1e11  # unix seconds, as the envelope's timestamp
 PROTOCOLS = ("text", "logits")
-MAX_HELD = 1024  # task ids a request may name as held: ~32 KiB, inside one 64 KiB control frame
+MAX_HELD = 1024  # task ids a request may name as held
+MAX_HELD_CHARS = 32 * 1024  # their characters together: the request stays inside one 64 KiB control frame
 MAX_TASK_ID = 200  # characters of a transfer problem's task id named in a request (``held``)
 MAX_REQUEST_BUDGET = 1_000_000  # transfer prompts a request may ask for (as learning.exchange_budget)
 MAX_FEEDBACK_ITEMS = 10_000_000  # items a feedback may count (a package holds at most one per transfer prompt and answer)
@@ -190,8 +191,8 @@ class ExchangeRequest(Message):
         _check_categories("categories", self.categories)
         if self.budget > MAX_REQUEST_BUDGET:
             raise WireError("bad-field", f"budget must lie in 0..{MAX_REQUEST_BUDGET}")
-        if len(self.held) > MAX_HELD:
-            raise WireError("bad-field", f"held names more than {MAX_HELD} task ids")
+        if len(self.held) > MAX_HELD or sum(map(len, self.held)) > MAX_HELD_CHARS:
+            raise WireError("bad-field", f"held names more than {MAX_HELD} task ids or {MAX_HELD_CHARS} characters")
         if any(not 0 < len(task_id) <= MAX_TASK_ID for task_id in self.held):
             raise WireError("bad-field", f"held: each task id must have 1..{MAX_TASK_ID} characters")
         if len(set(self.held)) != len(self.held):
@@ -385,6 +386,22 @@ def _check_value(name: str, expected: Any, value: Any) -> Any:
             raise WireError("bad-field", f"{name} must be bytes")
         return value
     raise AssertionError(f"unsupported wire type {expected!r}")
+
+
+def newest_held(held: Sequence[str]) -> tuple[str, ...]:
+    """The newest of ``held`` (oldest first) that one request may name: valid ids, within both bounds, none twice."""
+    chosen: list[str] = []
+    seen: set[str] = set()
+    chars = 0
+    for task_id in reversed(held):
+        if not 0 < len(task_id) <= MAX_TASK_ID or task_id in seen:
+            continue
+        if len(chosen) == MAX_HELD or chars + len(task_id) > MAX_HELD_CHARS:
+            break
+        chosen.append(task_id)
+        seen.add(task_id)
+        chars += len(task_id)
+    return tuple(reversed(chosen))
 
 
 def _check_categories(name: str, categories: tuple[str, ...]) -> None:

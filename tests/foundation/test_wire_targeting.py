@@ -9,7 +9,8 @@ import pytest
 from knexa_node.crypto import Signer
 from knexa_node.profile import CATEGORIES, PROFILE_DIM
 from knexa_node.wire import ExchangeRequest, Feedback, Message, Profile, WireError, open_envelope, seal_envelope
-from knexa_node.wire.messages import MAX_FEEDBACK_ITEMS, MAX_HELD, MAX_REQUEST_BUDGET, MAX_TASK_ID
+from knexa_node.wire.messages import (MAX_FEEDBACK_ITEMS, MAX_HELD, MAX_HELD_CHARS, MAX_REQUEST_BUDGET, MAX_TASK_ID,
+                                     newest_held)
 from knexa_node.wire.codec import pack, unpack
 from knexa_node.wire.envelope import Envelope
 
@@ -109,6 +110,7 @@ def test_a_request_names_the_prompts_held_and_goes_out_as_version_2_without_them
     {"held": [""]},
     {"held": ["x" * (MAX_TASK_ID + 1)]},
     {"held": [f"t{i}" for i in range(MAX_HELD + 1)]},
+    {"held": [f"{i:04d}" + "x" * (MAX_TASK_ID - 4) for i in range(MAX_HELD_CHARS // MAX_TASK_ID + 1)]},
 ])
 def test_a_bad_request_is_refused(changes: dict) -> None:
     with pytest.raises(WireError) as info:
@@ -168,3 +170,13 @@ def test_a_message_goes_out_at_the_oldest_version_that_carries_what_it_uses(plai
     with pytest.raises(WireError, match="bad-version"):
         first_release_reads(data, type(rich))
     assert open_envelope(data)[1] == rich
+
+
+def test_newest_held_keeps_the_newest_ids_that_fit_one_request() -> None:
+    long_ids = [f"{i:04d}" + "x" * (MAX_TASK_ID - 4) for i in range(MAX_HELD)]  # 200 KiB: more than a frame
+    kept = newest_held(long_ids + ["", "y" * (MAX_TASK_ID + 1)])
+    assert kept == tuple(long_ids[-(MAX_HELD_CHARS // MAX_TASK_ID):])
+    many = [f"t{i}" for i in range(MAX_HELD + 5)]
+    assert newest_held(many) == tuple(many[5:])
+    sent = request(("math",), 8, kept)
+    assert open_envelope(seal_envelope(SIGNER, sent).to_bytes())[1] == sent
