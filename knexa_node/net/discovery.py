@@ -32,7 +32,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.peer.peerstore import PeerStoreError
 
-from knexa_node.net.errors import PeerUnreachable
+from knexa_node.net.errors import PeerUnreachable, describe_failure
 from knexa_node.net.params import NetParams
 from knexa_node.net.stats import NetStats
 
@@ -98,7 +98,7 @@ class Discovery:
             raise PeerUnreachable(f"dial {info.peer_id} timed out after {self.params.dial_timeout_s:g} s") from None
         except Exception as exc:  # py-libp2p raises many unrelated types on a failed dial
             self.stats.dials_failed += 1
-            raise PeerUnreachable(f"dial {info.peer_id} failed: {type(exc).__name__}: {exc}"[:300]) from None
+            raise PeerUnreachable(f"dial {info.peer_id} failed: {describe_failure(exc)}") from None
         self.stats.dials_ok += 1
 
     def known_addrs(self, peer_id: ID) -> list[multiaddr.Multiaddr]:

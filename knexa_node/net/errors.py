@@ -17,3 +17,38 @@ class StreamTimeout(NetError):
 
 class StreamClosed(NetError):
     """The peer closed or reset the stream (or the connection died) before the expected bytes came."""
+
+
+def describe_failure(exc: BaseException, limit: int = 600) -> str:
+    """One line naming ``exc`` and the causes beneath it.
+
+    py-libp2p's "no addresses established a successful connection" hides why
+    in a chain of ``__cause__`` and ``MultiError.errors``; an operator (and a
+    failed test) needs the innermost reasons.
+    """
+    parts: list[str] = []
+    seen: set[int] = set()
+
+    def walk(err: BaseException) -> None:
+        if id(err) in seen or len(parts) >= 8:
+            return
+        seen.add(id(err))
+        inner = [sub for sub in _sub_errors(err) if isinstance(sub, BaseException)]
+        if not inner:  # a MultiError's own text only repeats its errors
+            parts.append(f"{type(err).__name__}: {err}".replace("\n", " "))
+        for sub in inner:
+            walk(sub)
+        cause = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+        if cause is not None:
+            walk(cause)
+
+    walk(exc)
+    return " <- ".join(parts)[:limit]
+
+
+def _sub_errors(err: BaseException) -> list[object]:
+    for name in ("errors", "exceptions"):  # libp2p's MultiError, Python's ExceptionGroup
+        value = getattr(err, name, None)
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    return []
