@@ -47,8 +47,10 @@ class StudySpec:
     shard_size: int = 0  # 0: an equal share of the embedded pool
     warmup_epochs: int = 8  # tiny embedded models: 4% Pass@1 after 2 epochs, 25% after 8 (docs/study.md)
     epochs_per_round: int = 1
-    transfer_per_category: int = 16  # public transfer prompts per category (the embedded task's own: 16)
-    exchange_budget: int = 64  # transfer prompts a teacher answers per request at most
+    # At 16 prompts per category and a budget of 64 every pair yields the same few items and knexa ties random;
+    # at 64 and 256 the pairing matters (docs/study.md, "New prompts and a larger budget").
+    transfer_per_category: int = 64  # public transfer prompts per category (the embedded task's own 16, then a further draw)
+    exchange_budget: int = 256  # transfer prompts a teacher answers per request at most
 
     def settings(self, policy: str, seed: int) -> DemoSettings:
         return DemoSettings(nodes=self.nodes, rounds=self.rounds, policy=policy, seed=seed, models=self.models,
