@@ -8,12 +8,13 @@ Map (each module has one job; read :mod:`.network` first):
 - :mod:`.params`     :class:`NetParams` / :class:`GossipParams`, the tunables and why
 - :mod:`.host`       building the host from the identity: Noise only, Yamux, one connection per peer
 - :mod:`.inbound`    the fix for py-libp2p's inbound-connection leak
+- :mod:`.orphans`    closes connections the swarm dropped from its table but left open
 - :mod:`.streams`    :class:`FramedStream`: length-prefixed frames with deadlines and size caps
 - :mod:`.gossip`     GossipSub with explicit parameters; signed envelopes validated, drops counted
 - :mod:`.discovery`  bootstrap dialing with backoff, Kademlia DHT discovery, reconnection
 - :mod:`.routing`    the DHT's per-subnet cap, kept for strangers and lifted for consortium members (NAT)
 - :mod:`.stats`      counters (drops by reason, messages, bytes, dials)
-- :mod:`.errors`     :class:`NetError` and its subclasses
+- :mod:`.errors`     :class:`NetError` and its subclasses; ``describe_failure`` names a libp2p error's causes
 
 This ``__init__`` imports nothing, so that reaching a protocol constant does not load libp2p.
 """

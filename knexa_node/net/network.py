@@ -35,9 +35,10 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from knexa_node.crypto import Signer, is_valid_peer_id
 from knexa_node.net.discovery import Discovery
-from knexa_node.net.errors import NetError, PeerUnreachable, StreamTimeout
+from knexa_node.net.errors import NetError, PeerUnreachable, StreamTimeout, describe_failure
 from knexa_node.net.gossip import Gossip, GossipHandler
 from knexa_node.net.host import bound_addrs, build_host, dialable_addrs, parse_addrs
+from knexa_node.net.orphans import OrphanReaper
 from knexa_node.net.params import NetParams
 from knexa_node.net.routing import MemberSubnetGate
 from knexa_node.net.stats import NetStats
@@ -101,6 +102,8 @@ class Network:
         self.stats = NetStats()
         self.on_event: EventFn = on_event or _no_event
         self.host = build_host(signer, params)
+        self.orphans = OrphanReaper(self.host.get_network(), params.orphan_sweep_s)
+        self.orphans.install()
         # Created before any dial: py-libp2p refuses add_peer on a DHT created later.
         # Its subnet cap is off here and applied to strangers only by the gate (knexa_node.net.routing).
         self.dht = KadDHT(self.host, DHTMode.SERVER, max_peers_per_subnet=0)
@@ -128,6 +131,7 @@ class Network:
                     async with trio.open_nursery() as nursery:
                         await nursery.start(self.gossip.serve)
                         await nursery.start(self.discovery.serve)
+                        await nursery.start(self.orphans.serve)
                         self.started_at = time.monotonic()
                         self._running.set()
                         task_status.started(self)
@@ -190,7 +194,7 @@ class Network:
         except NetError:
             raise
         except Exception as exc:  # negotiation failures come as many py-libp2p types
-            raise PeerUnreachable(f"cannot open {protocol} to {peer_id}: {type(exc).__name__}: {exc}"[:300]) from None
+            raise PeerUnreachable(f"cannot open {protocol} to {peer_id}: {describe_failure(exc)}") from None
         self.stats.streams_out[protocol] += 1
         return FramedStream(raw, max_frame=max_frame or self.params.max_frame)
 
@@ -261,7 +265,7 @@ class Network:
             "dht_routing_table_size": self.dht.get_routing_table_size(),
             "dht_subnet_refused": self.subnet_gate.refused,
             "topics": self.gossip.topics(),
-            "counters": self.stats.snapshot(),
+            "counters": {**self.stats.snapshot(), "orphan_connections_closed": self.orphans.reaped},
         }
 
 

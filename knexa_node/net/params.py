@@ -78,6 +78,8 @@ class NetParams:
     max_connections: int = 300
     min_connections: int = 50
     max_frame: int = DEFAULT_MAX_FRAME
+    # How often connections the swarm dropped without closing are looked for (knexa_node.net.orphans).
+    orphan_sweep_s: float = 10.0
 
     @classmethod
     def from_config(cls, config: Config, **overrides: object) -> "NetParams":

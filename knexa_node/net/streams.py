@@ -21,7 +21,7 @@ import trio
 from libp2p.abc import INetStream
 from libp2p.exceptions import BaseLibp2pError
 
-from knexa_node.net.errors import StreamClosed, StreamTimeout
+from knexa_node.net.errors import StreamClosed, StreamTimeout, describe_failure
 from knexa_node.net.params import DEFAULT_MAX_FRAME
 from knexa_node.wire import Envelope, Message, WireError, open_envelope
 from knexa_node.wire.framing import FrameDecoder
@@ -149,7 +149,7 @@ class FramedStream:
         except trio.TooSlowError:
             raise StreamTimeout(f"write to {self.remote_peer_id} stalled for {self.write_timeout_s:g} s") from None
         except (BaseLibp2pError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise StreamClosed(f"stream to {self.remote_peer_id} failed: {type(exc).__name__}: {exc}"[:300]) from None
+            raise StreamClosed(f"stream to {self.remote_peer_id} failed: {describe_failure(exc, 300)}") from None
         self.bytes_sent += len(data)
 
     async def _read_some(self) -> None:
@@ -158,7 +158,7 @@ class FramedStream:
         except EOFError:
             data = b""
         except (BaseLibp2pError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise StreamClosed(f"stream from {self.remote_peer_id} failed: {type(exc).__name__}: {exc}"[:300]) from None
+            raise StreamClosed(f"stream from {self.remote_peer_id} failed: {describe_failure(exc, 300)}") from None
         if not data:
             raise StreamClosed(f"{self.remote_peer_id} closed the stream ({self._decoder.buffered} bytes of a partial frame)")
         self.bytes_received += len(data)

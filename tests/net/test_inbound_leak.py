@@ -49,10 +49,10 @@ async def test_three_hundred_inbound_connections_are_accepted():
             warnings.warn(f"{len(refused)} stray dial refusals; first: {refused[0]}", stacklevel=1)
         assert len(refused) <= MAX_STRAY_REFUSALS, f"{len(refused)} dials refused: {refused[:3]}"
         assert accepted >= CLIENTS * CYCLES - MAX_STRAY_REFUSALS
-        # Slots come back as connections end. Under heavy load a dial abandoned mid-handshake can hold
-        # its slot for minutes (seen in CI), so the check is that the pool is far from exhausted,
-        # not that it is empty at once; exhaustion (the library's bug) would have refused the last 50.
-        # Waited for (bounded), not slept for: at load ~4 one second was not always enough (13 of 10 held).
+        # Slots come back as connections end. Under load py-libp2p leaves a few connections open that no
+        # table lists (knexa_node.net.orphans closes them within two sweeps, 20 s); clients that discovery
+        # reconnects hold a slot each, legitimately. So the check is that the pool is far from exhausted;
+        # exhaustion (the library's bug) would have refused the last 50.
         with trio.move_on_after(60):
             await wait_until(lambda: limiter.borrowed_tokens <= CLIENTS, 61)
         assert limiter.borrowed_tokens <= CLIENTS, f"{limiter.borrowed_tokens} inbound slots still held"
