@@ -123,44 +123,83 @@ COMPETENCE_DIM = len(COMPETENCE_FEATURES)
 REPEAT_DISCOUNT = 0.25  # teach_need_fresh kept per earlier exchange of the same (teacher, student)
 
 
+def allotment(unheld: np.ndarray, asked: np.ndarray, budget: float = 0.0) -> np.ndarray:
+    """Share of each category's transfer prompts a package answers, rows of categories.
+
+    The teacher takes the asked categories in turn (round-robin,
+    :func:`knexa_node.learn.targeting.select_prompts`), skipping the prompts the
+    student holds: category c offers ``unheld[c]`` (a share of its prompts), and
+    ``budget`` (in categories' worth of prompts: the item budget divided by the
+    transfer prompts per category; 0 or less: no cap) is water-filled over the
+    asked ones, so each gets ``min(unheld[c], level)``.
+    """
+    capacity = np.where(asked, np.clip(unheld, 0.0, 1.0), 0.0)
+    if budget <= 0:
+        return capacity
+    flat = np.atleast_2d(capacity)
+    k = flat.shape[1]
+    ordered = np.sort(flat, axis=1)
+    before = np.cumsum(ordered, axis=1) - ordered  # sum of the smaller capacities
+    filled = before + ordered * (k - np.arange(k))  # budget used if the level were this capacity
+    first = np.argmax(filled >= budget, axis=1)
+    short = filled[:, -1] < budget  # everything fits
+    level = (budget - before[np.arange(len(flat)), first]) / (k - first)
+    level = np.where(short, np.inf, level)
+    return np.minimum(flat, level[:, None]).reshape(capacity.shape)
+
+
+def _asked(teacher: np.ndarray, student: np.ndarray) -> np.ndarray:
+    """The categories the student asks for (dev Pass@1 below :data:`~knexa_node.profile.WEAK_PASS1`,
+    ``learning.weak_pass1``'s default) that the teacher answers: it drops those it scored 0 in
+    (:func:`knexa_node.learn.targeting.teachable_order`), where its answers would not pass anyway."""
+    return (student < WEAK_PASS1) & (teacher > 0.0)
+
+
 def competence_features(C: np.ndarray, known: np.ndarray, t: np.ndarray, s: np.ndarray,
-                        count: np.ndarray, recent: np.ndarray, held: np.ndarray | None = None) -> np.ndarray:
+                        count: np.ndarray, recent: np.ndarray, held: np.ndarray | None = None,
+                        budget: float = 0.0) -> np.ndarray:
     """Per directed pair: what the teacher knows that the student lacks, and how used the pair already is.
 
     ``C`` (n_agents x categories): dev-set Pass@1 per category, rows of
     ``known == False`` ignored (zeros); ``count``/``recent`` per candidate:
     earlier exchanges of this pair, and ``1 / (1 + rounds since the last)``
     (0 for a new pair). ``teach_need`` is the mean over categories of
-    ``C_t (1 - C_s)``; ``teach_need_fresh`` discounts it by ``recent`` and by
-    :data:`REPEAT_DISCOUNT` per earlier exchange of the pair: a second package
-    from the same teacher on the same transfer set brings little new (the
-    student already holds and replays those answers; measured on 8 embedded
-    nodes, a milder discount let knexa repeat 14-15 of 16 pairs from round 3 on,
-    random 7-11). ``held`` (n_agents x categories, optional): the share of
-    each category's transfer prompts the student is estimated to hold verified
-    answers to already, from any teacher (:func:`held_after`); fresh need
-    counts only the rest, since a second teacher's answers to the same public
-    prompts are items the student already knows and does not train on.
+    ``C_t (1 - C_s)``. ``teach_need_fresh`` estimates the new verified
+    answers the package brings, weighted by how much the student lacks each
+    category: over the categories it asks for, the share of prompts the
+    package answers (:func:`allotment`: what the student does not ``hold``
+    yet, within the ``budget``) times the teacher's pass rate ``C_t`` times
+    ``1 - C_s``, averaged over categories; then discounted by ``recent`` and
+    by :data:`REPEAT_DISCOUNT` per earlier exchange of the pair (measured on
+    8 embedded nodes, a milder discount let knexa repeat 14-15 of 16 pairs
+    from round 3 on, random 7-11). ``held`` (n_agents x categories, optional):
+    the share of each category's transfer prompts the student is estimated to
+    hold verified answers to already, from any teacher (:func:`held_after`):
+    every teacher answers the same public prompts, and a request leaves out
+    those the student holds, so a teacher strong only where the student was
+    already taught brings little; without a budget cap, a teacher strong in
+    eight weak categories would be credited for eight when a package carries four.
     """
     both = (known[t] & known[s]).astype(np.float64)
     need = C[t] * (1.0 - C[s])
     teach_need = need.mean(axis=1) * both
-    unheld = need if held is None else need * (1.0 - np.clip(held[s], 0.0, 1.0))
+    unheld = np.ones_like(need) if held is None else 1.0 - np.clip(held[s], 0.0, 1.0)
+    fresh = (allotment(unheld, _asked(C[t], C[s]), budget) * need).mean(axis=1)
     columns = [teach_need, need.max(axis=1, initial=0.0) * both, C[t].mean(axis=1) * known[t],
                C[s].mean(axis=1) * known[s], np.log1p(count), recent,
-               unheld.mean(axis=1) * both * (1.0 - recent) * REPEAT_DISCOUNT ** count]
+               fresh * both * (1.0 - recent) * REPEAT_DISCOUNT ** count]
     return np.stack(columns, axis=1)
 
 
-def held_after(held: np.ndarray, teacher: np.ndarray, student: np.ndarray) -> np.ndarray:
+def held_after(held: np.ndarray, teacher: np.ndarray, student: np.ndarray, budget: float = 0.0) -> np.ndarray:
     """A student's estimated share of verified transfer answers per category after one more package.
 
-    The teacher answers the categories the student asks for (dev Pass@1 below
-    :data:`~knexa_node.profile.WEAK_PASS1`, ``learning.weak_pass1``'s default),
-    and its answers pass the tests on about its own dev Pass@1 share of the prompts, independently of earlier teachers':
-    ``1 - (1 - held) (1 - C_teacher)`` there, unchanged elsewhere. An estimate
-    (the item budget may cut the last categories): the CPM sees no package.
+    The teacher answers the unheld prompts of the categories the student asks
+    for, within the budget (:func:`allotment`), and about its own dev Pass@1
+    share of them pass the tests: ``held + allotted * C_teacher`` there,
+    unchanged elsewhere. An estimate: the CPM sees no package.
     """
-    asked = np.asarray(student) < WEAK_PASS1
-    gained = 1.0 - (1.0 - np.asarray(held)) * (1.0 - np.clip(np.asarray(teacher), 0.0, 1.0))
-    return np.where(asked, gained, held)
+    held = np.clip(np.asarray(held, dtype=np.float64), 0.0, 1.0)
+    teacher = np.clip(np.asarray(teacher, dtype=np.float64), 0.0, 1.0)
+    allotted = allotment(1.0 - held, _asked(teacher, np.asarray(student)), budget)
+    return np.minimum(held + allotted * teacher, 1.0)

@@ -417,7 +417,8 @@ class LinUCBPolicy(_UCBPolicy):
 class KnexaPolicy(_UCBPolicy):
     name = "knexa"
     # Options that only weigh a proposal's score: a stored state of another value still fits (knexa_cpm.state).
-    SCORING_OPTIONS = ("prior_weight", "beta0", "beta_tau", "max_candidates", "group_size", "shortlist")
+    SCORING_OPTIONS = ("prior_weight", "beta0", "beta_tau", "max_candidates", "group_size", "shortlist",
+                       "budget_categories")
 
     def __init__(
         self,
@@ -435,15 +436,19 @@ class KnexaPolicy(_UCBPolicy):
         trust_floor: float = 0.1,
         competence: bool = False,
         prior_weight: float = 25.0,
+        budget_categories: float = 0.0,
     ) -> None:
         super().__init__(knexa_dim(raw) + (COMPETENCE_DIM if competence else 0), lam=lam, beta0=beta0,
                          protocols=protocols, clip=clip)
         if max_candidates < 2 or group_size < 2 or shortlist < 0:
             raise PolicyError("max_candidates and group_size must be >= 2, shortlist >= 0")
+        if not (math.isfinite(budget_categories) and budget_categories >= 0):
+            raise PolicyError("budget_categories must be a finite number >= 0 (0: no cap)")
         self.options = {
             "lam": lam, "beta0": beta0, "beta_tau": beta_tau, "raw": raw, "trust": trust, "clip": clip,
             "max_candidates": max_candidates, "group_size": group_size, "shortlist": shortlist, "seed": seed,
             "trust_floor": trust_floor, "competence": competence, "prior_weight": prior_weight,
+            "budget_categories": float(budget_categories),
         }
         self.use_competence = bool(competence)
         # (teacher, student) -> [exchanges with feedback, last round]: the pair history the features read.
@@ -485,7 +490,7 @@ class KnexaPolicy(_UCBPolicy):
                 seen = self.history.get((names[a], names[b]))
                 if seen:
                     count[k], recent[k] = seen[0], 1.0 / (1.0 + max(int(round) - seen[1], 0))
-        return np.concatenate([X, competence_features(C, known, t, s, count, recent, held)], axis=1)
+        return np.concatenate([X, competence_features(C, known, t, s, count, recent, held, self.options["budget_categories"])], axis=1)
 
     def _prior(self, X: np.ndarray) -> np.ndarray:
         """``prior_weight * teach_need_fresh`` (the last competence feature), 0 without competence."""
@@ -598,7 +603,8 @@ class KnexaPolicy(_UCBPolicy):
         teacher, student = self.last_competence.get(pairing.teacher), self.last_competence.get(pairing.student)
         if teacher is not None and student is not None:
             before = self.held.get(pairing.student, [0.0] * len(CATEGORIES))
-            self.held[pairing.student] = held_after(np.array(before), np.array(teacher), np.array(student)).tolist()
+            self.held[pairing.student] = held_after(np.array(before), np.array(teacher), np.array(student),
+                                                      self.options["budget_categories"]).tolist()
 
     def state_dict(self) -> dict[str, Any]:
         history = [[t, s, c, r] for (t, s), (c, r) in sorted(self.history.items())]
@@ -671,17 +677,20 @@ class _NoPairing:
         pass
 
 
-def build_policy(name: str, seed: int, *, competence: bool = False) -> Any:
+def build_policy(name: str, seed: int, *, competence: bool = False, budget_categories: float = 0.0) -> Any:
     """A policy by name, seeded where it draws; ``local-only`` pairs nobody.
 
     ``competence``: the knexa policy reads the nodes' dev-set competence and pair history (its context then
     has :data:`~knexa_cpm.features.COMPETENCE_DIM` more dims); off where competence is not sent yet.
+    ``budget_categories``: what one package carries, in categories' worth of transfer prompts (the nodes'
+    exchange budget over the transfer prompts per category; 0: everything asked), for knexa's estimate.
     """
     if name == NO_PAIRING:
         return _NoPairing()
     options: dict[str, Any] = {"seed": seed} if name in ("random", "knexa", "linucb") else {}
     if name == "knexa" and competence:
         options["competence"] = True
+        options["budget_categories"] = budget_categories
     try:
         return make_policy(name, **options)
     except PolicyError:

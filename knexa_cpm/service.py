@@ -79,7 +79,8 @@ class CpmService:
         self.signer, self.config, self.clock, self.on_event, self.on_round = signer, config, clock, on_event, on_round
         self.publish, self.topic_peers = publish, topic_peers
         self.policy_name = policy_name or config.cpm.policy
-        self.policy = build_policy(self.policy_name, seed, competence=config.cpm.competence)
+        self.policy = build_policy(self.policy_name, seed, competence=config.cpm.competence,
+                                   budget_categories=config.cpm.package_categories)
         self.store = PolicyStore.open(Path(state_dir), self.policy)
         self.last_round = int(self.store.extra.get("round", 0))
         self.rounds_closed = int(self.store.extra.get("rounds_closed", 0))  # over every run of this CPM

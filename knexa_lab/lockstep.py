@@ -86,7 +86,8 @@ def run_lockstep(workdir: Path, settings: DemoSettings, *, on_progress: Callable
     say = on_progress or (lambda message: None)
     layout, nodes = prepare_nodes(workdir, settings, say, state_name="agent-lockstep")
     by_peer = {node.peer_id: node for node in nodes}
-    policy = build_policy(settings.policy, settings.seed, competence=True)
+    policy = build_policy(settings.policy, settings.seed, competence=True,
+                          budget_categories=settings.package_categories())
     per_node = max(1, settings.teachers_per_student)
     round_settings = RoundSettings(deadline_s=settings.round_deadline_s, proposal_ttl_s=settings.proposal_ttl_s,
                                    teachers_per_student=per_node)

@@ -55,6 +55,10 @@ class DemoSettings:
     consortium: str = "demo"
     dashboard: bool = False  # every daemon serves its dashboard on a loopback port (DemoLayout.dashboards)
 
+    def package_categories(self) -> float:
+        """What one package carries in categories' worth of transfer prompts (0: no budget), for the CPM's estimate."""
+        return self.exchange_budget / self.transfer_per_category if self.exchange_budget > 0 else 0.0
+
 
 @dataclass
 class DemoLayout:
@@ -115,6 +119,7 @@ def lay_out(workdir: Path, settings: DemoSettings) -> DemoLayout:
     cpm_config.cpm.proposal_ttl_s = settings.proposal_ttl_s
     cpm_config.cpm.quorum = 1.0
     cpm_config.cpm.teachers_per_student = settings.teachers_per_student
+    cpm_config.cpm.package_categories = settings.package_categories()
     _dashboard(cpm_config, dashboard_ports[:1])
     cpm_home.create_dirs()
     atomic_write_text(cpm_home.config_file, render_config(cpm_config), mode=0o600)

@@ -220,6 +220,7 @@ class CpmSection:
     policy: str = opt("knexa", "Matchmaking policy: knexa, linucb, random, heuristic, or local-only (pairs nobody: the LocalOnly baseline).", _choice("knexa", "linucb", "random", "heuristic", "local-only"))
     pairs_per_round: int = opt(0, "Pairs proposed per round (0: half the members with one teacher per student; teachers_per_student times the members otherwise).", _range(0, 100000))
     competence: bool = opt(True, "The knexa policy reads each node's public dev-set Pass@1 per category (sent with its profile) and the pair history: teacher strong where the student is weak. Off: the paper's context (a state saved with the other setting does not load).")
+    package_categories: float = opt(0.0, "What one package carries, in categories' worth of transfer prompts: the members' learning.exchange_budget divided by data.transfer_per_category (0: everything a student asks for, the members' default). The knexa policy counts only the new answers that fit.", _range(0, 1024))
     teachers_per_student: int = opt(1, "c: teachers per student and students per teacher in a round (1: the paper's disjoint pairs; a student distils from all its packages in one phase).", _range(1, 64))
     round_deadline_s: float = opt(300.0, "Seconds to wait for profiles before pairing anyway.", _range(0.1, 86400))
     quorum: float = opt(1.0, "Share of members whose profiles trigger pairing before the deadline.", _range(0.01, 1))

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from knexa_cpm.features import (
-    COMPETENCE_DIM, CONCAT_DIM, REPEAT_DISCOUNT, competence_features, held_after, js_divergence, knexa_dim,
+    COMPETENCE_DIM, CONCAT_DIM, REPEAT_DISCOUNT, allotment, competence_features, held_after, js_divergence, knexa_dim,
 )
 from knexa_cpm.policies import POLICY_NAMES, Pairing, PolicyError, make_policy
 from knexa_cpm.runner import run_one
@@ -223,6 +223,44 @@ def test_held_after_adds_the_teachers_share_only_in_the_categories_the_student_a
     student = np.array([0.0, 0.25, 0.75, 0.0])  # asks for 0, 1 and 3 (below 0.5), not 2
     after = held_after(held, teacher, student)
     assert after == pytest.approx([0.8, 0.75, 0.0, 0.95])
+
+
+def test_allotment_water_fills_the_budget_over_the_asked_categories_as_round_robin_does():
+    unheld = np.array([[1.0, 0.25, 1.0, 1.0, 0.5], [1.0, 1.0, 1.0, 1.0, 1.0]])
+    asked = np.array([[True, True, True, False, True], [False] * 5])
+    # 2 categories' worth over 4 asked categories with a quarter and a half left in two: 0.25 + 0.5 + 2 x 0.625.
+    got = allotment(unheld, asked, 2.0)
+    assert got[0] == pytest.approx([0.625, 0.25, 0.625, 0.0, 0.5])
+    assert got[0].sum() == pytest.approx(2.0) and got[1].tolist() == [0.0] * 5  # nothing asked: nothing answered
+    assert allotment(unheld, asked, 9.0)[0].tolist() == [1.0, 0.25, 1.0, 0.0, 0.5]  # everything fits
+    assert allotment(unheld, asked, 0.0)[0].tolist() == [1.0, 0.25, 1.0, 0.0, 0.5]  # 0: no cap
+    # Against the real prompt selection: 8 prompts per category, budget 12, held prompts skipped.
+    from types import SimpleNamespace
+    from knexa_node.learn.targeting import select_prompts
+    transfer = [SimpleNamespace(task_id=f"{c}-{k}", category=c) for c in "abcde" for k in range(8)]
+    held = {"b-0", "b-1", "b-2", "b-3", "b-4", "b-5", "e-0", "e-1", "e-2", "e-3"}
+    chosen = select_prompts(transfer, ["a", "b", "c", "e"], 12, held)
+    per = [sum(p.category == c for p in chosen) / 8 for c in "abcde"]
+    level = allotment(np.array([1.0, 0.25, 1.0, 1.0, 0.5]), np.array([True, True, True, False, True]), 12 / 8)
+    assert per == pytest.approx(level.tolist(), abs=1 / 8)  # equal but for the last round-robin turn
+
+
+def test_fresh_teach_need_counts_only_what_one_package_carries():
+    """A teacher fair in 8 weak categories beats one good in 3 without a cap; with 2 categories' worth, not."""
+    C = np.zeros((3, 12))
+    C[0, :8] = 0.4   # broad
+    C[1, :3] = 0.9   # narrow and strong
+    known = np.ones(3, dtype=bool)
+    t, s = np.array([0, 1]), np.array([2, 2])
+    zero = np.zeros(2)
+    uncapped = competence_features(C, known, t, s, zero, zero)[:, -1]
+    capped = competence_features(C, known, t, s, zero, zero, None, 2.0)[:, -1]
+    assert uncapped[0] > uncapped[1] and capped[1] > capped[0]
+    assert capped * 12 == pytest.approx([2 * 0.4, 2 * 0.9])
+    assert held_after(np.zeros(12), C[1], C[2], 2.0)[:3] == pytest.approx([0.6] * 3)  # 2/3 of each answered, 0.9 pass
+    assert held_after(np.zeros(12), C[1], C[2], 2.0)[3:].tolist() == [0.0] * 9
+    with pytest.raises(PolicyError):
+        make_policy("knexa", competence=True, budget_categories=-1.0)
 
 
 def test_fresh_teach_need_leaves_out_what_the_student_already_holds():

@@ -21,11 +21,15 @@ def test_configs_name_the_cpm_members_and_a_shard_each(tmp_path: Path) -> None:
     assert again.node_peers == layout.node_peers  # identities are kept across runs in one workdir
 
 
-def test_the_cpm_config_carries_teachers_per_student(tmp_path: Path) -> None:
-    layout = lay_out(tmp_path, DemoSettings(nodes=3, teachers_per_student=2))
-    assert load_config(layout.cpm.config_file).cpm.teachers_per_student == 2
+def test_the_cpm_config_carries_teachers_per_student_and_what_a_package_carries(tmp_path: Path) -> None:
+    layout = lay_out(tmp_path, DemoSettings(nodes=3, teachers_per_student=2, exchange_budget=96, transfer_per_category=32))
+    cpm = load_config(layout.cpm.config_file).cpm
+    assert cpm.teachers_per_student == 2 and cpm.package_categories == 3.0
     default = lay_out(tmp_path / "d", DemoSettings(nodes=3))
     assert load_config(default.cpm.config_file).cpm.teachers_per_student == 1
+    assert load_config(default.cpm.config_file).cpm.package_categories == 64 / 16
+    unbounded = lay_out(tmp_path / "u", DemoSettings(nodes=3, exchange_budget=0))
+    assert load_config(unbounded.cpm.config_file).cpm.package_categories == 0.0
 
 
 def test_a_pretrained_directory_gets_the_adapter_learning_rate(tmp_path: Path) -> None:
