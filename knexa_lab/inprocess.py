@@ -25,12 +25,14 @@ from knexa_node.daemon.datasets import NodeData, load_node_data
 from knexa_node.identity import NodeHome
 from knexa_node.daemon.curve import CURVE_FILE
 from knexa_node.daemon.learner import AGENT_DIR, agent_config, evaluation_point
-from knexa_lab.orchestrate import DemoResult, _build_models
+from knexa_lab.orchestrate import DemoResult, cached_model_names
 from knexa_lab.plan import DemoLayout, DemoSettings, lay_out
 from knexa_lab.pool import each, one_line_error
+from knexa_lab.processes import DemoError
 from knexa_node.learn.agent import Agent
 from knexa_node.fsutil import atomic_write_text
 from knexa_node.learn.state import CURRENT
+from knexa_node.models import ModelPathError
 
 WARMUP_POINT = "warmup-point.json"  # beside a cached state: its warm-up measurement (a daemon's first curve point)
 
@@ -122,7 +124,7 @@ def warm_up_node(workdir: Path, settings: DemoSettings, index: int) -> None:
     if not settings.warmup_cache or settings.warmup_epochs < 1 or cached_warmup(settings, index):
         return
     layout = lay_out(workdir, settings)
-    _build_models(settings)
+    build_models_here(settings)
     _, data, agent = _load_agent(layout.nodes[index], settings, "agent-warmup")
     for _ in range(settings.warmup_epochs):
         agent.local_epoch()
@@ -189,6 +191,17 @@ def seed_daemon_home(settings: DemoSettings, index: int, home: NodeHome) -> bool
     return True
 
 
+def build_models_here(settings: DemoSettings) -> None:
+    """Build or import the settings' cached models in this process, which loads them next anyway (race-safe)."""
+    from knexa_node.learn.embedded import resolve_model_path  # with transformers: only where agents are loaded
+
+    for name in cached_model_names(settings):
+        try:
+            resolve_model_path(name)
+        except ModelPathError as exc:
+            raise DemoError(f"preparing the models failed: {exc}") from None
+
+
 def prepare_nodes(workdir: Path, settings: DemoSettings, say: Callable[[str], None],
                   *, state_name: str = "agent-local") -> tuple[DemoLayout, list[LocalNode]]:
     """Lay out the homes, build the embedded models, load every agent and run its warm-up.
@@ -197,7 +210,7 @@ def prepare_nodes(workdir: Path, settings: DemoSettings, say: Callable[[str], No
     :func:`warmup_key` and reused (the policies of one seed share it).
     """
     layout = lay_out(workdir, settings)
-    _build_models(settings)
+    build_models_here(settings)
     cache = _cache_dir(settings)
     nodes = []
     for i, home in enumerate(layout.nodes):

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from knexa_node.audit import AuditError, log_path, verify_file
 from knexa_lab.plan import DemoLayout, DemoSettings, lay_out
 from knexa_lab.processes import DaemonProcess, DemoError
+from knexa_node.learn.embedded_catalog import built_embedded_dir
 from knexa_node.models import parse_model_path
 
 READY_TIMEOUT_S = 180.0
@@ -47,10 +48,20 @@ class DemoResult:
     phases_s: dict[str, float] = field(default_factory=dict)
 
 
+def cached_model_names(settings: DemoSettings) -> list[str]:
+    """The settings' models that live in the model cache (embedded or imported), not in a directory of their own."""
+    return sorted({m for m in settings.models[: settings.nodes] if parse_model_path(m).kind != "directory"})
+
+
 def _build_models(settings: DemoSettings) -> None:
-    """Build the embedded models and import the pretrained ones once, before the daemons start (not in N racing daemons)."""
-    names = sorted({m for m in settings.models[: settings.nodes] if parse_model_path(m).kind != "directory"})
-    if not names:
+    """Build the embedded models and import the pretrained ones once, before the daemons start (not in N racing daemons).
+
+    In a child process, so that the orchestrator never imports torch; a process that loads the models itself
+    uses :func:`knexa_lab.inprocess.build_models_here` (a child costs seconds of interpreter and torch start).
+    """
+    names = [name for name in cached_model_names(settings)
+             if not (parse_model_path(name).kind == "embedded" and built_embedded_dir(parse_model_path(name).name))]
+    if not names:  # all built already: no child (seconds of interpreter and torch start) to find that out
         return
     done = subprocess.run([sys.executable, "-m", "knexa_node.learn.build_embedded", *names], capture_output=True, text=True,
                           env={**os.environ, **CHILD_ENV}, timeout=900)

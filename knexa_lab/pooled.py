@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from knexa_lab.inprocess import LocalNode, measure, node_entry
-from knexa_lab.orchestrate import DemoResult, _build_models
+from knexa_lab.inprocess import LocalNode, build_models_here, measure, node_entry
+from knexa_lab.orchestrate import DemoResult
 from knexa_lab.plan import DemoSettings, lay_out
 from knexa_node.config import load_config
 from knexa_node.daemon.datasets import NodeData, load_node_data
@@ -31,7 +31,7 @@ def run_pooled(workdir: Path, settings: DemoSettings, *, on_progress: Callable[[
     started = time.monotonic()
     say = on_progress or (lambda message: None)
     layout = lay_out(workdir, settings)
-    _build_models(settings)
+    build_models_here(settings)
     configs = [load_config(home.config_file) for home in layout.nodes]
     shards = [load_node_data(config, base=home.root) for config, home in zip(configs, layout.nodes)]
     train = [p for data in shards for p in data.train]

@@ -17,10 +17,8 @@ works between them), neox-tiny and gpt2-tiny share the other.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,45 +26,14 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (AutoModelForCausalLM, BloomConfig, GPT2Config, GPTNeoXConfig, LlamaConfig,
                           PretrainedConfig, PreTrainedTokenizerFast, Qwen2Config)
 
+from knexa_node.learn.embedded_catalog import (  # noqa: F401 (the catalog is part of this module's interface)
+    EMBEDDED, EOS, MARKER, PAD, TOKENIZER_1K, TOKENIZER_768, ModelSpec, TokenizerSpec, spec_key,
+)
 from knexa_node.learn.gguf_import import GGUFImportError
 from knexa_node.learn.pretrained import PretrainedError, ensure_pretrained
 from knexa_node.learn.problems import generate_problems
 from knexa_node.models import ModelPathError, default_cache_dir, parse_model_path
 from knexa_node.profile import CATEGORIES
-
-EOS = "<|endoftext|>"
-PAD = "<|pad|>"
-_MARKER = "knexa-embedded.txt"
-
-
-@dataclass(frozen=True)
-class TokenizerSpec:
-    vocab_size: int
-    corpus_seed: int = 90_001  # disjoint from task seeds (small integers)
-    corpus_per_category: int = 150
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    model_type: str  # llama, qwen2, gpt_neox, gpt2, bloom
-    tokenizer: TokenizerSpec
-    hidden: int
-    layers: int
-    heads: int
-    intermediate: int
-    max_positions: int = 512
-    seed: int = 0
-
-
-TOKENIZER_1K = TokenizerSpec(vocab_size=1024)
-TOKENIZER_768 = TokenizerSpec(vocab_size=768)
-
-EMBEDDED: dict[str, ModelSpec] = {
-    "llama-tiny": ModelSpec("llama", TOKENIZER_1K, hidden=192, layers=4, heads=4, intermediate=512),
-    "qwen2-tiny": ModelSpec("qwen2", TOKENIZER_1K, hidden=192, layers=4, heads=4, intermediate=512, seed=1),
-    "neox-tiny": ModelSpec("gpt_neox", TOKENIZER_768, hidden=192, layers=4, heads=4, intermediate=512, seed=2),
-    "gpt2-tiny": ModelSpec("gpt2", TOKENIZER_768, hidden=192, layers=4, heads=4, intermediate=512, seed=3),
-}
 
 
 def train_tokenizer(spec: TokenizerSpec) -> PreTrainedTokenizerFast:
@@ -115,13 +82,8 @@ def build_model_dir(spec: ModelSpec, out_dir: Path, tokenizer: PreTrainedTokeniz
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / _MARKER).write_text(repr(spec) + "\n", encoding="utf-8")
+    (out_dir / MARKER).write_text(repr(spec) + "\n", encoding="utf-8")
     return out_dir
-
-
-def _spec_key(name: str, spec: ModelSpec) -> str:
-    digest = hashlib.sha256(repr((spec, torch.__version__.split("+")[0])).encode()).hexdigest()[:10]
-    return f"{name}-{digest}"
 
 
 def ensure_embedded(name: str, cache_dir: Path | None = None) -> Path:
@@ -130,8 +92,8 @@ def ensure_embedded(name: str, cache_dir: Path | None = None) -> Path:
         raise ModelPathError(f"unknown embedded model {name!r} (known: {', '.join(EMBEDDED)})")
     spec = EMBEDDED[name]
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    final = cache / _spec_key(name, spec)
-    if (final / _MARKER).exists():
+    final = cache / spec_key(name, spec, torch.__version__)
+    if (final / MARKER).exists():
         return final
     cache.mkdir(parents=True, exist_ok=True)
     staging = cache / f".build-{final.name}-{os.getpid()}"
@@ -141,7 +103,7 @@ def ensure_embedded(name: str, cache_dir: Path | None = None) -> Path:
         os.rename(staging, final)  # atomic: another node that won the race keeps its copy
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
-        if not (final / _MARKER).exists():
+        if not (final / MARKER).exists():
             raise
     return final
 
