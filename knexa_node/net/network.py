@@ -102,7 +102,7 @@ class Network:
         self.stats = NetStats()
         self.on_event: EventFn = on_event or _no_event
         self.host = build_host(signer, params)
-        self.orphans = OrphanReaper(self.host.get_network(), params.orphan_sweep_s)
+        self.orphans = OrphanReaper(self.host.get_network(), params.orphan_sweep_s, self.stats)
         self.orphans.install()
         # Created before any dial: py-libp2p refuses add_peer on a DHT created later.
         # Its subnet cap is off here and applied to strangers only by the gate (knexa_node.net.routing).
@@ -265,7 +265,7 @@ class Network:
             "dht_routing_table_size": self.dht.get_routing_table_size(),
             "dht_subnet_refused": self.subnet_gate.refused,
             "topics": self.gossip.topics(),
-            "counters": {**self.stats.snapshot(), "orphan_connections_closed": self.orphans.reaped},
+            "counters": self.stats.snapshot(),
         }
 
 

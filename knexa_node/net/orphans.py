@@ -25,18 +25,20 @@ from typing import Any
 
 import trio
 
+from knexa_node.net.stats import NetStats
+
 logger = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 5.0
 
 
 class OrphanReaper:
-    def __init__(self, swarm: Any, interval_s: float = 10.0) -> None:
+    def __init__(self, swarm: Any, interval_s: float = 10.0, stats: NetStats | None = None) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
         self.swarm = swarm
         self.interval_s = interval_s
-        self.reaped = 0
+        self.stats = stats if stats is not None else NetStats()  # counts what it closed
         self._known: weakref.WeakSet[Any] = weakref.WeakSet()
         self._suspects: set[int] = set()  # id() of connections unlisted at the last sweep
 
@@ -63,7 +65,7 @@ class OrphanReaper:
         """Close this sweep's orphans; the number closed."""
         orphans = self.sweep()
         for conn in orphans:
-            self.reaped += 1  # counted before the close, which may take a while
+            self.stats.orphan_connections_closed += 1  # counted before the close, which may take a while
             logger.info("closing a connection to %s that the swarm no longer lists", getattr(conn, "peer_id", "?"))
             with trio.move_on_after(CLOSE_TIMEOUT_S):
                 try:
@@ -71,6 +73,10 @@ class OrphanReaper:
                 except Exception as exc:  # a half-dead socket may fail to close in many ways; it is gone anyway
                     logger.debug("closing an orphan connection: %s", exc)
         return len(orphans)
+
+    @property
+    def reaped(self) -> int:
+        return self.stats.orphan_connections_closed
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

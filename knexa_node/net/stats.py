@@ -27,6 +27,8 @@ class NetStats:
     bytes_out: int = 0
     dials_ok: int = 0
     dials_failed: int = 0
+    # Connections the swarm dropped from its table but left open, closed by knexa_node.net.orphans.
+    orphan_connections_closed: int = 0
 
     def drop(self, reason: str) -> None:
         self.dropped[reason] += 1
@@ -46,4 +48,5 @@ class NetStats:
             "bytes_out": self.bytes_out,
             "dials_ok": self.dials_ok,
             "dials_failed": self.dials_failed,
+            "orphan_connections_closed": self.orphan_connections_closed,
         }
