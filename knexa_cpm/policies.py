@@ -57,7 +57,12 @@ Policies:
   Fresh need also leaves out what the student is estimated to hold already
   from any earlier teacher (``held``, updated on each feedback from the
   competences of the pair's round): every teacher answers the same public
-  transfer prompts. ``prior_weight`` 25 puts a typical fresh complementary
+  transfer prompts. And it counts only what one package carries
+  (``budget_categories``: the members' exchange budget over the transfer
+  prompts per category, ``cpm.package_categories``; 0: no cap), water-filled
+  over the categories the student asks for as the teacher's round-robin
+  does, so a teacher fair in eight weak categories is not credited with
+  eight when a package holds four. ``prior_weight`` 25 puts a typical fresh complementary
   pair (teacher at 0.5 in 2 of 12 categories the student lacks: need ~0.08)
   at ~2 on the scale of the z-scored rewards: with 2 (before), the UCB bonus
   of a 100-dim context with few updates (~1 at beta 0.5) outweighed it and
