@@ -30,6 +30,7 @@ from knexa_lab.plan import DemoLayout, DemoSettings, lay_out
 from knexa_lab.pool import each, one_line_error
 from knexa_lab.processes import DemoError
 from knexa_node.learn.agent import Agent
+from knexa_node.learn.embedded import resolve_model_path
 from knexa_node.fsutil import atomic_write_text
 from knexa_node.learn.state import CURRENT
 from knexa_node.models import ModelPathError
@@ -193,8 +194,6 @@ def seed_daemon_home(settings: DemoSettings, index: int, home: NodeHome) -> bool
 
 def build_models_here(settings: DemoSettings) -> None:
     """Build or import the settings' cached models in this process, which loads them next anyway (race-safe)."""
-    from knexa_node.learn.embedded import resolve_model_path  # with transformers: only where agents are loaded
-
     for name in cached_model_names(settings):
         try:
             resolve_model_path(name)

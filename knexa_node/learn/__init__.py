@@ -12,6 +12,7 @@ Map (data and checks first, then models, then the agent that ties them):
 - :mod:`.gguf_import` GGUF checkpoint -> Hugging Face directory.
 - :mod:`.embedded`   offline-built tiny models and BPE tokenizers, cached as HF dirs; ``embedded:<name>``;
   :func:`~.embedded.resolve_model_path` for every kind of model path (names: :mod:`knexa_node.models`).
+- :mod:`.embedded_catalog` the embedded models' specs and cache keys, without torch: is a model built yet?
 - :mod:`.build_embedded` ``python -m``: build or import models into the cache ahead of time.
 - :mod:`.memory`     refuse a model whose weights need more memory than configured.
 - :mod:`.dialect`    how the agent speaks to its model: raw completion or one chat turn.
