@@ -495,7 +495,8 @@ class KnexaPolicy(_UCBPolicy):
                 seen = self.history.get((names[a], names[b]))
                 if seen:
                     count[k], recent[k] = seen[0], 1.0 / (1.0 + max(int(round) - seen[1], 0))
-        return np.concatenate([X, competence_features(C, known, t, s, count, recent, held, self.options["budget_categories"])], axis=1)
+        extra = competence_features(C, known, t, s, count, recent, held, self.options["budget_categories"])
+        return np.concatenate([X, extra], axis=1)
 
     def _prior(self, X: np.ndarray) -> np.ndarray:
         """``prior_weight * teach_need_fresh`` (the last competence feature), 0 without competence."""
