@@ -26,7 +26,8 @@ def events(home: str) -> list[dict]:
 def test_every_student_distils_two_packages_once_and_reports_both(tmp_path: Path) -> None:
     workdir = tmp_path / "consortium"
     result = knexa_node("demo", "--nodes", "3", "--rounds", "1", "--teachers-per-student", "2", "--workdir",
-                        str(workdir), "--shard-size", "60", "--warmup-epochs", "0", "--round-deadline", "300", "--exchange-budget", "16",
+                        str(workdir), "--shard-size", "60", "--warmup-epochs", "0", "--round-deadline", "300",
+                        "--exchange-budget", "16",
                         "--json", timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)

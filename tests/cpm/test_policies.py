@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -13,6 +15,7 @@ from knexa_cpm.features import (
 from knexa_cpm.policies import POLICY_NAMES, Pairing, PolicyError, make_policy
 from knexa_cpm.runner import run_one
 from knexa_cpm.sim import Federation, SimConfig
+from knexa_node.learn.targeting import select_prompts
 
 
 def fed(n: int = 12, seed: int = 0, **kw) -> Federation:
@@ -235,8 +238,6 @@ def test_allotment_water_fills_the_budget_over_the_asked_categories_as_round_rob
     assert allotment(unheld, asked, 9.0)[0].tolist() == [1.0, 0.25, 1.0, 0.0, 0.5]  # everything fits
     assert allotment(unheld, asked, 0.0)[0].tolist() == [1.0, 0.25, 1.0, 0.0, 0.5]  # 0: no cap
     # Against the real prompt selection: 8 prompts per category, budget 12, held prompts skipped.
-    from types import SimpleNamespace
-    from knexa_node.learn.targeting import select_prompts
     transfer = [SimpleNamespace(task_id=f"{c}-{k}", category=c) for c in "abcde" for k in range(8)]
     held = {"b-0", "b-1", "b-2", "b-3", "b-4", "b-5", "e-0", "e-1", "e-2", "e-3"}
     chosen = select_prompts(transfer, ["a", "b", "c", "e"], 12, held)
