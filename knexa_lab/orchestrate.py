@@ -53,14 +53,18 @@ def cached_model_names(settings: DemoSettings) -> list[str]:
     return sorted({m for m in settings.models[: settings.nodes] if parse_model_path(m).kind != "directory"})
 
 
+def _embedded_and_built(name: str) -> bool:
+    ref = parse_model_path(name)
+    return ref.kind == "embedded" and built_embedded_dir(ref.name) is not None
+
+
 def _build_models(settings: DemoSettings) -> None:
     """Build the embedded models and import the pretrained ones once, before the daemons start (not in N racing daemons).
 
     In a child process, so that the orchestrator never imports torch; a process that loads the models itself
     uses :func:`knexa_lab.inprocess.build_models_here` (a child costs seconds of interpreter and torch start).
     """
-    names = [name for name in cached_model_names(settings)
-             if not (parse_model_path(name).kind == "embedded" and built_embedded_dir(parse_model_path(name).name))]
+    names = [name for name in cached_model_names(settings) if not _embedded_and_built(name)]
     if not names:  # all built already: no child (seconds of interpreter and torch start) to find that out
         return
     done = subprocess.run([sys.executable, "-m", "knexa_node.learn.build_embedded", *names], capture_output=True, text=True,

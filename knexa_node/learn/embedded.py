@@ -27,12 +27,12 @@ from transformers import (AutoModelForCausalLM, BloomConfig, GPT2Config, GPTNeoX
                           PretrainedConfig, PreTrainedTokenizerFast, Qwen2Config)
 
 from knexa_node.learn.embedded_catalog import (  # noqa: F401 (the catalog is part of this module's interface)
-    EMBEDDED, EOS, MARKER, PAD, TOKENIZER_1K, TOKENIZER_768, ModelSpec, TokenizerSpec, spec_key,
+    EMBEDDED, EOS, MARKER, PAD, TOKENIZER_1K, TOKENIZER_768, ModelSpec, TokenizerSpec, embedded_dir,
 )
 from knexa_node.learn.gguf_import import GGUFImportError
 from knexa_node.learn.pretrained import PretrainedError, ensure_pretrained
 from knexa_node.learn.problems import generate_problems
-from knexa_node.models import ModelPathError, default_cache_dir, parse_model_path
+from knexa_node.models import ModelPathError, parse_model_path
 from knexa_node.profile import CATEGORIES
 
 
@@ -90,15 +90,13 @@ def ensure_embedded(name: str, cache_dir: Path | None = None) -> Path:
     """The directory of embedded model ``name``, built on first use (safe if several nodes race)."""
     if name not in EMBEDDED:
         raise ModelPathError(f"unknown embedded model {name!r} (known: {', '.join(EMBEDDED)})")
-    spec = EMBEDDED[name]
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    final = cache / spec_key(name, spec, torch.__version__)
+    final = embedded_dir(name, torch.__version__, cache_dir)
     if (final / MARKER).exists():
         return final
-    cache.mkdir(parents=True, exist_ok=True)
-    staging = cache / f".build-{final.name}-{os.getpid()}"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".build-{final.name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    build_model_dir(spec, staging)
+    build_model_dir(EMBEDDED[name], staging)
     try:
         os.rename(staging, final)  # atomic: another node that won the race keeps its copy
     except OSError:

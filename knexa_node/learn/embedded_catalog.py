@@ -55,15 +55,20 @@ def spec_key(name: str, spec: ModelSpec, torch_version: str) -> str:
     return f"{name}-{digest}"
 
 
+def embedded_dir(name: str, torch_version: str, cache_dir: Path | None = None) -> Path:
+    """Where embedded model ``name`` (a key of :data:`EMBEDDED`) is cached for this torch version, built or not."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return cache / spec_key(name, EMBEDDED[name], torch_version)
+
+
 def built_embedded_dir(name: str, cache_dir: Path | None = None) -> Path | None:
     """The complete cached directory of embedded model ``name``, or None (unknown, not built yet, or torch's
     version unreadable without importing it): a cheap look before starting a process that would build it."""
-    spec = EMBEDDED.get(name)
-    if spec is None:
+    if name not in EMBEDDED:
         return None
     try:
         version = metadata.version("torch")
     except metadata.PackageNotFoundError:
         return None
-    final = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / spec_key(name, spec, version)
+    final = embedded_dir(name, version, cache_dir)
     return final if (final / MARKER).exists() else None
