@@ -2,6 +2,7 @@
 
 - ``bandit``    LinUCB and friends (pure numpy)
 - ``features``  pairwise context features built from two profiles
+- ``matching``  a round's pairings from scored candidates: greedy (the paper) or the best total (networkx)
 - ``trust``     per-agent trust as a teacher, from the rewards its packages earned
 - ``policies``  the policy interface and ``make_policy`` (linucb, knexa, random, heuristic, oracle)
 - ``rounds``    the bookkeeping of one round (:class:`RoundBook`), a pure state machine

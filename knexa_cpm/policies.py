@@ -67,6 +67,11 @@ Policies:
   at ~2 on the scale of the z-scored rewards: with 2 (before), the UCB bonus
   of a 100-dim context with few updates (~1 at beta 0.5) outweighed it and
   chose the pairs, at c = 1 worse than random on the 8-node study.
+  Unlike the paper's greedy selection, knexa takes the round's pairings
+  with the largest total score (``matching="best"``,
+  :func:`knexa_cpm.matching.select_best`; ``"greedy"`` keeps Algorithm 1's):
+  the score estimates what each exchange teaches, and the round should teach
+  the most in all, not start with its single best pair.
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ from knexa_cpm.bandit import BanditError, LinUCB, RobustZScore
 from knexa_cpm.features import (
     COMPETENCE_DIM, CONCAT_DIM, PASS1, competence_features, concat_features, held_after, knexa_dim, knexa_features, pair_js,
 )
+from knexa_cpm.matching import best_disjoint, greedy_capped, greedy_disjoint, select, select_best
 from knexa_cpm.trust import SURPRISE_BOUND, TrustTracker
 from knexa_node.profile import CATEGORIES, FAMILY_SLICE, PROFILE_DIM
 
@@ -158,55 +164,6 @@ def with_protocols(P: np.ndarray, t: np.ndarray, s: np.ndarray, protocols: Seque
         keep = same_family(P, t, s) if name == "logits" else np.ones(len(t), dtype=bool)
         ts.append(t[keep]); ss.append(s[keep]); ps.append(np.full(int(keep.sum()), k))
     return np.concatenate(ts), np.concatenate(ss), np.concatenate(ps)
-
-
-def greedy_disjoint(scores: np.ndarray, t: np.ndarray, s: np.ndarray, budget: int) -> list[int]:
-    """Indices of candidates taken best-first so that no agent appears twice (supplement Alg. 1)."""
-    order = np.argsort(-scores, kind="stable")
-    # Plain Python ints: indexing numpy arrays item by item is ~10x slower.
-    used: set[int] = set()
-    taken: list[int] = []
-    if budget <= 0:
-        return taken
-    for k, a, b in zip(order.tolist(), t[order].tolist(), s[order].tolist()):
-        if a in used or b in used:
-            continue
-        used.add(a); used.add(b)
-        taken.append(k)
-        if len(taken) >= budget:
-            break
-    return taken
-
-
-def greedy_capped(scores: np.ndarray, t: np.ndarray, s: np.ndarray, budget: int, cap: int) -> list[int]:
-    """Best-first candidates so that each agent teaches at most ``cap`` and learns at most ``cap`` (c > 1).
-
-    A pair is taken once (whatever the protocol); an agent may teach and learn
-    in the same round. ``cap`` 1 is :func:`greedy_disjoint`'s rule only in
-    spirit: use that one for disjoint pairs.
-    """
-    order = np.argsort(-scores, kind="stable")
-    teaching: dict[int, int] = {}
-    learning: dict[int, int] = {}
-    pairs: set[tuple[int, int]] = set()
-    taken: list[int] = []
-    if budget <= 0:
-        return taken
-    for k, a, b in zip(order.tolist(), t[order].tolist(), s[order].tolist()):
-        if teaching.get(a, 0) >= cap or learning.get(b, 0) >= cap or (a, b) in pairs:
-            continue
-        teaching[a] = teaching.get(a, 0) + 1
-        learning[b] = learning.get(b, 0) + 1
-        pairs.add((a, b))
-        taken.append(k)
-        if len(taken) >= budget:
-            break
-    return taken
-
-
-def select(scores: np.ndarray, t: np.ndarray, s: np.ndarray, budget: int, per_node: int) -> list[int]:
-    """Disjoint pairs (``per_node`` 1, the paper) or up to ``per_node`` per role and agent."""
-    return greedy_disjoint(scores, t, s, budget) if per_node <= 1 else greedy_capped(scores, t, s, budget, per_node)
 
 
 def _check_per_node(per_node: int) -> int:
@@ -423,7 +380,8 @@ class KnexaPolicy(_UCBPolicy):
     name = "knexa"
     # Options that only weigh a proposal's score: a stored state of another value still fits (knexa_cpm.state).
     SCORING_OPTIONS = ("prior_weight", "beta0", "beta_tau", "max_candidates", "group_size", "shortlist",
-                       "budget_categories")
+                       "budget_categories", "matching")
+    MATCHINGS = ("best", "greedy")
 
     def __init__(
         self,
@@ -442,6 +400,7 @@ class KnexaPolicy(_UCBPolicy):
         competence: bool = False,
         prior_weight: float = 25.0,
         budget_categories: float = 0.0,
+        matching: str = "best",
     ) -> None:
         super().__init__(knexa_dim(raw) + (COMPETENCE_DIM if competence else 0), lam=lam, beta0=beta0,
                          protocols=protocols, clip=clip)
@@ -449,11 +408,13 @@ class KnexaPolicy(_UCBPolicy):
             raise PolicyError("max_candidates and group_size must be >= 2, shortlist >= 0")
         if not (math.isfinite(budget_categories) and budget_categories >= 0):
             raise PolicyError("budget_categories must be a finite number >= 0 (0: no cap)")
+        if matching not in self.MATCHINGS:
+            raise PolicyError(f"matching must be one of {', '.join(self.MATCHINGS)}, got {matching!r}")
         self.options = {
             "lam": lam, "beta0": beta0, "beta_tau": beta_tau, "raw": raw, "trust": trust, "clip": clip,
             "max_candidates": max_candidates, "group_size": group_size, "shortlist": shortlist, "seed": seed,
             "trust_floor": trust_floor, "competence": competence, "prior_weight": prior_weight,
-            "budget_categories": float(budget_categories),
+            "budget_categories": float(budget_categories), "matching": matching,
         }
         self.use_competence = bool(competence)
         # (teacher, student) -> [exchanges with feedback, last round]: the pair history the features read.
@@ -560,7 +521,8 @@ class KnexaPolicy(_UCBPolicy):
         X = self._features(P, t, s, proto, trust_scores, names, competence, round)
         n = len(names)
         scores = self.bandit.score(X, beta, fast=n * (n - 1) > self.options["max_candidates"]) + self._prior(X)
-        taken = select(scores, t, s, budget, per_node)
+        choose = select_best if self.options["matching"] == "best" else select
+        taken = choose(scores, t, s, budget, per_node)
         pairings = self._pairings(names, P, t, s, proto, scores, taken, round, X)
         if len(pairings) < budget and not allowed.all():
             pairings += self._pairs_among_gated(names, P, trust_scores, allowed, pairings, budget - len(pairings), round,
@@ -586,7 +548,7 @@ class KnexaPolicy(_UCBPolicy):
         t, s, proto = with_protocols(P, left[t], left[s], self.protocols)
         X = self._features(P, t, s, proto, trust_scores, names, competence, round)
         scores = self.bandit.score(X, beta) + self._prior(X)
-        taken = greedy_disjoint(scores, t, s, missing)
+        taken = (best_disjoint if self.options["matching"] == "best" else greedy_disjoint)(scores, t, s, missing)
         return self._pairings(names, P, t, s, proto, scores, taken, round, X)
 
     def failed_claims(self, pairing: Pairing, count: int) -> None:
