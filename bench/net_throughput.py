@@ -188,7 +188,7 @@ if __name__ == "__main__":
         parser.add_argument("--repeat", type=int, default=3)
         parser.add_argument("--chunk-kib", type=int, default=BULK_CHUNK // 1024)
         parser.add_argument("--lab-rate-mbit", type=float, default=0.0, help="run in two lab namespaces at this link rate")
-        parser.add_argument("--lab-delay-ms", type=float, default=0.0, help="one-way delay per link (needs netem)")
+        parser.add_argument("--lab-delay-ms", type=float, default=0.0, help="one-way delay per link (netem, else the lab's user-space delay line)")
         args = parser.parse_args()
         if args.lab_rate_mbit > 0:
             raise SystemExit(in_lab(args))

@@ -14,10 +14,14 @@ namespace gets no interface and no route, so traffic cannot leave the lab.
 A member's link shape applies to what the member sends (latency with jitter
 and loss on its ``eth0``) and its rate limit to both directions; one-way
 latency A -> B is A's delay. With ``sch_netem`` the kernel does all of it.
-Without it (some VM kernels), the lab degrades to what works and says so in
+Without it (some VM kernels), the lab does it another way and says so in
 :attr:`Lab.degraded`: loss through a classic-BPF filter that drops a random
-share of packets (``cls_bpf`` on a ``clsact`` hook), rate through ``tbf``;
-latency and jitter are then not emulated.
+share of packets (``cls_bpf`` on a ``clsact`` hook), rate through ``tbf``,
+and latency with jitter through a user-space delay line
+(:mod:`integration.delayline`: each member's ``eth0`` and its bridge port are
+TAP devices, and one process in the bridge namespace holds each frame the
+member sends for its delay) when the lab is built with a delay and
+``/dev/net/tun`` works; else latency is not emulated.
 
 A partition of some members from some others (:meth:`Lab.cut_between`) is a
 classic-BPF filter on each side's ``eth0`` egress that drops what goes to the
@@ -43,7 +47,9 @@ import re
 import secrets
 import shutil
 import signal
+import select
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -98,6 +104,7 @@ class Capabilities:
     netem: bool = False
     bpf_loss: bool = False
     tbf: bool = False
+    tun: bool = False  # TAP devices can be made: the user-space delay line works
 
 
 @dataclass
@@ -162,7 +169,8 @@ def _probe() -> Capabilities:
         tbf = _run([*tc, "qdisc", "add", "dev", "p0", "root", *_tbf_args(10.0)], check=False).returncode == 0
         bpf = (_run([*tc, "qdisc", "add", "dev", "p0", "clsact"], check=False).returncode == 0
                and _run([*tc, "filter", "add", "dev", "p0", "egress", *_loss_filter_args(1.0)], check=False).returncode == 0)
-        return Capabilities(None, netem=netem, bpf_loss=bpf, tbf=tbf)
+        tun = _run([IP, "-n", name, "tuntap", "add", "mode", "tap", "name", "tp0"], check=False).returncode == 0
+        return Capabilities(None, netem=netem, bpf_loss=bpf, tbf=tbf, tun=tun)
     except LabError as exc:
         return Capabilities(f"network lab cannot create a veth pair: {exc}"[:200])
     finally:
@@ -249,8 +257,13 @@ def sweep_stale() -> list[str]:
 class Lab:
     """One lab instance: a bridge namespace and one namespace per member. Use it as a context manager."""
 
-    def __init__(self, members: Sequence[str], *, shape: LinkShape | None = None, spread: bool = False) -> None:
-        """``spread``: give each member its own /24 (else all share one /24, like hosts behind one switch)."""
+    def __init__(self, members: Sequence[str], *, shape: LinkShape | None = None, spread: bool = False,
+                 delay_line: bool | None = None) -> None:
+        """``spread``: give each member its own /24 (else all share one /24, like hosts behind one switch).
+
+        ``delay_line``: route every member through :mod:`integration.delayline` (None: exactly when
+        ``shape`` has a delay and the kernel has no netem, so that latency is emulated all the same).
+        """
         if len(set(members)) != len(members) or not members:
             raise ValueError("member names must be distinct and at least one")
         for name in members:
@@ -264,6 +277,8 @@ class Lab:
         self.members = {name: Member(name, i, f"{self.prefix}-{name}", self._address(i))
                         for i, name in enumerate(members)}
         self.initial_shape = shape or LinkShape()
+        self.delay_line = delay_line
+        self._delay_proc: subprocess.Popen[str] | None = None
         self.degraded: list[str] = []
         self._processes: list[subprocess.Popen[Any]] = []
         self._created: list[str] = []
@@ -304,12 +319,51 @@ class Lab:
         self._ip(self.bridge_netns, "link", "set", "br0", "up")
         for member in self.members.values():
             self._add_netns(member.netns)
-            self._ip(self.bridge_netns, "link", "add", member.bridge_port, "type", "veth", "peer", "name", "eth0",
-                     "netns", member.netns)
+        if self._wants_delay_line():
+            self._start_delay_line()
+        for member in self.members.values():
+            if self._delay_proc is not None:  # the delay line made both ends as TAPs: move the member's end in
+                self._ip(self.bridge_netns, "link", "set", f"t{member.index}", "netns", member.netns)
+                self._ip(member.netns, "link", "set", f"t{member.index}", "name", "eth0")
+            else:
+                self._ip(self.bridge_netns, "link", "add", member.bridge_port, "type", "veth", "peer", "name", "eth0",
+                         "netns", member.netns)
             self._ip(self.bridge_netns, "link", "set", member.bridge_port, "master", "br0", "up")
             self._ip(member.netns, "addr", "add", f"{member.address}/{SUBNET.prefixlen}", "dev", "eth0")
             self._ip(member.netns, "link", "set", "eth0", "up")
             self.shape(member.name, self.initial_shape)
+
+    def _wants_delay_line(self) -> bool:
+        caps = capabilities()
+        if self.delay_line is None:
+            shape = self.initial_shape
+            return not caps.netem and caps.tun and (shape.delay_ms > 0 or shape.jitter_ms > 0)
+        if self.delay_line and not caps.tun:
+            raise LabError("the delay line needs TAP devices (/dev/net/tun); ip tuntap failed here")
+        return self.delay_line
+
+    def _start_delay_line(self) -> None:
+        """Start :mod:`integration.delayline` in the bridge namespace; return once its TAP devices exist."""
+        script = str(Path(__file__).with_name("delayline.py"))
+        proc = subprocess.Popen([IP, "netns", "exec", self.bridge_netns, sys.executable, script,
+                                 "--ports", str(len(self.members))],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        self.adopt(proc)
+        ready, _, _ = select.select([proc.stdout], [], [], COMMAND_TIMEOUT_S) if proc.stdout else ([], [], [])
+        line = proc.stdout.readline().strip() if ready and proc.stdout else ""
+        if line != "ready":
+            raise LabError(f"the delay line did not start (said {line!r}, exit status {proc.poll()})")
+        self._delay_proc = proc
+        self._note("no sch_netem in this kernel: latency and jitter by a user-space delay line (integration/delayline.py)")
+
+    def _set_delay(self, member: Member, shape: LinkShape) -> None:
+        if self._delay_proc is None or self._delay_proc.stdin is None:
+            raise LabError("this lab has no delay line")
+        try:
+            self._delay_proc.stdin.write(f"delay {member.index} {shape.delay_ms} {shape.jitter_ms}\n")
+            self._delay_proc.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            raise LabError(f"the delay line is gone: {exc}") from None
 
     def close(self) -> None:
         """End every process and delete every namespace of this lab (idempotent, bounded in time)."""
@@ -377,7 +431,9 @@ class Lab:
             if len(netem) > 3:
                 self._tc(inner[0], "qdisc", "add", "dev", inner[1], "root", *netem)
         else:
-            if wants_delay:
+            if self._delay_proc is not None:
+                self._set_delay(member, shape)
+            elif wants_delay:
                 self._note("no sch_netem in this kernel: latency and jitter are not emulated")
             if shape.loss_pct:
                 if not caps.bpf_loss:

@@ -56,6 +56,15 @@ PROBE = textwrap.dedent("""
 """)
 
 
+# Both ways of joining a member to the bridge: veth pairs, and TAPs through the user-space delay line.
+PLUMBING = [False, *([True] if REASON is None and netlab.capabilities().tun else [])]
+
+
+@pytest.fixture(params=PLUMBING, ids=lambda through: "delay-line" if through else "veth")
+def delay_line(request: pytest.FixtureRequest) -> bool:
+    return request.param
+
+
 def probe(lab: Lab, member: str, *args: str, timeout: float = 30.0) -> str:
     return lab.run(member, [sys.executable, "-c", PROBE, *args], timeout=timeout).stdout.strip()
 
@@ -64,8 +73,14 @@ def host_addresses() -> str:
     return subprocess.run([netlab.IP, "-br", "addr"], capture_output=True, text=True, timeout=10).stdout
 
 
-def test_members_reach_each_other_and_nothing_reaches_the_host() -> None:
-    with Lab(["a", "b", "c"]) as lab:
+def host_links() -> set[str]:
+    out = subprocess.run([netlab.IP, "-br", "link"], capture_output=True, text=True, timeout=10).stdout
+    return {line.split()[0].split("@")[0] for line in out.splitlines() if line.strip()}
+
+
+def test_members_reach_each_other_and_nothing_reaches_the_host(delay_line: bool) -> None:
+    links_before = host_links()
+    with Lab(["a", "b", "c"], delay_line=delay_line) as lab:
         assert len(netlab.lab_namespaces(lab.prefix + "-")) == 4  # a bridge namespace and one per member
         addresses = {lab.address(m) for m in ("a", "b", "c")}
         assert len(addresses) == 3
@@ -77,6 +92,7 @@ def test_members_reach_each_other_and_nothing_reaches_the_host() -> None:
         # The host's own addresses do not exist inside: no route out of the lab.
         assert probe(lab, "a", "connect", "192.0.2.1", "9", "2").startswith("failed")
     assert lab.leftovers() == []
+    assert host_links() <= links_before  # no veth or TAP of the lab surfaced in the host's namespace
 
 
 def test_spread_puts_every_member_in_its_own_slash_24() -> None:
@@ -85,8 +101,8 @@ def test_spread_puts_every_member_in_its_own_slash_24() -> None:
         assert probe(lab, "a", "connect", lab.address("b"), "9", "5") == "refused"
 
 
-def test_cut_loses_packets_until_heal() -> None:
-    with Lab(["a", "b"]) as lab:
+def test_cut_loses_packets_until_heal(delay_line: bool) -> None:
+    with Lab(["a", "b"], delay_line=delay_line) as lab:
         lab.cut("b")
         assert probe(lab, "a", "connect", lab.address("b"), "9", "2") == "failed TimeoutError"
         lab.heal("b")
@@ -94,6 +110,7 @@ def test_cut_loses_packets_until_heal() -> None:
 
 
 def test_cut_between_partitions_two_members_and_leaves_the_rest_of_the_lab_connected() -> None:
+    # Through the delay line too in test_netlab_scenarios (the CPM cut off from half the nodes, 40 ms links).
     with Lab(["a", "b", "c", "d"], shape=LinkShape(loss_pct=1.0)) as lab:
         lab.cut_between("a", ["b", "c"])
         for x, y in (("a", "b"), ("b", "a"), ("a", "c"), ("c", "a")):
@@ -110,8 +127,8 @@ def test_cut_between_partitions_two_members_and_leaves_the_rest_of_the_lab_conne
     assert lab.leftovers() == []
 
 
-def test_readdress_moves_a_member() -> None:
-    with Lab(["a", "b"]) as lab:
+def test_readdress_moves_a_member(delay_line: bool) -> None:
+    with Lab(["a", "b"], delay_line=delay_line) as lab:
         old = lab.address("b")
         new = lab.readdress("b")
         assert new != old
@@ -119,9 +136,9 @@ def test_readdress_moves_a_member() -> None:
         assert probe(lab, "a", "connect", old, "9", "2").startswith("failed")
 
 
-def test_loss_drops_about_the_share_asked_for() -> None:
+def test_loss_drops_about_the_share_asked_for(delay_line: bool) -> None:
     sent = 2000
-    with Lab(["a", "b"], shape=LinkShape(loss_pct=30.0)) as lab:
+    with Lab(["a", "b"], shape=LinkShape(loss_pct=30.0), delay_line=delay_line) as lab:
         receiver = lab.spawn("b", [sys.executable, "-c", PROBE, "udp-count", lab.address("b"), "7000", "2"],
                              stdout=subprocess.PIPE)
         assert receiver.stdout is not None
@@ -141,12 +158,17 @@ def test_rate_and_loss_are_applied_where_the_kernel_allows() -> None:
         qdiscs = lab.run("a", [netlab.TC, "qdisc", "show", "dev", "eth0"]).stdout
         if caps.netem:
             assert "netem" in qdiscs and "delay 40" in qdiscs and lab.degraded == []
+        elif caps.tun:
+            assert "tbf" in qdiscs and "clsact" in qdiscs
+            assert lab.degraded == [
+                "no sch_netem in this kernel: latency and jitter by a user-space delay line (integration/delayline.py)"]
         else:
             assert "tbf" in qdiscs and "clsact" in qdiscs
             assert lab.degraded == ["no sch_netem in this kernel: latency and jitter are not emulated"]
 
 
-@pytest.mark.skipif(not netlab.capabilities().netem, reason="no sch_netem in this kernel: latency is not emulated")
+@pytest.mark.skipif(not (netlab.capabilities().netem or netlab.capabilities().tun),
+                    reason="no sch_netem and no TAP devices here: latency is not emulated")
 def test_link_delay_shows_in_the_round_trip_time() -> None:
     # One-way a -> b is a's delay, b -> a is b's: a round trip is about 2 x 40 ms, plus a spread from the jitter.
     with Lab(["a", "b"], shape=LinkShape(delay_ms=40, jitter_ms=5)) as lab:

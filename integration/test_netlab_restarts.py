@@ -20,9 +20,9 @@ Each prints one ``RECOVERY {...}`` line (run pytest with ``-s``): seconds from
 the kill to the daemon's ready line, to being connected to every member, to
 its (or, for the CPM, everyone's) profile in the next round, and what was lost.
 
-Small by default: 3 nodes and a CPM; ``KNEXA_NETLAB_FULL=1`` runs 6 nodes
-(40 ms +- 10 ms and 1% loss per link where the kernel has netem; 1% loss
-and no latency where it has not, as on the development VM).
+Small by default: 3 nodes and a CPM; ``KNEXA_NETLAB_FULL=1`` runs 6 nodes.
+Links: 40 ms +- 10 ms and 1% loss (netem where the kernel has it, else the
+lab's user-space delay line, as on the development VM).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Scenarios of issue 16 on real daemons in a network lab (latency/jitter where the kernel has netem, 1% loss).
+"""Scenarios of issue 16 on real daemons in a network lab (40 ms +- 10 ms: netem, else the user-space delay line; 1% loss).
 
 Small by default (CI): 3 nodes and a CPM. ``KNEXA_NETLAB_FULL=1`` runs them on
 the issue's size (6 nodes, 40 ms +- 10 ms, 1% loss per link).
