@@ -3,6 +3,7 @@
     .venv/bin/python bench/net_gossip.py procs 5 [--messages 100] [--rate 20]    # one process per host
     .venv/bin/python bench/net_gossip.py inproc 20 [--messages 40] [--rate 5]    # all hosts on one trio loop
     .venv/bin/python bench/net_gossip.py procs 6 --messages 100 --rate 5 --profile-child DIR  # + cProfile of one node
+    sudo .venv/bin/python bench/net_gossip.py procs 20 --lab-delay-ms 40 --lab-jitter-ms 10   # in a network lab
 
 Topology as in a deployment: a bootstrap hub, the CPM and N - 1 more nodes
 that know only the hub and find each other through the DHT; the N receivers
@@ -21,6 +22,13 @@ other mesh degrees; ``--profile-child DIR`` writes CPU-time cProfiles of one
 plain node (quiet and publication windows) and prints its top functions
 (cProfile multiplies that node's CPU by ~3-4, so it is left out of the means).
 
+``--lab-delay-ms`` (and ``--lab-jitter-ms``, ``--lab-loss``) runs each host
+of ``procs`` in its own namespace of a network lab (integration/netlab.py)
+whose links have that shape (netem, or the lab's user-space delay line where
+the kernel has none), each host at its own address. Each member's link
+delays what it sends, so a message straight from the CPM takes one delay to
+arrive and a forwarded copy two: the figures include the propagation.
+
 ``procs`` is the honest measure of one node's path. ``inproc`` puts N + 1
 hosts on one Python thread: every host's per-message CPU (py-libp2p spends
 ~2-3 ms per gossip RPC) adds up on one core, so it measures that core's
@@ -30,6 +38,7 @@ saturation more than the network; keep ``rate`` low for N = 20.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import json
@@ -42,6 +51,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -146,7 +156,8 @@ def emit(**fields: object) -> None:
     sys.stdout.flush()
 
 
-async def child(role: str, bootstrap: str, peers: int, profile_to: str, degree: tuple[int, int, int] | None) -> None:
+async def child(role: str, bootstrap: str, peers: int, profile_to: str, degree: tuple[int, int, int] | None,
+                host: str = "") -> None:
     """A host of the ``procs`` bench, driven over stdin/stdout (JSON lines).
 
     With ``profile_to`` the child runs cProfile (CPU time, not wall time: the
@@ -155,6 +166,8 @@ async def child(role: str, bootstrap: str, peers: int, profile_to: str, degree: 
     window before (first to second ``report``) to ``*.idle.pstats``.
     """
     params = loopback_params(bootstrap=(bootstrap,) if bootstrap else ())
+    if host:  # a lab namespace: listen on its own address
+        params = replace(params, listen=(f"/ip4/{host}/tcp/0",))
     if degree is not None:
         d, d_lo, d_hi = degree
         params = replace(params, gossip=replace(params.gossip, degree=d, degree_low=d_lo, degree_high=d_hi))
@@ -169,8 +182,8 @@ async def child(role: str, bootstrap: str, peers: int, profile_to: str, degree: 
     async with trio.open_nursery() as nursery:
         await nursery.start(net.serve)
         emit(event="up", addr=net.dialable_addrs()[0], peer_id=net.peer_id)
-        with trio.move_on_after(120):
-            await wait_until(lambda: len(net.connected_peers()) >= peers and meshed(net), 120)
+        with trio.move_on_after(180):
+            await wait_until(lambda: len(net.connected_peers()) >= peers and meshed(net), 180)
         emit(event="ready", peers=len(net.connected_peers()), mesh=net.gossip.topics()[T]["mesh"])
         stdin = trio.lowlevel.FdStream(os.dup(0))
         buffer = b""
@@ -200,12 +213,15 @@ async def child(role: str, bootstrap: str, peers: int, profile_to: str, degree: 
 
 
 class Child:
-    def __init__(self, role: str, bootstrap: str, peers: int, profile_to: str = "", degree: str = "") -> None:
+    def __init__(self, role: str, bootstrap: str, peers: int, profile_to: str = "", degree: str = "",
+                 lab: Any = None, member: str = "") -> None:
+        """``lab``, ``member``: run inside that lab member's namespace, at its address."""
         self.role = role
         self.profiled = bool(profile_to)
+        argv = [sys.executable, str(Path(__file__).resolve()), "_child", role, bootstrap or "-", str(peers),
+                profile_to or "-", degree or "-", lab.address(member) if lab is not None else "-"]
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "_child", role, bootstrap or "-", str(peers), profile_to or "-",
-             degree or "-"],
+            lab.exec_argv(member, argv) if lab is not None else argv,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )
@@ -221,8 +237,31 @@ class Child:
         self.proc.stdin.flush()  # type: ignore[union-attr]
 
 
+def in_lab(n: int, shape: tuple[float, float, float]) -> contextlib.AbstractContextManager[Any]:
+    """A network lab of ``n + 1`` members shaped (delay ms, jitter ms, loss %), or nothing when all are 0."""
+    if not any(shape):
+        return contextlib.nullcontext(None)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
+    import netlab  # noqa: PLC0415 - a test tool, only in this mode
+
+    reason = netlab.unavailable_reason()
+    if reason:
+        raise SystemExit(reason)
+    delay, jitter, loss = shape
+    return netlab.Lab([f"h{i}" for i in range(n + 1)], shape=netlab.LinkShape(delay, jitter, loss))
+
+
 def procs(n: int, messages: int, rate: float, grace: float, settle: float, idle: float, profile_dir: str = "",
-          degree: str = "") -> None:
+          degree: str = "", lab_shape: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> None:
+    with in_lab(n, lab_shape) as lab:
+        if lab is not None:
+            print(f"lab: {n + 1} namespaces, links delay {lab_shape[0]:g} ms +- {lab_shape[1]:g} ms, loss {lab_shape[2]:g}%; "
+                  f"{'; '.join(lab.degraded) or 'netem'}", flush=True)
+        _procs(n, messages, rate, grace, settle, idle, profile_dir, degree, lab)
+
+
+def _procs(n: int, messages: int, rate: float, grace: float, settle: float, idle: float, profile_dir: str,
+           degree: str, lab: Any) -> None:
     children: list[Child] = []
     t0 = time.monotonic()
     profile_to = ""
@@ -230,12 +269,12 @@ def procs(n: int, messages: int, rate: float, grace: float, settle: float, idle:
         Path(profile_dir).mkdir(parents=True, exist_ok=True)
         profile_to = str(Path(profile_dir) / f"node-n{n}-{messages}x{rate:g}.pstats")
     try:
-        hub = Child("hub", "", n, degree=degree)
+        hub = Child("hub", "", n, degree=degree, lab=lab, member="h0")
         children.append(hub)
         addr = hub.read()["addr"]
         # The first plain node (not hub, not CPM) is the profiled receiver.
-        children += [Child("cpm", addr, n, degree=degree)] + [
-            Child("node", addr, n, profile_to if i == 0 else "", degree) for i in range(n - 1)]
+        children += [Child("cpm", addr, n, degree=degree, lab=lab, member="h1")] + [
+            Child("node", addr, n, profile_to if i == 0 else "", degree, lab=lab, member=f"h{i + 2}") for i in range(n - 1)]
         for c in children[1:]:
             c.read()  # up
         ready = [c.read() for c in children]  # everyone sees the other n hosts (or gave up after 120 s)
@@ -337,9 +376,9 @@ def parse_degree(text: str) -> tuple[int, int, int]:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_child":
-        _, _, role, bootstrap, peers, profile_to, degree = sys.argv
+        _, _, role, bootstrap, peers, profile_to, degree, host = sys.argv
         trio.run(child, role, "" if bootstrap == "-" else bootstrap, int(peers), "" if profile_to == "-" else profile_to,
-                 None if degree == "-" else parse_degree(degree))
+                 None if degree == "-" else parse_degree(degree), "" if host == "-" else host)
         return
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["procs", "inproc"])
@@ -353,12 +392,20 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=10.0, help="procs: seconds of quiet measured before publishing (background CPU)")
     parser.add_argument("--profile-child", default="", metavar="DIR",
                         help="procs: cProfile one receiving node during the publication; write its .pstats to DIR, print its top functions")
+    parser.add_argument("--lab-delay-ms", type=float, default=0.0,
+                        help="procs: run every host in a network lab namespace, links delayed this much (needs root)")
+    parser.add_argument("--lab-jitter-ms", type=float, default=0.0, help="procs, in the lab: jitter of that delay")
+    parser.add_argument("--lab-loss", type=float, default=0.0, help="procs, in the lab: percent of packets lost per link")
     args = parser.parse_args()
+    lab_shape = (args.lab_delay_ms, args.lab_jitter_ms, args.lab_loss)
+    if any(lab_shape) and args.mode != "procs":
+        parser.error("--lab-* needs procs mode")
     for n in args.n:
         if args.mode == "procs":
             if args.degree:
                 parse_degree(args.degree)  # refuse a malformed value before starting processes
-            procs(n, args.messages, args.rate, args.grace, args.settle, args.idle, args.profile_child, args.degree)
+            procs(n, args.messages, args.rate, args.grace, args.settle, args.idle, args.profile_child, args.degree,
+                  lab_shape)
         else:
             trio.run(inproc, n, args.messages, args.rate, args.grace, args.settle)
 
