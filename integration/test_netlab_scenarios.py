@@ -7,6 +7,7 @@ the issue's size (6 nodes, 40 ms +- 10 ms, 1% loss per link).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 import netlab
 from knexa_node.config import load_config
 from netlab import LinkShape
-from netlab_consortium import LabConsortium, lab_settings, open_consortium, verdict
+from netlab_consortium import PORT, LabConsortium, lab_settings, open_consortium, verdict
 
 REASON = netlab.unavailable_reason()
 FULL = os.environ.get("KNEXA_NETLAB_FULL") == "1"
@@ -92,6 +93,12 @@ def scenario_checks(consortium: LabConsortium) -> None:
     print(f"drops: {found.drops}")
 
 
+def reaches(lab: netlab.Lab, member: str, address: str) -> bool:
+    """Whether a TCP connection from ``member``'s namespace to ``address``:PORT is made within 3 s."""
+    code = f"import socket; socket.create_connection(({address!r}, {PORT}), timeout=3).close()"
+    return lab.run(member, [sys.executable, "-c", code], timeout=30).returncode == 0
+
+
 def events_of(daemon: Any, *names: str) -> list[dict[str, Any]]:
     return [e for e in daemon.events() if e.get("event") in names]
 
@@ -104,18 +111,25 @@ def test_the_cpm_cut_off_from_half_the_nodes_for_a_round_then_everyone_is_in_the
         wait_until(lambda: consortium.cpm.control("cpm-status").get("last_round", 0) >= 1, 180, "round 1 opened")
         lab.cut_between(consortium.cpm.member, [n.member for n in cut])
         cut_at = time.monotonic()
+        cpm_address = lab.address(consortium.cpm.member)
+        # The cut is real, from where the daemons sit: the CPM's port is out of the cut nodes' reach and within
+        # the others'.
+        assert not any(reaches(lab, daemon.member, cpm_address) for daemon in cut)
+        assert reaches(lab, consortium.nodes[0].member, cpm_address)
         first = consortium.wait_rounds(1, timeout=400, idle=False)["history"][0]
         lab.heal_between(consortium.cpm.member, [n.member for n in cut])
         healed_at = time.monotonic()
         # A logged outcome for round 1, whatever it is (paired the others and got their feedback, or expired).
         assert first.get("closed_by") in ("feedback", "expired", "no-pairs", "deadline-without-quorum"), first
-        for daemon in cut:  # the cut was real: each cut node failed to reach the CPM in round 1
-            assert events_of(daemon, "cpm-unreachable"), f"{daemon.name} never missed the CPM"
+        # Which cut nodes' daemons noticed (for the record; not every one does within the round: the cut comes
+        # up to a second after the round opened, a node whose profile got in before it and was not paired has
+        # nothing more to send, and a request still waiting at the heal succeeds; seen at 6 nodes, 40 ms links).
+        missed = [daemon.name for daemon in cut if events_of(daemon, "cpm-unreachable")]
         final = consortium.wait_rounds(2, timeout=400, idle=False)
         second = final["history"][1]
         assert second["round"] == 2 and second["profiles"] == NODES, final["history"]  # everyone is back
         assert second.get("closed_by"), second
-        print(f"round 1 ({first['profiles']} profiles, closed by {first['closed_by']}) took "
+        print(f"round 1 ({first['profiles']} profiles, closed by {first['closed_by']}; {missed} missed the CPM) took "
               f"{healed_at - cut_at:.0f} s from the cut; round 2 closed {time.monotonic() - healed_at:.0f} s "
               f"after the heal with {second['profiles']} profiles ({second['closed_by']})")
         consortium.wait_rounds(2, timeout=120)  # and the nodes went back to waiting
