@@ -17,6 +17,7 @@ peers per /24). Gossip delivery is measured by bench/net_gossip.py, not here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -61,6 +62,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--rounds", type=int, default=0, help="rounds to run after discovery (0: none)")
     parser.add_argument("--round-timeout", type=float, default=1800.0, help="seconds for all the rounds")
+    parser.add_argument("--workdir", default="", help="keep the daemons' homes and logs here (default: a temporary directory)")
     args = parser.parse_args()
     reason = unavailable_reason()
     if reason:
@@ -70,7 +72,7 @@ def main() -> int:
     # Without rounds to run, a deadline no one reaches keeps the consortium idle while discovery is timed.
     settings = (lab_settings(args.nodes, args.rounds, round_deadline_s=120.0, proposal_ttl_s=600.0) if args.rounds
                 else lab_settings(args.nodes, 1, round_deadline_s=3600.0))
-    with tempfile.TemporaryDirectory() as tmp:
+    with (contextlib.nullcontext(args.workdir) if args.workdir else tempfile.TemporaryDirectory()) as tmp:
         with open_consortium(Path(tmp), settings, shape=shape, spread=args.spread) as (lab, consortium):
             started = time.monotonic()
             share = completeness(consortium)

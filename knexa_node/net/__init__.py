@@ -15,6 +15,7 @@ Map (each module has one job; read :mod:`.network` first):
 - :mod:`.routing`    the DHT's per-subnet cap, kept for strangers and lifted for consortium members (NAT)
 - :mod:`.stats`      counters (drops by reason, messages, bytes, dials)
 - :mod:`.errors`     :class:`NetError` and its subclasses; ``describe_failure`` names a libp2p error's causes
+- :mod:`.quiet_logs` py-libp2p's log of a cancelled connection upgrade without its crash-like traceback
 
 This ``__init__`` imports nothing, so that reaching a protocol constant does not load libp2p.
 """

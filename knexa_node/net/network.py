@@ -34,6 +34,7 @@ from libp2p.peer.peerinfo import PeerInfo
 from libp2p.tools.anyio_service import background_trio_service
 
 from knexa_node.crypto import Signer, is_valid_peer_id
+from knexa_node.net import quiet_logs
 from knexa_node.net.discovery import Discovery
 from knexa_node.net.errors import NetError, PeerUnreachable, StreamTimeout, describe_failure
 from knexa_node.net.gossip import Gossip, GossipHandler
@@ -101,6 +102,7 @@ class Network:
         self.peer_id = signer.peer_id
         self.stats = NetStats()
         self.on_event: EventFn = on_event or _no_event
+        quiet_logs.install()
         self.host = build_host(signer, params)
         self.orphans = OrphanReaper(self.host.get_network(), params.orphan_sweep_s, self.stats)
         self.orphans.install()
