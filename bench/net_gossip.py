@@ -277,7 +277,7 @@ def _procs(n: int, messages: int, rate: float, grace: float, settle: float, idle
             Child("node", addr, n, profile_to if i == 0 else "", degree, lab=lab, member=f"h{i + 2}") for i in range(n - 1)]
         for c in children[1:]:
             c.read()  # up
-        ready = [c.read() for c in children]  # everyone sees the other n hosts (or gave up after 120 s)
+        ready = [c.read() for c in children]  # everyone sees the other n hosts (or gave up after 180 s)
         time.sleep(settle)
         print(f"processes N={n}{f' (gossip D,D_lo,D_hi = {degree})' if degree else ''}: {n + 1} hosts ready in {time.monotonic() - t0:.1f} s, peers {[r['peers'] for r in ready]}")
         cpm, receivers = children[1], [c for c in children if c.role != "cpm"]

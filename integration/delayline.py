@@ -51,13 +51,14 @@ class Schedule:
 
     ports: int
     rng: random.Random = field(default_factory=random.Random)
-    delay_s: list[float] = field(default_factory=list)
-    jitter_s: list[float] = field(default_factory=list)
-    last: list[float] = field(default_factory=list)
-    held: list[int] = field(default_factory=list)
-    heap: list[tuple[float, int, int, bytes]] = field(default_factory=list)
-    dropped: int = 0
-    _seq: int = 0
+    # Per port, sized in __post_init__: delay and jitter (s), the last release time, frames held.
+    delay_s: list[float] = field(init=False)
+    jitter_s: list[float] = field(init=False)
+    last: list[float] = field(init=False)
+    held: list[int] = field(init=False)
+    heap: list[tuple[float, int, int, bytes]] = field(init=False, default_factory=list)
+    dropped: int = field(init=False, default=0)
+    _seq: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.delay_s = [0.0] * self.ports
@@ -111,7 +112,7 @@ def open_tap(name: str) -> int:
 def _write(fd: int, frame: bytes) -> None:
     try:
         os.write(fd, frame)
-    except (BlockingIOError, OSError):
+    except OSError:
         pass  # a device that is down (a cut link) or full loses the frame, like a wire
 
 
@@ -120,9 +121,7 @@ def _read_all(fd: int) -> list[bytes]:
     for _ in range(256):  # bounded: other devices get their turn
         try:
             frames.append(os.read(fd, MAX_FRAME))
-        except (BlockingIOError, InterruptedError):
-            break
-        except OSError:
+        except OSError:  # nothing more to read now (BlockingIOError), or the device is gone
             break
     return frames
 

@@ -97,21 +97,30 @@ def _best_candidate_per_pair(scores: np.ndarray, t: np.ndarray, s: np.ndarray, *
     return best
 
 
-def _too_many_agents(t: np.ndarray, s: np.ndarray) -> bool:
-    return len(set(t.tolist()) | set(s.tolist())) > EXACT_MAX_AGENTS
+def _exact_candidates(scores: np.ndarray, t: np.ndarray, s: np.ndarray, *,
+                      directed: bool) -> dict[tuple[int, int], int] | None:
+    """:func:`_best_candidate_per_pair` for an exact solver, or None where greedy must choose instead
+    (more than :data:`EXACT_MAX_AGENTS` agents, or a score that is not finite)."""
+    if len(set(t.tolist()) | set(s.tolist())) > EXACT_MAX_AGENTS:
+        return None
+    best = _best_candidate_per_pair(scores, t, s, directed=directed)
+    return best if np.isfinite(scores[list(best.values())]).all() else None
+
+
+def _best_first(taken: list[int], scores: np.ndarray) -> list[int]:
+    """``taken`` in greedy's order: by score, then by index."""
+    return sorted(taken, key=lambda k: (-scores[k], k))
 
 
 def best_disjoint(scores: np.ndarray, t: np.ndarray, s: np.ndarray, budget: int) -> list[int]:
     """Disjoint pairs: a maximum-cardinality matching of the largest total score (greedy if it exceeds ``budget``)."""
     if budget <= 0 or len(scores) == 0:
         return []
-    if _too_many_agents(t, s):
+    best = _exact_candidates(scores, t, s, directed=False)
+    if best is None:
         return greedy_disjoint(scores, t, s, budget)
-    best = _best_candidate_per_pair(scores, t, s, directed=False)
     if not best:
         return []
-    if not np.isfinite(scores[list(best.values())]).all():
-        return greedy_disjoint(scores, t, s, budget)
     # All maximum-cardinality matchings have as many edges, so a common shift of the
     # weights keeps the optimum and makes them positive.
     shift = 1.0 - min(float(scores[k]) for k in best.values())
@@ -121,8 +130,7 @@ def best_disjoint(scores: np.ndarray, t: np.ndarray, s: np.ndarray, budget: int)
     matching = nx.max_weight_matching(graph, maxcardinality=True)
     if len(matching) > budget:
         return greedy_disjoint(scores, t, s, budget)
-    taken = [graph[a][b]["k"] for a, b in matching]
-    return sorted(taken, key=lambda k: (-scores[k], k))
+    return _best_first([graph[a][b]["k"] for a, b in matching], scores)
 
 
 def best_capped(scores: np.ndarray, t: np.ndarray, s: np.ndarray, budget: int, cap: int) -> list[int]:
@@ -134,13 +142,11 @@ def best_capped(scores: np.ndarray, t: np.ndarray, s: np.ndarray, budget: int, c
     """
     if budget <= 0 or len(scores) == 0:
         return []
-    if _too_many_agents(t, s):
+    best = _exact_candidates(scores, t, s, directed=True)
+    if best is None:
         return greedy_capped(scores, t, s, budget, cap)
-    best = _best_candidate_per_pair(scores, t, s, directed=True)
     if not best:
         return []
-    if not np.isfinite(scores[list(best.values())]).all():
-        return greedy_capped(scores, t, s, budget, cap)
     top = max(float(scores[k]) for k in best.values())
     graph = nx.DiGraph()
     graph.add_edge("supply", "source", capacity=int(budget), weight=0)
@@ -150,5 +156,4 @@ def best_capped(scores: np.ndarray, t: np.ndarray, s: np.ndarray, budget: int, c
         # Every unit of flow crosses exactly one pair edge, so costs shifted by a constant keep the optimum.
         graph.add_edge(("teach", a), ("learn", b), capacity=1, weight=int(round((top - float(scores[k])) * _COST_SCALE)), k=k)
     flow = nx.max_flow_min_cost(graph, "supply", "sink")
-    taken = [graph[("teach", a)][("learn", b)]["k"] for (a, b) in best if flow[("teach", a)][("learn", b)] > 0]
-    return sorted(taken, key=lambda k: (-scores[k], k))
+    return _best_first([k for (a, b), k in best.items() if flow[("teach", a)][("learn", b)] > 0], scores)

@@ -87,7 +87,7 @@ from knexa_cpm.bandit import BanditError, LinUCB, RobustZScore
 from knexa_cpm.features import (
     COMPETENCE_DIM, CONCAT_DIM, PASS1, competence_features, concat_features, held_after, knexa_dim, knexa_features, pair_js,
 )
-from knexa_cpm.matching import best_disjoint, greedy_capped, greedy_disjoint, select, select_best
+from knexa_cpm.matching import greedy_capped, select, select_best
 from knexa_cpm.trust import SURPRISE_BOUND, TrustTracker
 from knexa_node.profile import CATEGORIES, FAMILY_SLICE, PROFILE_DIM
 
@@ -521,8 +521,7 @@ class KnexaPolicy(_UCBPolicy):
         X = self._features(P, t, s, proto, trust_scores, names, competence, round)
         n = len(names)
         scores = self.bandit.score(X, beta, fast=n * (n - 1) > self.options["max_candidates"]) + self._prior(X)
-        choose = select_best if self.options["matching"] == "best" else select
-        taken = choose(scores, t, s, budget, per_node)
+        taken = self._select(scores, t, s, budget, per_node)
         pairings = self._pairings(names, P, t, s, proto, scores, taken, round, X)
         if len(pairings) < budget and not allowed.all():
             pairings += self._pairs_among_gated(names, P, trust_scores, allowed, pairings, budget - len(pairings), round,
@@ -548,8 +547,12 @@ class KnexaPolicy(_UCBPolicy):
         t, s, proto = with_protocols(P, left[t], left[s], self.protocols)
         X = self._features(P, t, s, proto, trust_scores, names, competence, round)
         scores = self.bandit.score(X, beta) + self._prior(X)
-        taken = (best_disjoint if self.options["matching"] == "best" else greedy_disjoint)(scores, t, s, missing)
+        taken = self._select(scores, t, s, missing, per_node=1)
         return self._pairings(names, P, t, s, proto, scores, taken, round, X)
+
+    def _select(self, scores: np.ndarray, t: np.ndarray, s: np.ndarray, budget: int, per_node: int) -> list[int]:
+        """The round's pairings under the ``matching`` option: the best total, or best-first (Algorithm 1)."""
+        return (select_best if self.options["matching"] == "best" else select)(scores, t, s, budget, per_node)
 
     def failed_claims(self, pairing: Pairing, count: int) -> None:
         """The student's sandbox failed ``count`` answers the teacher had marked verified: evidence against it.
