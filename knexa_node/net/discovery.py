@@ -62,8 +62,18 @@ def parse_bootstrap(addr: str) -> PeerInfo:
 
 
 class Discovery:
-    def __init__(self, host: IHost, dht: KadDHT, params: NetParams, stats: NetStats, on_event: EventFn) -> None:
+    def __init__(
+        self,
+        host: IHost,
+        dht: KadDHT,
+        params: NetParams,
+        stats: NetStats,
+        on_event: EventFn,
+        release_stale_slots: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.host, self.dht, self.params, self.stats, self.on_event = host, dht, params, stats, on_event
+        # Frees connection slots py-libp2p still counts for dead connections (knexa_node.net.orphans).
+        self.release_stale_slots = release_stale_slots
         self.bootstraps = [parse_bootstrap(a) for a in params.bootstrap]
         self._wake = trio.Event()
         self.lookups = 0
@@ -85,14 +95,15 @@ class Discovery:
 
     async def dial(self, info: PeerInfo) -> None:
         """Connect to ``info`` within ``dial_timeout_s``; raise :class:`PeerUnreachable`."""
-        # py-libp2p refuses for 60 s to dial a peer whose addresses all failed once;
-        # we run our own backoff, and a restarted peer must be reachable at once.
-        negative_cache = getattr(self.host.get_network(), "_negative_peer_cache", None)
-        if negative_cache is not None:
-            negative_cache.evict(str(info.peer_id))
         try:
             with trio.fail_after(self.params.dial_timeout_s):
-                await self.host.connect(info)
+                try:
+                    await self._connect(info)
+                except Exception:
+                    # Refused by a limit that counted dead connections? Free those slots and try once more.
+                    if not self.release_stale_slots():
+                        raise
+                    await self._connect(info)
         except trio.TooSlowError:
             self.stats.dials_failed += 1
             raise PeerUnreachable(f"dial {info.peer_id} timed out after {self.params.dial_timeout_s:g} s") from None
@@ -100,6 +111,14 @@ class Discovery:
             self.stats.dials_failed += 1
             raise PeerUnreachable(f"dial {info.peer_id} failed: {describe_failure(exc)}") from None
         self.stats.dials_ok += 1
+
+    async def _connect(self, info: PeerInfo) -> None:
+        # py-libp2p refuses for 60 s to dial a peer whose addresses all failed once;
+        # we run our own backoff, and a restarted peer must be reachable at once.
+        negative_cache = getattr(self.host.get_network(), "_negative_peer_cache", None)
+        if negative_cache is not None:
+            negative_cache.evict(str(info.peer_id))
+        await self.host.connect(info)
 
     def known_addrs(self, peer_id: ID) -> list[multiaddr.Multiaddr]:
         """Addresses of ``peer_id`` in the peerstore ([] if unknown: py-libp2p raises there)."""

@@ -110,7 +110,9 @@ class Network:
         # Its subnet cap is off here and applied to strangers only by the gate (knexa_node.net.routing).
         self.dht = KadDHT(self.host, DHTMode.SERVER, max_peers_per_subnet=0)
         self.gossip = Gossip(self.host, params.gossip, self.stats)
-        self.discovery = Discovery(self.host, self.dht, params, self.stats, self._event)
+        self.discovery = Discovery(
+            self.host, self.dht, params, self.stats, self._event, release_stale_slots=self.orphans.release_stale_slots
+        )
         members = frozenset(params.members) | {p.to_base58() for p in self.discovery.bootstrap_ids()}
         self.subnet_gate = MemberSubnetGate(self.dht.routing_table, lambda: members)
         self.host.get_network().register_notifee(_ConnectionEvents(self))

@@ -14,6 +14,16 @@ running for weeks would fill the pool with them.
 are still open and have been unlisted at two sweeps in a row (a connection
 being registered or closed is unlisted for a moment, never for a whole
 interval). Closing it ends the peer's side too, and frees the slot.
+
+py-libp2p's limit tracker (``rcmgr``) has the same kind of leak: a connection
+admitted in ``add_conn`` and then cancelled mid-registration (a dial timeout
+under load), or an orphan closed here, keeps its "established" slot, and the
+library prunes such slots only after 30 s. Eight of them to one peer and every
+dial to it is refused ("Established per peer limit exceeded: 8 >= 8"; seen
+once in CI with 10 peers cycling connections). :meth:`OrphanReaper.release_stale_slots`
+releases every slot whose connection is not one the swarm registered and is
+still open: exact, because ``add_conn`` is the only place that admits one and
+the reaper sees every connection that enters it.
 """
 
 from __future__ import annotations
@@ -61,8 +71,23 @@ class OrphanReaper:
         self._suspects = {id(conn) for conn in unlisted} - {id(conn) for conn in orphans}
         return orphans
 
+    def release_stale_slots(self) -> int:
+        """Release the limit tracker's slots held for connections that are closed or gone; how many."""
+        manager = getattr(self.swarm, "_resource_manager", None)
+        lifecycle = getattr(manager, "connection_lifecycle", None)
+        if lifecycle is None:
+            return 0
+        live = {str(id(conn)) for conn in list(self._known) if not _closed(conn)}
+        # No await between reading the live set and pruning, so no registration can slip in between;
+        # min_age 0 is safe because a connection being registered is already in self._known and open.
+        released = int(lifecycle.reconcile_live_connections(live, min_age_seconds=0.0))
+        if released:
+            self.stats.stale_slots_released += released
+            logger.info("released %d connection slots held for closed connections", released)
+        return released
+
     async def reap(self) -> int:
-        """Close this sweep's orphans; the number closed."""
+        """Close this sweep's orphans and release stale slots; the number of orphans closed."""
         orphans = self.sweep()
         for conn in orphans:
             self.stats.orphan_connections_closed += 1  # counted before the close, which may take a while
@@ -72,6 +97,7 @@ class OrphanReaper:
                     await conn.close()
                 except Exception as exc:  # a half-dead socket may fail to close in many ways; it is gone anyway
                     logger.debug("closing an orphan connection: %s", exc)
+        self.release_stale_slots()  # after the closes, so the orphans' own slots go too
         return len(orphans)
 
     @property

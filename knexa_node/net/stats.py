@@ -29,6 +29,8 @@ class NetStats:
     dials_failed: int = 0
     # Connections the swarm dropped from its table but left open, closed by knexa_node.net.orphans.
     orphan_connections_closed: int = 0
+    # Connection slots py-libp2p's limit tracker still counted for dead connections, released by the same.
+    stale_slots_released: int = 0
 
     def drop(self, reason: str) -> None:
         self.dropped[reason] += 1
@@ -49,4 +51,5 @@ class NetStats:
             "dials_ok": self.dials_ok,
             "dials_failed": self.dials_failed,
             "orphan_connections_closed": self.orphan_connections_closed,
+            "stale_slots_released": self.stale_slots_released,
         }

@@ -1,7 +1,9 @@
 """Connections the swarm dropped without closing them are closed, and their inbound slot comes back."""
 
+import pytest
 import trio
 
+from knexa_node.net.errors import PeerUnreachable
 from knexa_node.testing import loopback_params, swarm, wait_until
 
 SWEEP_S = 0.2
@@ -40,3 +42,43 @@ async def test_the_reaper_runs_by_itself_and_leaves_listed_connections_alone():
         orphan = _forget(a, c.host.get_id())
         await wait_until(lambda: orphan.is_closed and a.orphans.reaped == 1, 10)
         assert a.orphans.reaped == 1 and a.discovery.is_connected(b.host.get_id())
+
+
+def _leak_slots(net, peer_id, count: int) -> None:
+    """What a dial cancelled mid-registration leaves in py-libp2p's limit tracker: established slots, no connection."""
+    tracker = net.host.get_network()._resource_manager.connection_lifecycle.tracker
+    for i in range(count):
+        tracker.add_pending_outbound(f"dead-{i}", peer_id)
+        tracker.move_to_established_outbound(f"dead-{i}", peer_id)
+
+
+def _slots(net, peer_id) -> int:
+    return net.host.get_network()._resource_manager.connection_lifecycle.tracker.get_peer_connection_count(peer_id)
+
+
+async def test_a_dial_refused_for_slots_of_dead_connections_frees_them_and_succeeds():
+    async with swarm(2, params=_quiet(3600), connect="none") as (server, client):
+        sid = server.host.get_id()
+        client.host.get_peerstore().add_addrs(sid, server.host.get_addrs(), 10**9)
+        _leak_slots(client, sid, 8)  # the library's per-peer cap
+        release = client.discovery.release_stale_slots
+        client.discovery.release_stale_slots = lambda: 0  # the library alone: refused for 30 s
+        with pytest.raises(PeerUnreachable, match="per peer limit"):
+            await client.connect(server.peer_id)
+        client.discovery.release_stale_slots = release
+        await client.connect(server.peer_id)
+        assert client.discovery.is_connected(sid)
+        assert _slots(client, sid) == 1  # the live connection's slot only
+        assert client.status()["counters"]["stale_slots_released"] == 8
+
+
+async def test_a_sweep_releases_dead_slots_and_keeps_live_and_orphaned_ones_until_closed():
+    async with swarm(2, params=_quiet(3600)) as (server, client):
+        cid = client.host.get_id()
+        assert _slots(server, cid) == 1
+        _leak_slots(server, cid, 3)
+        assert server.orphans.release_stale_slots() == 3 and _slots(server, cid) == 1
+        orphan = _forget(server, cid)
+        assert await server.orphans.reap() == 0 and _slots(server, cid) == 1  # unlisted but open: maybe registering
+        assert await server.orphans.reap() == 1 and orphan.is_closed
+        assert _slots(server, cid) == 0
