@@ -16,7 +16,7 @@ from rich.live import Live
 from knexa_cli.common import fail, print_json
 from knexa_cli.lazy import load
 from knexa_lab.orchestrate import DemoResult, run_demo
-from knexa_lab.plan import DEFAULT_MODELS, DemoLayout, DemoSettings
+from knexa_lab.plan import DEFAULT_MODELS, DemoLayout, DemoSettings, demo_shard_size
 from knexa_lab.processes import DemoError
 
 POLICIES = ("knexa", "linucb", "random", "heuristic", "local-only", "central-kd")
@@ -64,15 +64,15 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Seed of the task, the shards and the models' training order."),
     model: list[str] = typer.Option([], "--model", help="Model per node (repeatable, cycled): embedded:<name>, pretrained:smollm2-135m, or a local HF directory."),
     protocol: str = typer.Option("text", "--protocol", help="Package kind: text or logits (logits only between nodes sharing a tokenizer)."),
-    alpha: float = typer.Option(0.3, "--dirichlet-alpha", help="Skew of the private shards over categories."),
-    shard_size: int = typer.Option(0, "--shard-size", min=0, help="Private problems per node (0: an equal share of the embedded pool)."),
+    alpha: float = typer.Option(0.1, "--dirichlet-alpha", help="Skew of the private shards over categories (0.1: each node knows few, so exchanges have something to move)."),
+    shard_size: int | None = typer.Option(None, "--shard-size", min=0, show_default=False, help="Private problems per node (default: 600, or an equal share of the embedded pool's 4,800 problems when the nodes cannot all have 600; 0: an equal share)."),
     lr: float = typer.Option(2e-3, "--lr", help="Learning rate of the embedded (tiny, from-scratch) models."),
     pretrained_lr: float = typer.Option(2e-4, "--pretrained-lr", help="Learning rate of the LoRA adapter on a node whose --model is a pretrained directory."),
-    warmup_epochs: int = typer.Option(4, "--warmup-epochs", min=0, help="Local epochs each node trains before round 1 (its starting model; the tiny embedded models know little before ~4 epochs of a 4-node share). With --compare they are trained once and shared by the policies."),
+    warmup_epochs: int = typer.Option(8, "--warmup-epochs", min=0, help="Local epochs each node trains before round 1 (its starting model; the tiny embedded models need ~8 epochs of a 600-problem shard to know their own categories). With --compare they are trained once and shared by the policies."),
     round_deadline: float = typer.Option(600.0, "--round-deadline", min=30.0, help="Seconds the CPM waits for every profile before pairing, and the life of a proposal (raise it for a pretrained node on a CPU)."),
     teachers_per_student: int = typer.Option(1, "--teachers-per-student", min=1, max=15, help="c: teachers per student and students per teacher in a round (1: the paper's disjoint pairs)."),
-    transfer: int = typer.Option(16, "--transfer-per-category", min=1, max=1024, help="Public transfer prompts per category that teachers answer from (the embedded task's own 16; more come from a further draw, the private, dev and test sets unchanged)."),
-    budget: int = typer.Option(64, "--exchange-budget", min=1, max=100_000, help="Transfer prompts a teacher answers per request at most: its compute per package, and how much a student can learn from one exchange."),
+    transfer: int = typer.Option(64, "--transfer-per-category", min=1, max=1024, help="Public transfer prompts per category that teachers answer from (the embedded task's own 16; more come from a further draw, the private, dev and test sets unchanged)."),
+    budget: int = typer.Option(256, "--exchange-budget", min=1, max=100_000, help="Transfer prompts a teacher answers per request at most: its compute per package, and how much a student can learn from one exchange."),
     dp: bool = typer.Option(False, "--dp", help="Turn on the differential-privacy layer."),
     dashboard: bool = typer.Option(False, "--dashboard", help="Every daemon serves its dashboard page on a loopback port; the URLs are printed once they listen."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON summary at the end instead of tables."),
@@ -86,6 +86,10 @@ def demo(
         fail(f"--policy/--compare: unknown policy {unknown[0]!r} (choose from {', '.join(POLICIES)})")
     if protocol not in ("text", "logits"):
         fail("--protocol must be text or logits")
+    try:
+        shard_size = demo_shard_size(nodes, shard_size)
+    except ValueError as exc:
+        fail(f"--shard-size: {exc}")
     report = load("knexa_lab.report")  # matplotlib and rich tables
     root = workdir or Path(tempfile.mkdtemp(prefix="knexa-demo-"))
     # Wide tables when writing to a file or pipe (rich would wrap them at 80 columns).

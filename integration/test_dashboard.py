@@ -69,7 +69,8 @@ def text_of(html: str, element_id: str) -> str:
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (apt-get install chromium): browser test skipped")
 def test_dashboards_in_a_real_browser(tmp_path: Path) -> None:
     demo = subprocess.Popen([str(BIN / "knexa-node"), "demo", "--nodes", "2", "--rounds", "3", "--shard-size", "60",
-                             "--warmup-epochs", "0", "--exchange-budget", "16", "--dashboard", "--json",
+                             "--warmup-epochs", "0", "--exchange-budget", "16", "--transfer-per-category", "16",
+                             "--dashboard", "--json",
                              "--workdir", str(tmp_path / "c")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     try:

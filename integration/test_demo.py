@@ -39,7 +39,8 @@ def processes_using(path: Path) -> list[str]:
 def test_smallest_demo_runs_the_whole_protocol(tmp_path: Path) -> None:
     workdir = tmp_path / "consortium"
     result = knexa_node("demo", "--nodes", "3", "--rounds", "2", "--workdir", str(workdir), "--shard-size", "240",
-                        "--warmup-epochs", "1", "--exchange-budget", "16", "--json", timeout=1500)
+                        "--warmup-epochs", "1", "--exchange-budget", "16", "--transfer-per-category", "16",
+                        "--json", timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
 

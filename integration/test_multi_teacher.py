@@ -27,7 +27,7 @@ def test_every_student_distils_two_packages_once_and_reports_both(tmp_path: Path
     workdir = tmp_path / "consortium"
     result = knexa_node("demo", "--nodes", "3", "--rounds", "1", "--teachers-per-student", "2", "--workdir",
                         str(workdir), "--shard-size", "60", "--warmup-epochs", "0", "--round-deadline", "300",
-                        "--exchange-budget", "16",
+                        "--exchange-budget", "16", "--transfer-per-category", "16",
                         "--json", timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)

@@ -16,8 +16,22 @@ from pathlib import Path
 from knexa_node.config import Config, render_config
 from knexa_node.fsutil import atomic_write_text
 from knexa_node.identity import NodeHome, create_identity, load_identity
+from knexa_node.learn.data import EMBEDDED_POOL
 from knexa_node.models import EMBEDDED_PREFIX
 DEFAULT_MODELS = ("embedded:llama-tiny", "embedded:neox-tiny", "embedded:gpt2-tiny", "embedded:qwen2-tiny")
+# The demo's private problems per node: a node learns its few categories in 8 warm-up epochs of 600
+# (as in the study), which cost what 4 epochs of a 4-node equal share (1,200) did, and leave the
+# round's compute to the exchanges (docs/study.md, "The demo at a size where exchanges show").
+DEMO_SHARD_SIZE = 600
+
+
+def demo_shard_size(nodes: int, requested: int | None = None) -> int:
+    """Private problems per node: ``requested`` (0: an equal share), else 600 or the equal share if smaller."""
+    if requested is None:
+        return min(DEMO_SHARD_SIZE, EMBEDDED_POOL // nodes)
+    if requested < 0 or requested * nodes > EMBEDDED_POOL:
+        raise ValueError(f"shard size {requested} x {nodes} nodes: the embedded pool holds {EMBEDDED_POOL} problems")
+    return requested
 
 
 @dataclass

@@ -99,33 +99,63 @@ def live_table(snapshot: Snapshot, rounds: int) -> Table:
     return table
 
 
+def _curve_x(point: dict[str, Any], rounds: int) -> float:
+    # A measurement right after a round's distillation sits half a round after its local phase.
+    if point["phase"] == "final":
+        return rounds + 1
+    return point["round"] + 0.5 * (point["phase"] == "after-exchange")
+
+
+def policy_means(result: DemoResult) -> list[tuple[float, float]]:
+    """(x, mean Pass@1 over the nodes) at each point every node measures: start, each local phase, final."""
+    sums: dict[float, list[float]] = {}
+    for node in result.nodes:
+        for point in node["curve"]:
+            if point.get("pass1") is not None and point["phase"] != "after-exchange":
+                sums.setdefault(_curve_x(point, result.settings.rounds), []).append(point["pass1"])
+    return [(x, sum(values) / len(values)) for x, values in sorted(sums.items())]
+
+
 def plot_curves(results: list[DemoResult], path: Path) -> Path:
-    """Pass@1 and dev loss per round, one line per node (and per policy when comparing)."""
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    """Pass@1 and dev loss per round, one line per node; when comparing, first the policies' means.
+
+    Comparing, a node keeps its colour in every policy and a policy its line style,
+    so the first panel says which policy ends highest and the others say for whom.
+    """
+    comparing = len(results) > 1
+    figure, axes = plt.subplots(1, 3 if comparing else 2, figsize=(16, 4.4) if comparing else (11, 4.2))
+    *means, left, right = axes
     styles = ["-", "--", ":", "-."]
     for r_index, result in enumerate(results):
-        for node in result.nodes:
+        style = styles[r_index % len(styles)]
+        rounds = result.settings.rounds
+        for n_index, node in enumerate(result.nodes):
             points = [c for c in node["curve"] if c.get("pass1") is not None]
-            last = result.settings.rounds
-            # A measurement right after a round's distillation sits half a round after its local phase.
-            xs = [last + 1 if c["phase"] == "final" else c["round"] + 0.5 * (c["phase"] == "after-exchange")
-                  for c in points]
+            xs = [_curve_x(c, rounds) for c in points]
             label = f"{node['name']} {str(node['model']).replace('embedded:', '')}"
-            if len(results) > 1:
+            if comparing:
                 label = f"{result.settings.policy}: {label}"
-            style = styles[r_index % len(styles)]
-            left.plot(xs, [100 * c["pass1"] for c in points], style, marker="o", label=label)
-            right.plot(xs, [c["dev_loss"] for c in points], style, marker="o", label=label)
+            colour = f"C{n_index % 10}"
+            left.plot(xs, [100 * c["pass1"] for c in points], style, color=colour, marker="o", label=label)
+            right.plot(xs, [c["dev_loss"] for c in points], style, color=colour, marker="o", label=label)
+        mean_points = policy_means(result)
+        for axis in means:
+            xs, ys = zip(*mean_points) if mean_points else ((), ())
+            axis.plot(xs, [100 * y for y in ys], style, color=f"C{r_index % 10}", marker="o", linewidth=2.5,
+                      label=f"{result.settings.policy}: {100 * ys[-1]:.1f}%" if ys else result.settings.policy)
     rounds = max((r.settings.rounds for r in results), default=1)
     ticks = list(range(rounds + 2))
     labels = ["start"] + [str(t) for t in range(1, rounds + 1)] + ["final"]
-    for axis in (left, right):
+    phase = "after local phase of round (final: after the last distillation)"
+    for axis in axes:
         axis.set_xticks(ticks, labels)
-    left.set(xlabel="after local phase of round (final: after the last distillation)",
-             ylabel="Pass@1 on the local test set (%)", title="Pass@1")
-    right.set(xlabel="after local phase of round (final: after the last distillation)",
-              ylabel="mean token CE on the public dev set", title="dev loss")
-    left.legend(fontsize=7)
+        axis.set(xlabel=phase)
+    for axis in means:
+        axis.set(ylabel="mean Pass@1 over the nodes (%)", title="policies (mean over nodes; final in the legend)")
+        axis.legend(fontsize=8)
+    left.set(ylabel="Pass@1 on the local test set (%)", title="Pass@1 per node")
+    right.set(ylabel="mean token CE on the public dev set", title="dev loss per node")
+    left.legend(fontsize=6 if comparing else 7)
     return save_figure(figure, path)
 
 

@@ -161,11 +161,13 @@ class TaskSplits:
 
 
 EMBEDDED_TRANSFER_PER_CATEGORY = 16  # the embedded task's own transfer set, drawn with the other parts
+EMBEDDED_TRAIN_PER_CATEGORY = 400  # the private pool the nodes' shards are drawn from
+EMBEDDED_POOL = EMBEDDED_TRAIN_PER_CATEGORY * len(CATEGORIES)
 
 
-def embedded_task(seed: int = 0, *, train_per_category: int = 400, transfer_per_category: int = EMBEDDED_TRANSFER_PER_CATEGORY,
-                  dev_per_category: int = 4, test_per_category: int = 8,
-                  transfer_extra_per_category: int = 0) -> TaskSplits:
+def embedded_task(seed: int = 0, *, train_per_category: int = EMBEDDED_TRAIN_PER_CATEGORY,
+                  transfer_per_category: int = EMBEDDED_TRANSFER_PER_CATEGORY, dev_per_category: int = 4,
+                  test_per_category: int = 8, transfer_extra_per_category: int = 0) -> TaskSplits:
     """Draw the embedded task; the four parts never share a prompt.
 
     ``transfer_extra_per_category`` more transfer prompts per category come

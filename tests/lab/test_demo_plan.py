@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from knexa_node.config import load_config
-from knexa_lab.plan import DemoSettings, lay_out
+from knexa_lab.plan import DemoSettings, demo_shard_size, lay_out
+from knexa_node.learn.data import EMBEDDED_POOL
 
 
 def test_configs_name_the_cpm_members_and_a_shard_each(tmp_path: Path) -> None:
@@ -43,3 +46,18 @@ def test_a_pretrained_directory_gets_the_adapter_learning_rate(tmp_path: Path) -
 def test_too_small_a_consortium_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least 2"):
         lay_out(tmp_path, DemoSettings(nodes=1))
+
+
+def test_the_demo_shard_is_600_where_the_pool_allows_and_a_too_large_one_is_refused() -> None:
+    assert demo_shard_size(4) == 600 and demo_shard_size(8) == 600
+    assert demo_shard_size(16) == EMBEDDED_POOL // 16 < 600  # 16 nodes cannot all have 600
+    assert demo_shard_size(16, 0) == 0 and demo_shard_size(3, 240) == 240  # asked for: kept
+    with pytest.raises(ValueError, match="embedded pool"):
+        demo_shard_size(16, 600)
+
+
+def test_the_demo_command_refuses_shards_larger_than_the_pool_in_one_line(tmp_path: Path) -> None:
+    done = subprocess.run([str(Path(sys.executable).parent / "knexa-node"), "demo", "--nodes", "16", "--shard-size", "600",
+                           "--workdir", str(tmp_path / "c")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.strip().startswith("error: --shard-size: shard size 600 x 16 nodes")
+    assert "Traceback" not in done.stderr and not (tmp_path / "c").exists()

@@ -30,6 +30,7 @@ def knexa_node(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[s
     (["--workers", "-1"], "--workers"),
     (["--transfer-per-category", "0"], "--transfer-per-category: between 1 and 1024"),
     (["--exchange-budget", "0"], "--exchange-budget: between 1 and 100000"),
+    (["--nodes", "9", "--shard-size", "600"], "--shard-size: 600 x 9 nodes, but the embedded pool holds 4800"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:
     done = knexa_node(*args, "--out", str(tmp_path / "s.json"))
