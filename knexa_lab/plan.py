@@ -25,13 +25,18 @@ DEFAULT_MODELS = ("embedded:llama-tiny", "embedded:neox-tiny", "embedded:gpt2-ti
 DEMO_SHARD_SIZE = 600
 
 
+def check_shard_size(nodes: int, size: int) -> int:
+    """``size`` private problems for each of ``nodes`` (0: an equal share), if the embedded pool has them all."""
+    if size < 0 or size * nodes > EMBEDDED_POOL:  # else the last nodes' shards would come up short, silently
+        raise ValueError(f"{size} x {nodes} nodes, but the embedded pool holds {EMBEDDED_POOL} problems")
+    return size
+
+
 def demo_shard_size(nodes: int, requested: int | None = None) -> int:
-    """Private problems per node: ``requested`` (0: an equal share), else 600 or the equal share if smaller."""
+    """Private problems per node: ``requested`` (checked), else 600 or the equal share if smaller."""
     if requested is None:
         return min(DEMO_SHARD_SIZE, EMBEDDED_POOL // nodes)
-    if requested < 0 or requested * nodes > EMBEDDED_POOL:
-        raise ValueError(f"shard size {requested} x {nodes} nodes: the embedded pool holds {EMBEDDED_POOL} problems")
-    return requested
+    return check_shard_size(nodes, requested)
 
 
 @dataclass

@@ -22,8 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from knexa_lab.plan import DEFAULT_MODELS, DemoSettings
-from knexa_node.learn.data import EMBEDDED_POOL
+from knexa_lab.plan import DEFAULT_MODELS, DemoSettings, check_shard_size
 
 # The lock-step runner's policies (the CPM's), then the two baselines that run apart.
 LOCKSTEP_POLICIES = ("knexa", "linucb", "random", "heuristic", "local-only")
@@ -108,9 +107,10 @@ def check(spec: StudySpec) -> StudySpec:
                          f"got {spec.teachers_per_student}")
     if spec.shard_size < 0 or spec.warmup_epochs < 0 or spec.epochs_per_round < 1:
         raise StudyError("--shard-size and --warmup-epochs are >= 0 and --epochs-per-round >= 1")
-    if spec.shard_size * spec.nodes > EMBEDDED_POOL:  # the last nodes' shards would come up short, silently
-        raise StudyError(f"--shard-size: {spec.shard_size} x {spec.nodes} nodes, but the embedded pool holds "
-                         f"{EMBEDDED_POOL} problems")
+    try:
+        check_shard_size(spec.nodes, spec.shard_size)
+    except ValueError as exc:
+        raise StudyError(f"--shard-size: {exc}") from None
     if not 1 <= spec.transfer_per_category <= 1024:
         raise StudyError(f"--transfer-per-category: between 1 and 1024, got {spec.transfer_per_category}")
     if not 1 <= spec.exchange_budget <= 100_000:

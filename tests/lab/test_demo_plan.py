@@ -59,5 +59,5 @@ def test_the_demo_shard_is_600_where_the_pool_allows_and_a_too_large_one_is_refu
 def test_the_demo_command_refuses_shards_larger_than_the_pool_in_one_line(tmp_path: Path) -> None:
     done = subprocess.run([str(Path(sys.executable).parent / "knexa-node"), "demo", "--nodes", "16", "--shard-size", "600",
                            "--workdir", str(tmp_path / "c")], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and done.stderr.strip().startswith("error: --shard-size: shard size 600 x 16 nodes")
+    assert done.returncode == 2 and done.stderr.strip().startswith("error: --shard-size: 600 x 16 nodes, but the embedded pool holds 4800")
     assert "Traceback" not in done.stderr and not (tmp_path / "c").exists()
