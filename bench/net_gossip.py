@@ -17,9 +17,10 @@ shared 2-core machine they depend on it.
 ``procs`` also measures each node's CPU over ``--idle`` seconds of quiet
 before publishing (the background: DHT lookups, heartbeats) and prints the
 per-message CPU net of it, the copies of each message a receiver got (mesh
-duplicates) and how many our envelope validator checked; ``--degree`` tries
-other mesh degrees; ``--profile-child DIR`` writes CPU-time cProfiles of one
-plain node (quiet and publication windows) and prints its top functions
+duplicates), how many our envelope validator checked, and the copies sent and
+GossipSub control messages (IHAVE, IWANT, GRAFT, PRUNE) per message, to tell
+mesh forwards from gossip repairs; ``--degree`` tries other mesh degrees;
+``--profile-child DIR`` writes CPU-time cProfiles of one plain node (quiet and publication windows) and prints its top functions
 (cProfile multiplies that node's CPU by ~3-4, so it is left out of the means).
 
 ``--lab-delay-ms`` (and ``--lab-jitter-ms``, ``--lab-loss``) runs each host
@@ -49,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -205,7 +207,8 @@ async def child(role: str, bootstrap: str, peers: int, profile_to: str, degree: 
                         profiler.disable()
                         profiler.dump_stats(profile_to.replace(".pstats", ".idle.pstats") if reports == 2 else profile_to)
                     emit(event="report", cpu_s=cpu_s(), mesh=net.gossip.topics()[T]["mesh"],
-                         copies=net.stats.gossip_copies_in, validated=net.stats.gossip_validations)
+                         copies=net.stats.gossip_copies_in, validated=net.stats.gossip_validations,
+                         copies_out=net.stats.gossip_copies_out, control=dict(net.stats.gossip_control))
                     if profiler is not None and reports in (1, 2):
                         profiler = cProfile.Profile(time.process_time)
                         profiler.enable()
@@ -294,6 +297,9 @@ def _procs(n: int, messages: int, rate: float, grace: float, settle: float, idle
         print(f"  copies of each message received per receiver: {statistics.mean(copies) / messages:.2f} "
               f"(min {min(copies) / messages:.2f}, max {max(copies) / messages:.2f}); "
               f"envelope validations per message: {statistics.mean(validated) / messages:.2f}")
+        per_receiver = {k: v / len(receivers) / messages for k, v in sorted(cpu["traffic"]["receivers"].items())}
+        print("  per message, mean over receivers: " + ", ".join(f"{k} {v:.2f}" for k, v in per_receiver.items()) +
+              "; the CPM: " + ", ".join(f"{k} {v / messages:.2f}" for k, v in sorted(cpu["traffic"]["cpm"].items())))
         if profile_to:
             print_profile(profile_to, messages)
     finally:
@@ -308,6 +314,7 @@ async def _collect(cpm: Child, children: list[Child], tally: Tally, messages: in
     in both windows (the quiet one is the background: DHT refreshes, heartbeats)."""
     reports: dict[Child, list[float]] = {c: [] for c in children}
     counts: dict[Child, list[tuple[int, int]]] = {c: [] for c in children}
+    traffic: dict[Child, list[Counter[str]]] = {c: [] for c in children}
     published = trio.Event()
 
     async def pump(c: Child) -> None:
@@ -318,6 +325,7 @@ async def _collect(cpm: Child, children: list[Child], tally: Tally, messages: in
             elif event["event"] == "report":
                 reports[c].append(event["cpu_s"])
                 counts[c].append((event["copies"], event["validated"]))
+                traffic[c].append(Counter({**event["control"], "copies out": event["copies_out"]}))
             elif event["event"] == "published":
                 published.set()
 
@@ -347,7 +355,9 @@ async def _collect(cpm: Child, children: list[Child], tally: Tally, messages: in
     return {"cpm": spent[cpm], "hub": spent[children[0]], "node": [spent[c] for c in nodes],
             "node_background": [background[c] for c in nodes], "idle_ms_per_s": [(reports[c][1] - reports[c][0]) * 1000 / (t1 - t0) for c in nodes],
             "copies": [counts[c][2][0] - counts[c][1][0] for c in receivers],
-            "validated": [counts[c][2][1] - counts[c][1][1] for c in receivers]}
+            "validated": [counts[c][2][1] - counts[c][1][1] for c in receivers],
+            "traffic": {"cpm": traffic[cpm][2] - traffic[cpm][1],
+                        "receivers": sum((traffic[c][2] - traffic[c][1] for c in receivers), Counter())}}
 
 
 def print_profile(path: str, messages: int, top: int = 30) -> None:

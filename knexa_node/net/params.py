@@ -33,11 +33,17 @@ class GossipParams:
     degree_high: int = 5
     # The spec's 1 s (py-libp2p defaults to 120 s, which leaves meshes empty for minutes).
     heartbeat_s: float = 1.0
+    # D_lazy: peers outside the mesh told at each heartbeat which messages we hold (IHAVE), so
+    # that one which missed a message asks for it (IWANT). The spec's 6 (py-libp2p: at least
+    # 6) cost 3 IHAVE RPCs sent and 3 received per message per node at 20 processes and
+    # 2 msg/s, as many as the mesh forwards themselves, and no IWANT followed: flood
+    # publishing and a mesh of 4 already deliver every message. 3 keeps repair paths.
+    lazy_degree: int = 3
     # py-libp2p silently drops above 10 msg/s per peer and topic; our traffic is
     # rare (rounds, proposals, checkpoints) but bursts of proposals must pass.
     max_messages_per_topic_per_second: float = 100.0
     # Send our own publications to every peer of the topic, not only our mesh
-    # (see knexa_node.net.gossip._FloodPublishGossipSub).
+    # (see knexa_node.net.gossip._KnexaGossipSub).
     flood_publish: bool = True
     # Largest gossip message we accept (an envelope with a proposal is ~1 KiB).
     max_message_size: int = 64 * 1024

@@ -17,6 +17,10 @@ class NetStats:
     # many of them our envelope validator checked (py-libp2p skips it for ids it has seen).
     gossip_copies_in: int = 0
     gossip_validations: int = 0
+    # Message copies we sent (our publications and forwards), and GossipSub control messages
+    # by kind and direction ("ihave in", "iwant out", "graft in", ...): where duplicates come from.
+    gossip_copies_out: int = 0
+    gossip_control: Counter[str] = field(default_factory=Counter)
     # Stream requests refused or failed, by protocol and reason ("<protocol> <reason>").
     stream_errors: Counter[str] = field(default_factory=Counter)
     streams_in: Counter[str] = field(default_factory=Counter)
@@ -42,6 +46,8 @@ class NetStats:
             "messages_out": dict(self.messages_out),
             "gossip_copies_in": self.gossip_copies_in,
             "gossip_validations": self.gossip_validations,
+            "gossip_copies_out": self.gossip_copies_out,
+            "gossip_control": dict(self.gossip_control),
             "stream_errors": dict(self.stream_errors),
             "streams_in": dict(self.streams_in),
             "streams_out": dict(self.streams_out),

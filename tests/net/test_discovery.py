@@ -77,3 +77,24 @@ async def test_a_lost_peer_is_redialed_at_once_though_discovery_has_slowed_down(
         await wait_until(lambda: b.peer_id not in _connected(a), 10)
         await wait_until(lambda: b.peer_id in _connected(a) and a.peer_id in _connected(b), 10)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_bootstrap_keeper_waits_for_a_disconnection_instead_of_polling():
+    quiet = dict(discovery_interval_s=30.0, discovery_fast_interval_s=30.0, discovery_max_interval_s=600.0,
+                 backoff_max_s=600.0)  # nothing else looks: only the wake-up on the disconnection can redial
+    events = []
+    async with trio.open_nursery() as nursery:
+        boot = await nursery.start(Network(Signer.generate(), loopback_params(**quiet)).serve)
+        node = Network(Signer.generate(), loopback_params(bootstrap=(boot.dialable_addrs()[0],), **quiet),
+                       on_event=lambda event, **f: events.append(event))
+        await nursery.start(node.serve)
+        await wait_until(lambda: events.count("bootstrap-connected") == 1, 10)
+        await trio.sleep(1.0)  # the discovery round the connection woke
+        looks = []
+        is_connected = node.discovery.is_connected
+        node.discovery.is_connected = lambda peer_id: looks.append(peer_id) or is_connected(peer_id)
+        await trio.sleep(1.0)
+        assert len(looks) <= 1  # polling every backoff_min_s (0.1 s here) looked ~10 times
+        await node.host.disconnect(boot.host.get_id())
+        await wait_until(lambda: events.count("bootstrap-connected") == 2, 10)
+        nursery.cancel_scope.cancel()

@@ -1,6 +1,8 @@
 """Gossip: signed envelopes reach every subscriber; invalid ones are dropped, counted, not forwarded."""
 
 import time
+
+import trio
 from dataclasses import replace
 
 from libp2p.pubsub import pubsub as pubsub_module
@@ -216,3 +218,46 @@ async def test_a_topic_subscribed_while_a_peer_is_being_added_still_reaches_it()
         host.get_peerstore().add_addrs(b.host.get_id(), b.host.get_addrs(), 10**9)
         await a.connect(b.peer_id)
         await wait_until(lambda: a.host.get_id() in b.gossip.pubsub.peer_topics.get(late, ()), 10)
+
+
+async def test_copies_and_control_messages_are_counted_both_ways():
+    async with swarm(2) as (a, b):
+        await _subscribed([a, b])  # meshed: each side sent and received a GRAFT
+        assert a.stats.gossip_control["graft out"] >= 1 and b.stats.gossip_control["graft in"] >= 1
+        for r in (1, 2, 3):
+            await a.publish(T, seal_envelope(a.signer, RoundOpen(round=r, deadline=0.0, policy="p")).to_bytes())
+        await wait_until(lambda: b.stats.gossip_copies_in == 3, 10)
+        assert a.stats.gossip_copies_out == 3
+        assert b.stats.snapshot()["gossip_control"] == dict(b.stats.gossip_control)
+
+
+async def test_a_settled_mesh_stays_within_its_bounds_and_does_not_churn():
+    gossip = replace(GossipParams(), degree=3, degree_low=2, degree_high=4, heartbeat_s=0.2)
+    async with swarm(7, connect="mesh", params=loopback_params(gossip=gossip)) as nets:
+        await _subscribed(nets)
+        await trio.sleep(2.0)  # 10 heartbeats: start-up grafts and prunes settle
+
+        def churn() -> int:
+            return sum(n.stats.gossip_control[k] for n in nets for k in ("graft out", "prune out"))
+
+        before = churn()
+        for r in range(20):  # deliveries give the publisher and the fastest peers higher scores
+            await nets[0].publish(T, seal_envelope(nets[0].signer, RoundOpen(round=r, deadline=0.0, policy="p")).to_bytes())
+            await trio.sleep(0.1)
+        assert churn() - before <= 2, {n.peer_id[-4:]: dict(n.stats.gossip_control) for n in nets}
+        assert all(2 <= n.gossip.topics()[T]["mesh"] <= 4 for n in nets)
+        await trio.sleep(0.5)  # a heartbeat: nothing kept per message for the health score we turned off
+        assert not any(n.gossip.router.recent_message_deliveries.get(T) for n in nets)
+
+
+async def test_ihave_goes_to_lazy_degree_peers_per_heartbeat():
+    gossip = replace(GossipParams(), degree=2, degree_low=1, degree_high=3, heartbeat_s=0.2, lazy_degree=1)
+    async with swarm(7, connect="mesh", params=loopback_params(gossip=gossip)) as nets:
+        await _subscribed(nets)
+        await trio.sleep(1.0)
+        before = [n.stats.gossip_control["ihave out"] for n in nets]
+        await nets[0].publish(T, seal_envelope(nets[0].signer, RoundOpen(round=1, deadline=0.0, policy="p")).to_bytes())
+        await trio.sleep(1.5)  # the message stays in the gossip window for 3 heartbeats
+        sent = [n.stats.gossip_control["ihave out"] - b for n, b in zip(nets, before)]
+        # 3 or 4 peers outside each mesh; py-libp2p alone tells at least 6 per heartbeat, so all of them.
+        assert max(sent) <= 3 and sum(sent) >= 7, sent
