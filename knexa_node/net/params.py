@@ -20,24 +20,24 @@ class GossipParams:
     """GossipSub parameters, set explicitly (py-libp2p 0.8.1 defaults are not the spec's)."""
 
     # D, D_lo, D_hi of the GossipSub spec (its defaults are 6, 5, 12). Smaller here:
-    # py-libp2p spends ~2-3 ms of CPU per gossip RPC (Noise, Yamux, peer record
-    # checks, trio scheduling), and every mesh link beyond what delivery needs is
-    # one duplicate per message per node. With flood publishing (below) the
-    # first hop reaches every connected peer anyway; measured on 7 loopback
-    # hosts: D=6 -> 36 RPCs and ~85 ms CPU per message, D=4/3/5 -> 18 and ~47 ms.
-    # Lower does not pay: D=3/2/4 on 8 processes cut the copies per receiver from
-    # ~3.8 to ~3.2 but not the CPU (6.8 vs 6.6 ms per message per node), and leaves
-    # fewer paths around a lost link in a consortium of 20-100 (docs/netlab.md).
-    degree: int = 4
-    degree_low: int = 3
-    degree_high: int = 5
+    # py-libp2p spends ~0.5-1 ms of CPU per gossip RPC sent or received (Noise, Yamux,
+    # protobuf, trio scheduling), and every mesh link beyond what delivery needs is one
+    # duplicate per message per node. With flood publishing (below) the first hop reaches
+    # every connected peer anyway. Measured at 20 processes, 2 msg/s, once the mesh held
+    # still (docs/netlab.md, "A mesh that holds still"), two runs each: D=3/2/4 3.5-3.6
+    # copies per receiver, 7.2-7.3 ms CPU per message per node, p99 47-48 ms; D=4/3/5 4.1-4.4
+    # copies, 8.4-9.0 ms, p99 52-53 ms. Three mesh paths per node are still left around a
+    # lost link, besides the flood-published first hop and IHAVE to lazy_degree others.
+    degree: int = 3
+    degree_low: int = 2
+    degree_high: int = 4
     # The spec's 1 s (py-libp2p defaults to 120 s, which leaves meshes empty for minutes).
     heartbeat_s: float = 1.0
     # D_lazy: peers outside the mesh told at each heartbeat which messages we hold (IHAVE), so
     # that one which missed a message asks for it (IWANT). The spec's 6 (py-libp2p: at least
     # 6) cost 3 IHAVE RPCs sent and 3 received per message per node at 20 processes and
     # 2 msg/s, as many as the mesh forwards themselves, and no IWANT followed: flood
-    # publishing and a mesh of 4 already deliver every message. 3 keeps repair paths.
+    # publishing and the mesh already deliver every message. 3 keeps repair paths.
     lazy_degree: int = 3
     # py-libp2p silently drops above 10 msg/s per peer and topic; our traffic is
     # rare (rounds, proposals, checkpoints) but bursts of proposals must pass.
