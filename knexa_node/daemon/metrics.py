@@ -13,6 +13,8 @@ current round from ``daemon.rounds``), so nothing has to be kept in step:
 - ``knexa_gossip_messages_in_total{topic}``     counter (delivered to handlers)
 - ``knexa_gossip_messages_out_total{topic}``    counter (published)
 - ``knexa_gossip_dropped_total{reason}``        counter (refused: bad signature, stale, duplicate, ...)
+- ``knexa_gossip_copies_in_total`` / ``_out_total`` counters (message copies received, duplicates included / sent)
+- ``knexa_gossip_control_total{kind,direction}`` counter (IHAVE, IWANT, GRAFT, PRUNE in and out: mesh churn shows here)
 - ``knexa_stream_bytes_in_total`` / ``_out_total`` counters (framed stream bytes)
 - ``knexa_stream_errors_total{protocol,reason}`` counter (``reason="non-member"`` on the exchange protocol:
   streams from peers outside the consortium, every one of them)
@@ -87,6 +89,16 @@ class _Collector:
         for reason, count in sorted(stats.dropped.items()):
             dropped.add_metric([reason], count)
         yield dropped
+        yield CounterMetricFamily("knexa_gossip_copies_in", "Gossip message copies peers sent us, duplicates "
+                                  "included.", value=stats.gossip_copies_in)
+        yield CounterMetricFamily("knexa_gossip_copies_out", "Gossip message copies we sent (publications and "
+                                  "forwards).", value=stats.gossip_copies_out)
+        control = CounterMetricFamily("knexa_gossip_control", "GossipSub control messages (IHAVE, IWANT, GRAFT, "
+                                      "PRUNE), by kind and direction.", labels=["kind", "direction"])
+        for key, count in sorted(stats.gossip_control.items()):
+            kind, _, direction = key.partition(" ")
+            control.add_metric([kind, direction], count)
+        yield control
         yield CounterMetricFamily("knexa_stream_bytes_in", "Bytes received on framed streams.", value=stats.bytes_in)
         yield CounterMetricFamily("knexa_stream_bytes_out", "Bytes sent on framed streams.", value=stats.bytes_out)
         errors = CounterMetricFamily("knexa_stream_errors", "Stream requests refused or failed.", labels=["protocol", "reason"])

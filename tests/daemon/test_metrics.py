@@ -83,6 +83,9 @@ async def test_scrape_shows_peers_gossip_drops_bytes_and_round():
             assert sample(body, 'knexa_gossip_dropped_total{reason="stale"}') == 1
             assert sample(body, "knexa_round") == 7
             assert sample(body, "knexa_stream_bytes_in_total") == net.stats.bytes_in
+            assert sample(body, "knexa_gossip_copies_out_total") == net.stats.gossip_copies_out >= 1
+            assert sample(body, "knexa_gossip_copies_in_total") == net.stats.gossip_copies_in >= 2  # the stale one too
+            assert sample(body, 'knexa_gossip_control_total{direction="in",kind="graft"}') == net.stats.gossip_control["graft in"] >= 1
             assert server.scrapes == 2
             nursery.cancel_scope.cancel()
 
