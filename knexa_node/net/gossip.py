@@ -13,6 +13,10 @@ no envelope verification; the envelope the validator opened is handed to
 delivery instead of being opened (verified, decoded) a second time; and our
 publish RPCs leave out the signed peer record that py-libp2p attaches to
 every RPC and every receiver verifies (it travels once per stream instead).
+And ("A mesh that holds still" there): a seen copy stops in the read loop
+before py-libp2p spawns a task for it, and the router keeps GossipSub v1.1's
+mesh (fixed D bounds and heartbeat, D_lazy from GossipParams) without
+py-libp2p's every-heartbeat score-driven grafts and swaps.
 """
 
 from __future__ import annotations
@@ -82,14 +86,6 @@ class _KnexaGossipSub(GossipSub):
         count_control(self.stats.gossip_control, rpc, "in")
         await super().handle_rpc(rpc, sender_peer_id)
 
-    # py-libp2p 0.8.1 runs two score-driven mesh changes at *every* heartbeat that GossipSub
-    # v1.1 does not: it grafts up to 2 peers above a score threshold without regard to D_hi
-    # (the spec's opportunistic grafting runs every 60 heartbeats, only when the mesh's median
-    # score is low), which the next heartbeat prunes back to D; and it swaps the worst mesh peer
-    # for a better-scored one. Members of a consortium are known and signed; what this bought
-    # was churn: 20 processes, 2 msg/s, 0.2 GRAFT and 0.17 PRUNE per message per node, and
-    # meshes above D_hi, so ~6.3 forwards of every message per node where D = 4 means ~3.
-
     def _get_adaptive_gossip_peers_count(self, topic: str, total_peers: int) -> int:
         return min(self.lazy_degree, max(total_peers, 0))  # D_lazy of GossipParams (py-libp2p: >= 6)
 
@@ -101,6 +97,13 @@ class _KnexaGossipSub(GossipSub):
         self.recent_peer_connections.clear()
         self.recent_peer_disconnections.clear()
 
+    # py-libp2p 0.8.1 runs two score-driven mesh changes at *every* heartbeat that GossipSub
+    # v1.1 does not: it grafts up to 2 peers above a score threshold without regard to D_hi
+    # (the spec's opportunistic grafting runs every 60 heartbeats, only when the mesh's median
+    # score is low), which the next heartbeat prunes back to D; and it swaps the worst mesh peer
+    # for a better-scored one. Members of a consortium are known and signed; what this bought
+    # was churn: 20 processes, 2 msg/s, D = 4, 0.2 GRAFT and 0.17 PRUNE per message per node,
+    # and meshes above D_hi: ~6.3 forwards of every message per node, where D = 4 means ~3.
     def _perform_opportunistic_grafting(self, topic: str, peers_to_graft: object) -> int:
         return 0
 
