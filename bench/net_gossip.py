@@ -20,8 +20,9 @@ per-message CPU net of it, the copies of each message a receiver got (mesh
 duplicates), how many our envelope validator checked, and the copies sent and
 GossipSub control messages (IHAVE, IWANT, GRAFT, PRUNE) per message, to tell
 mesh forwards from gossip repairs; ``--degree`` tries other mesh degrees;
-``--profile-child DIR`` writes CPU-time cProfiles of one plain node (quiet and publication windows) and prints its top functions
-(cProfile multiplies that node's CPU by ~3-4, so it is left out of the means).
+``--profile-child DIR`` writes CPU-time cProfiles of one plain node (quiet
+and publication windows) and prints its top functions (cProfile multiplies
+that node's CPU by ~3-4, so it is left out of the means).
 
 ``--lab-delay-ms`` (and ``--lab-jitter-ms``, ``--lab-loss``) runs each host
 of ``procs`` in its own namespace of a network lab (integration/netlab.py)

@@ -25,10 +25,10 @@ class GossipParams:
     # duplicate per message per node. With flood publishing (below) the first hop reaches
     # every connected peer anyway. Measured at 20 processes, 2 msg/s, once the mesh held
     # still (docs/netlab.md, "A mesh that holds still"; with a Yamux change since reverted,
-    # the same for both), two runs each: D=3/2/4 3.5-3.6
-    # copies per receiver, 7.2-7.3 ms CPU per message per node, p99 47-48 ms; D=4/3/5 4.1-4.4
-    # copies, 8.4-9.0 ms, p99 52-53 ms. Three mesh paths per node are still left around a
-    # lost link, besides the flood-published first hop and IHAVE to lazy_degree others.
+    # the same for both), two runs each: D=3/2/4 3.5-3.6 copies per receiver, 7.2-7.3 ms
+    # CPU per message per node, p99 47-48 ms; D=4/3/5 4.1-4.4 copies, 8.4-9.0 ms, p99
+    # 52-53 ms. Three mesh paths per node are still left around a lost link, besides the
+    # flood-published first hop and IHAVE to lazy_degree others.
     degree: int = 3
     degree_low: int = 2
     degree_high: int = 4
