@@ -13,6 +13,7 @@ Map (each module has one job; read :mod:`.network` first):
 - :mod:`.gossip`     GossipSub with explicit parameters; signed envelopes validated, drops counted,
                      seen copies dropped before a task is spawned, subscriptions never lost to a new peer
 - :mod:`.discovery`  bootstrap dialing with backoff, Kademlia DHT discovery, reconnection
+- :mod:`.dht_streams` inbound DHT streams reset when idle, so abandoned ones cannot fill the DHT's 12 handler slots
 - :mod:`.routing`    the DHT's per-subnet cap, kept for strangers and lifted for consortium members (NAT)
 - :mod:`.stats`      counters (drops by reason, messages, bytes, dials)
 - :mod:`.errors`     :class:`NetError` and its subclasses; ``describe_failure`` names a libp2p error's causes

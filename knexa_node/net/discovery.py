@@ -205,7 +205,7 @@ class Discovery:
             return 0
         self.lookups += 1
         me = self.host.get_id()
-        with trio.move_on_after(self.params.dial_timeout_s):
+        with trio.move_on_after(self.params.lookup_timeout_s):
             try:
                 await self._lookup_self(me)
             except Exception as exc:  # a lookup over flaky peers fails in many ways; retried next round

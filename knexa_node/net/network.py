@@ -35,6 +35,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from knexa_node.crypto import Signer, is_valid_peer_id
 from knexa_node.net import quiet_logs
+from knexa_node.net.dht_streams import bound_inbound_dht_streams
 from knexa_node.net.discovery import Discovery
 from knexa_node.net.errors import NetError, PeerUnreachable, StreamTimeout, describe_failure
 from knexa_node.net.gossip import Gossip, GossipHandler
@@ -109,6 +110,7 @@ class Network:
         # Created before any dial: py-libp2p refuses add_peer on a DHT created later.
         # Its subnet cap is off here and applied to strangers only by the gate (knexa_node.net.routing).
         self.dht = KadDHT(self.host, DHTMode.SERVER, max_peers_per_subnet=0)
+        bound_inbound_dht_streams(self.dht, params.dht_stream_idle_s, self.stats)
         self.gossip = Gossip(self.host, params.gossip, self.stats)
         self.discovery = Discovery(
             self.host, self.dht, params, self.stats, self._event, release_stale_slots=self.orphans.release_stale_slots

@@ -80,6 +80,13 @@ class NetParams:
     # Connect to at most this many discovered peers (a consortium is small; a mesh of all is fine).
     max_peers: int = 64
     dial_timeout_s: float = 10.0
+    # Bound on one discovery lookup. py-libp2p bounds its own (10 s per query, no new round
+    # after 30 s); cutting one short abandons its open streams (knexa_node.net.dht_streams),
+    # so this is only a safety net above the library's own bound.
+    lookup_timeout_s: float = 60.0
+    # An inbound DHT stream with no request bytes for this long is reset, freeing one of the
+    # DHT's 12 handler slots (knexa_node.net.dht_streams; go-libp2p-kad-dht allows a minute).
+    dht_stream_idle_s: float = 20.0
     stream_open_timeout_s: float = 10.0
     # Connection limits of the swarm (inbound cap = max_connections - min_connections in py-libp2p).
     max_connections: int = 300
