@@ -8,6 +8,7 @@ Map (each module has one job; read :mod:`.network` first):
 - :mod:`.params`     :class:`NetParams` / :class:`GossipParams`, the tunables and why
 - :mod:`.host`       building the host from the identity: Noise only, Yamux, one connection per peer
 - :mod:`.inbound`    the fix for py-libp2p's inbound-connection leak
+- :mod:`.yamux_credit` Yamux receive credit returned at half a window (go-yamux), not after every read
 - :mod:`.orphans`    closes connections the swarm dropped from its table but left open; frees limit slots of dead ones
 - :mod:`.streams`    :class:`FramedStream`: length-prefixed frames with deadlines and size caps
 - :mod:`.gossip`     GossipSub with explicit parameters; signed envelopes validated, drops counted,
