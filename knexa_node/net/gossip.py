@@ -30,6 +30,7 @@ from contextlib import AsyncExitStack
 import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.peer.id import ID
+from libp2p.pubsub import gossipsub as gossipsub_module
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
@@ -128,10 +129,12 @@ class _KnexaPubsub(Pubsub):
     py-libp2p 0.8.1 attaches the host's signed peer record to every RPC it
     writes, and every receiver verifies it (an Ed25519 signature and a
     peerstore update) before it looks at the message: one verification per
-    copy of every message, duplicates included. The record already travels in
-    the hello packet that opens each pubsub stream and in every subscription
-    announcement, and a changed address means a new connection, so message
-    RPCs go without it (measured: docs/netlab.md, "Gossip CPU per message").
+    copy of every message, duplicates included, and per IHAVE. The record
+    already travels in the hello packet that opens each pubsub stream and in
+    every subscription announcement, and a changed address means a new
+    connection, so message and control RPCs go without it (measured:
+    docs/netlab.md, "Gossip CPU per message" and "Peer records built and
+    checked for nothing").
     """
 
     def __init__(self, *args: object, stats: NetStats, **kwargs: object) -> None:
@@ -162,9 +165,29 @@ class _KnexaPubsub(Pubsub):
         return super()._is_subscribed_to_msg(msg) and not self._is_msg_seen(msg)
 
     async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
+        # Every RPC passes here, so the router's placeholder record (skip_router_peer_records)
+        # never reaches the wire.
         self.stats.gossip_copies_out += len(rpc_msg.publish)
         count_control(self.stats.gossip_control, rpc_msg, "out")
         return await super().write_msg(stream, without_peer_record(rpc_msg))
+
+
+def _no_peer_record(host: IHost) -> tuple[bytes, bool]:
+    return b"", False
+
+
+def skip_router_peer_records() -> None:
+    """Stop py-libp2p's GossipSub router from building a signed peer record for each RPC it sends.
+
+    The router (not the pubsub core) calls ``env_to_send_in_RPC`` for every
+    forward, IHAVE/IWANT/GRAFT/PRUNE and IWANT answer; each call rebuilds the
+    host's addresses as multiaddrs (~0.5 ms) to find that the cached record is
+    still current. Those RPCs never carry subscriptions, so ``write_msg``
+    strips the record anyway; this placeholder makes the build free. The pubsub
+    core's own calls (hello, subscription announcements) keep the real record.
+    Whole process, idempotent.
+    """
+    gossipsub_module.env_to_send_in_RPC = _no_peer_record  # type: ignore[attr-defined]
 
 
 _CONTROL_KINDS = ("ihave", "iwant", "graft", "prune", "idontwant")
@@ -180,8 +203,8 @@ def count_control(counts: Counter[str], rpc: rpc_pb2.RPC, direction: str) -> Non
 
 
 def without_peer_record(rpc: rpc_pb2.RPC) -> rpc_pb2.RPC:
-    """``rpc`` without its signed peer record when it carries messages and no subscription change."""
-    if not rpc.publish or rpc.subscriptions or not rpc.HasField("senderRecord"):
+    """``rpc`` without its signed peer record unless it announces subscriptions (the stream's hello included)."""
+    if rpc.subscriptions or not rpc.HasField("senderRecord"):
         return rpc
     stripped = rpc_pb2.RPC()
     stripped.CopyFrom(rpc)  # the caller's RPC may be queued for other peers too
@@ -195,6 +218,7 @@ class Gossip:
     def __init__(self, host: IHost, params: GossipParams, stats: NetStats, *, clock: Callable[[], float] = time.time) -> None:
         self.host, self.params, self.stats, self.clock = host, params, stats, clock
         self.my_id = host.get_id()
+        skip_router_peer_records()
         self.router = _KnexaGossipSub(
             list(GOSSIPSUB_PROTOCOLS),  # type: ignore[arg-type]
             degree=params.degree,

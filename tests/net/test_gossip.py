@@ -161,36 +161,42 @@ async def test_an_envelope_is_opened_once_per_message_not_again_for_delivery(mon
         assert sorted(opened) == sorted(sent)  # by b's validator only; a does not open its own
 
 
-async def test_message_rpcs_carry_no_peer_record_but_the_stream_hello_does(monkeypatch):
-    carried = []
+async def test_message_and_control_rpcs_carry_no_peer_record_but_the_stream_hello_does(monkeypatch):
+    seen = []  # (carries subscriptions, carries control, its record) of every RPC b reads
     consume = pubsub_module.maybe_consume_signed_record
 
-    def counting_consume(rpc, host, peer_id):
-        if rpc.publish:
-            carried.append(rpc.HasField("senderRecord"))
+    def recording_consume(rpc, host, peer_id):
+        record = rpc.senderRecord if rpc.HasField("senderRecord") else None
+        seen.append((bool(rpc.subscriptions), rpc.HasField("control"), record))
         return consume(rpc, host, peer_id)
 
-    monkeypatch.setattr(pubsub_module, "maybe_consume_signed_record", counting_consume)
+    monkeypatch.setattr(pubsub_module, "maybe_consume_signed_record", recording_consume)
     async with swarm(2) as (a, b):
         inbox = await _subscribed([a, b])
         for r in range(5):
             await a.publish(T, seal_envelope(a.signer, RoundOpen(round=r, deadline=0.0, policy="p")).to_bytes())
         await wait_until(lambda: len(inbox[b.peer_id]) == 5, 10)
-        assert carried and not any(carried)
+        await wait_until(lambda: any(control and not subs for subs, control, _ in seen), 10)  # a GRAFT at least
+        assert all(record is None for subs, _, record in seen if not subs)
+        assert all(record for subs, _, record in seen if subs)  # never the router's empty placeholder
         # b still holds a's signed record: it came with the hello packet that opened the stream.
         assert b.host.get_peerstore().get_peer_record(a.host.get_id()) is not None
 
 
-def test_only_message_rpcs_lose_the_peer_record():
+def test_only_subscription_rpcs_keep_the_peer_record():
     message = rpc_pb2.Message(data=b"x", topicIDs=[T], from_id=b"a", seqno=b"1")
     announce = rpc_pb2.RPC(subscriptions=[rpc_pb2.RPC.SubOpts(subscribe=True, topicid=T)], senderRecord=b"record")
     publish = rpc_pb2.RPC(publish=[message], senderRecord=b"record")
     both = rpc_pb2.RPC(publish=[message], subscriptions=list(announce.subscriptions), senderRecord=b"record")
+    control = rpc_pb2.RPC(control=rpc_pb2.ControlMessage(ihave=[rpc_pb2.ControlIHave(topicID=T, messageIDs=[b"m"])]),
+                          senderRecord=b"")
     assert without_peer_record(announce) is announce
     assert without_peer_record(both) is both
     stripped = without_peer_record(publish)
     assert not stripped.HasField("senderRecord") and list(stripped.publish) == [message]
     assert publish.senderRecord == b"record"  # the caller's RPC (maybe queued for others) is left as it was
+    stripped = without_peer_record(control)
+    assert not stripped.HasField("senderRecord") and stripped.control == control.control
 
 
 async def test_a_topic_subscribed_while_a_peer_is_being_added_still_reaches_it():
