@@ -7,6 +7,8 @@ import traceback
 
 import pytest
 import trio
+from libp2p.io.exceptions import ConnectionClosedError
+from libp2p.network.stream.exceptions import StreamError
 
 from knexa_node.net import quiet_logs
 
@@ -63,3 +65,51 @@ def test_any_other_failure_keeps_its_traceback(installed, caplog):
         log_as_the_swarm_does(failure)
     (record,) = caplog.records
     assert "Traceback" in record.getMessage() and "connection reset" in record.getMessage()
+
+
+def log_as_identify_does(exc: BaseException) -> None:
+    # The record py-libp2p 0.8.1's identify handler writes when its answer cannot be written.
+    try:
+        raise exc
+    except BaseException as raised:
+        logging.getLogger(quiet_logs.IDENTIFY_LOGGER).error(
+            "Error sending identify response to %s: %s (type: %s)\n%s", "12D3KooWPeer", raised, type(raised),
+            traceback.format_exc())
+
+
+def a_write_on_a_closed_connection() -> BaseException:
+    # The chain seen in the 20-daemon lab: BrokenPipe -> ConnectionClosedError -> StreamError.
+    try:
+        try:
+            raise ConnectionClosedError("TCP connection reset by remote peer: [Errno 32] Broken pipe")
+        except ConnectionClosedError as closed:
+            raise StreamError(f"Write operation failed: {closed}") from closed
+    except StreamError as exc:
+        return exc
+
+
+@pytest.fixture
+def identify_installed():
+    identify_logger = logging.getLogger(quiet_logs.IDENTIFY_LOGGER)
+    before = list(identify_logger.filters)
+    quiet_logs.install()
+    quiet_logs.install()  # idempotent
+    yield identify_logger
+    identify_logger.filters[:] = before
+
+
+def test_an_identify_answer_on_a_closed_connection_is_one_line(identify_installed, caplog):
+    assert sum(isinstance(f, quiet_logs.ClosedIdentifyReplyFilter) for f in identify_installed.filters) == 1
+    with caplog.at_level(logging.WARNING, logger=quiet_logs.IDENTIFY_LOGGER):
+        log_as_identify_does(a_write_on_a_closed_connection())
+    (record,) = caplog.records
+    text = record.getMessage()
+    assert "Traceback" not in text and "\n" not in text
+    assert "12D3KooWPeer" in text and "closed under it" in text and "Broken pipe" in text
+
+
+def test_an_identify_answer_that_failed_otherwise_keeps_its_traceback(identify_installed, caplog):
+    with caplog.at_level(logging.WARNING, logger=quiet_logs.IDENTIFY_LOGGER):
+        log_as_identify_does(ValueError("a bad protobuf"))
+    (record,) = caplog.records
+    assert "Traceback" in record.getMessage() and "a bad protobuf" in record.getMessage()
