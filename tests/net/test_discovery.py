@@ -98,3 +98,75 @@ async def test_a_bootstrap_keeper_waits_for_a_disconnection_instead_of_polling()
         await node.host.disconnect(boot.host.get_id())
         await wait_until(lambda: events.count("bootstrap-connected") == 2, 10)
         nursery.cancel_scope.cancel()
+
+
+def _dht_requests_served(nets) -> int:
+    """FIND_NODE answers given so far by ``nets`` (each answer is one call of this DHT method)."""
+    return sum(n.dht_answers for n in nets)
+
+
+def _count_dht_answers(net) -> None:
+    net.dht_answers = 0
+    answer = net.dht._add_closer_peers_to_response
+
+    def counting(*args, **kwargs):
+        net.dht_answers += 1
+        return answer(*args, **kwargs)
+
+    net.dht._add_closer_peers_to_response = counting
+
+
+async def _quiet_mesh(n: int, nursery) -> list[Network]:  # type: ignore[no-untyped-def]
+    """``n`` nodes that know only the first; rounds 10 min apart, so the test drives discovery itself."""
+    quiet = dict(discovery_interval_s=600.0, discovery_fast_interval_s=600.0, discovery_max_interval_s=600.0)
+    boot = await nursery.start(Network(Signer.generate(), loopback_params(**quiet)).serve)
+    join = loopback_params(bootstrap=(boot.dialable_addrs()[0],), **quiet)
+    return [boot] + [await nursery.start(Network(Signer.generate(), join).serve) for _ in range(n - 1)]
+
+
+@pytest.mark.slow
+async def test_a_settled_node_asks_one_peer_per_round_and_a_change_brings_a_full_lookup_back():
+    async with trio.open_nursery() as nursery:
+        nets = await _quiet_mesh(5, nursery)
+        for net in nets:
+            await net.discovery.discover_once()
+        everyone = {n.peer_id for n in nets}
+        await wait_until(lambda: all(_connected(n) == everyone - {n.peer_id} for n in nets), 20)
+        node, others = nets[1], [n for n in nets if n is not nets[1]]
+        await node.discovery.discover_once()  # the full lookup owed to the last connection change
+        assert node.discovery.settled() and not node.discovery._changed
+        for net in others:
+            _count_dht_answers(net)
+        lookups, probes = node.discovery.lookups, node.discovery.probes
+        for _ in range(3):
+            await node.discovery.discover_once()
+        assert node.discovery.lookups == lookups and node.discovery.probes == probes + 3
+        assert _dht_requests_served(others) == 3  # a full lookup asks all 4 peers
+        node.discovery.wake()  # a connection came or went
+        await node.discovery.discover_once()
+        assert node.discovery.lookups == lookups + 1
+        assert _dht_requests_served(others) >= 3 + len(others)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.slow
+async def test_probes_find_a_member_that_only_another_peer_knows():
+    async with trio.open_nursery() as nursery:
+        a, b, c = await _quiet_mesh(3, nursery)  # b and c know only a
+        for net in (b, c):
+            await net.discovery.discover_once()
+        await wait_until(lambda: c.peer_id in _connected(b), 20)
+        await b.discovery.discover_once()
+        assert b.discovery.settled()
+        # A newcomer that connects to a (and tells a about itself) but not to b.
+        d = await nursery.start(Network(Signer.generate(), loopback_params(
+            bootstrap=(a.dialable_addrs()[0],), discovery_interval_s=600.0, discovery_fast_interval_s=600.0)).serve)
+        await wait_until(lambda: a.peer_id in _connected(d), 10)
+        await d.dht.peer_routing._query_peer_for_closest(a.host.get_id(), d.host.get_id().to_bytes())
+        b.discovery._changed = False  # b saw no connection change of its own
+        for _ in range(len(_connected(b))):  # one probe per connected peer reaches a
+            if d.peer_id in _connected(b):
+                break
+            await b.discovery.discover_once()
+        assert d.peer_id in _connected(b) and b.discovery.probes >= 1
+        nursery.cancel_scope.cancel()
