@@ -14,6 +14,10 @@ within ``--grace`` seconds after the last publication counts as lost, so the
 run time is bounded. Prints the load average next to the figures: on a
 shared 2-core machine they depend on it.
 
+``procs`` hosts run with the daemon's network parameters (``NetParams``
+defaults, on loopback); ``--params test`` gives them the tests' quick
+discovery instead (figures before 2026-11-29 session 11 used those).
+
 ``procs`` also measures each node's CPU over ``--idle`` seconds of quiet
 before publishing (the background: DHT lookups, heartbeats) and prints the
 per-message CPU net of it, the copies of each message a receiver got (mesh
@@ -60,8 +64,9 @@ import trio
 
 from knexa_node.crypto import Signer
 from knexa_node.net.network import Network
+from knexa_node.net.params import NetParams
 from knexa_node.net.protocols import ROUNDS, topic
-from knexa_node.testing import loopback_params, swarm, wait_until
+from knexa_node.testing import LOOPBACK, loopback_params, swarm, wait_until
 from knexa_node.wire import RoundOpen, seal_envelope
 
 T = topic("test", ROUNDS)
@@ -159,8 +164,18 @@ def emit(**fields: object) -> None:
     sys.stdout.flush()
 
 
+def node_params(kind: str, bootstrap: str) -> NetParams:
+    """``daemon``: what ``knexa-node start`` runs with (NetParams' defaults), on loopback; ``test``: the
+    tests' quick discovery (knexa_node.testing.loopback_params: lookups from every 2 s instead of 10 s,
+    which figures before 2026-11-29 used)."""
+    bootstraps = (bootstrap,) if bootstrap else ()
+    if kind == "test":
+        return loopback_params(bootstrap=bootstraps)
+    return NetParams(listen=(LOOPBACK,), consortium="test", bootstrap=bootstraps)
+
+
 async def child(role: str, bootstrap: str, peers: int, profile_to: str, degree: tuple[int, int, int] | None,
-                host: str = "") -> None:
+                host: str = "", params_kind: str = "daemon") -> None:
     """A host of the ``procs`` bench, driven over stdin/stdout (JSON lines).
 
     With ``profile_to`` the child runs cProfile (CPU time, not wall time: the
@@ -168,7 +183,7 @@ async def child(role: str, bootstrap: str, peers: int, profile_to: str, degree: 
     publication window) and writes the stats there, and those of the quiet
     window before (first to second ``report``) to ``*.idle.pstats``.
     """
-    params = loopback_params(bootstrap=(bootstrap,) if bootstrap else ())
+    params = node_params(params_kind, bootstrap)
     if host:  # a lab namespace: listen on its own address
         params = replace(params, listen=(f"/ip4/{host}/tcp/0",))
     if degree is not None:
@@ -218,12 +233,12 @@ async def child(role: str, bootstrap: str, peers: int, profile_to: str, degree: 
 
 class Child:
     def __init__(self, role: str, bootstrap: str, peers: int, profile_to: str = "", degree: str = "",
-                 lab: Any = None, member: str = "") -> None:
+                 lab: Any = None, member: str = "", params_kind: str = "daemon") -> None:
         """``lab``, ``member``: run inside that lab member's namespace, at its address."""
         self.role = role
         self.profiled = bool(profile_to)
         argv = [sys.executable, str(Path(__file__).resolve()), "_child", role, bootstrap or "-", str(peers),
-                profile_to or "-", degree or "-", lab.address(member) if lab is not None else "-"]
+                profile_to or "-", degree or "-", lab.address(member) if lab is not None else "-", params_kind]
         self.proc = subprocess.Popen(
             lab.exec_argv(member, argv) if lab is not None else argv,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -256,16 +271,16 @@ def in_lab(n: int, shape: tuple[float, float, float]) -> contextlib.AbstractCont
 
 
 def procs(n: int, messages: int, rate: float, grace: float, settle: float, idle: float, profile_dir: str = "",
-          degree: str = "", lab_shape: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> None:
+          degree: str = "", lab_shape: tuple[float, float, float] = (0.0, 0.0, 0.0), params_kind: str = "daemon") -> None:
     with in_lab(n, lab_shape) as lab:
         if lab is not None:
             print(f"lab: {n + 1} namespaces, links delay {lab_shape[0]:g} ms +- {lab_shape[1]:g} ms, loss {lab_shape[2]:g}%; "
                   f"{'; '.join(lab.degraded) or 'netem'}", flush=True)
-        _procs(n, messages, rate, grace, settle, idle, profile_dir, degree, lab)
+        _procs(n, messages, rate, grace, settle, idle, profile_dir, degree, lab, params_kind)
 
 
 def _procs(n: int, messages: int, rate: float, grace: float, settle: float, idle: float, profile_dir: str,
-           degree: str, lab: Any) -> None:
+           degree: str, lab: Any, params_kind: str) -> None:
     children: list[Child] = []
     t0 = time.monotonic()
     profile_to = ""
@@ -273,17 +288,18 @@ def _procs(n: int, messages: int, rate: float, grace: float, settle: float, idle
         Path(profile_dir).mkdir(parents=True, exist_ok=True)
         profile_to = str(Path(profile_dir) / f"node-n{n}-{messages}x{rate:g}.pstats")
     try:
-        hub = Child("hub", "", n, degree=degree, lab=lab, member="h0")
+        hub = Child("hub", "", n, degree=degree, lab=lab, member="h0", params_kind=params_kind)
         children.append(hub)
         addr = hub.read()["addr"]
         # The first plain node (not hub, not CPM) is the profiled receiver.
-        children += [Child("cpm", addr, n, degree=degree, lab=lab, member="h1")] + [
-            Child("node", addr, n, profile_to if i == 0 else "", degree, lab=lab, member=f"h{i + 2}") for i in range(n - 1)]
+        children += [Child("cpm", addr, n, degree=degree, lab=lab, member="h1", params_kind=params_kind)] + [
+            Child("node", addr, n, profile_to if i == 0 else "", degree, lab=lab, member=f"h{i + 2}",
+                  params_kind=params_kind) for i in range(n - 1)]
         for c in children[1:]:
             c.read()  # up
         ready = [c.read() for c in children]  # everyone sees the other n hosts (or gave up after 180 s)
         time.sleep(settle)
-        print(f"processes N={n}{f' (gossip D,D_lo,D_hi = {degree})' if degree else ''}: {n + 1} hosts ready in {time.monotonic() - t0:.1f} s, peers {[r['peers'] for r in ready]}")
+        print(f"processes N={n}, {params_kind} parameters{f' (gossip D,D_lo,D_hi = {degree})' if degree else ''}: {n + 1} hosts ready in {time.monotonic() - t0:.1f} s, peers {[r['peers'] for r in ready]}")
         cpm, receivers = children[1], [c for c in children if c.role != "cpm"]
         tally = Tally(len(receivers), messages)
         cpu = trio.run(_collect, cpm, children, tally, messages, rate, grace, idle)
@@ -387,9 +403,9 @@ def parse_degree(text: str) -> tuple[int, int, int]:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_child":
-        _, _, role, bootstrap, peers, profile_to, degree, host = sys.argv
+        _, _, role, bootstrap, peers, profile_to, degree, host, params_kind = sys.argv
         trio.run(child, role, "" if bootstrap == "-" else bootstrap, int(peers), "" if profile_to == "-" else profile_to,
-                 None if degree == "-" else parse_degree(degree), "" if host == "-" else host)
+                 None if degree == "-" else parse_degree(degree), "" if host == "-" else host, params_kind)
         return
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["procs", "inproc"])
@@ -407,6 +423,8 @@ def main() -> None:
                         help="procs: run every host in a network lab namespace, links delayed this much (needs root)")
     parser.add_argument("--lab-jitter-ms", type=float, default=0.0, help="procs, in the lab: jitter of that delay")
     parser.add_argument("--lab-loss", type=float, default=0.0, help="procs, in the lab: percent of packets lost per link")
+    parser.add_argument("--params", choices=["daemon", "test"], default="daemon",
+                        help="procs: the daemon's network parameters (default) or the tests' quick discovery")
     args = parser.parse_args()
     lab_shape = (args.lab_delay_ms, args.lab_jitter_ms, args.lab_loss)
     if any(lab_shape) and args.mode != "procs":
@@ -416,7 +434,7 @@ def main() -> None:
             if args.degree:
                 parse_degree(args.degree)  # refuse a malformed value before starting processes
             procs(n, args.messages, args.rate, args.grace, args.settle, args.idle, args.profile_child, args.degree,
-                  lab_shape)
+                  lab_shape, args.params)
         else:
             trio.run(inproc, n, args.messages, args.rate, args.grace, args.settle)
 
