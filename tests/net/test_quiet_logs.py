@@ -38,22 +38,14 @@ def log_as_the_swarm_does(exc: BaseException) -> None:
 
 @pytest.fixture
 def installed():
-    swarm_logger = logging.getLogger(quiet_logs.SWARM_LOGGER)
-    before = list(swarm_logger.filters)
+    """The filters installed (twice: idempotent); the loggers' filters restored after the test."""
+    loggers = {name: logging.getLogger(name) for name in (quiet_logs.SWARM_LOGGER, quiet_logs.IDENTIFY_LOGGER)}
+    before = {name: list(logger.filters) for name, logger in loggers.items()}
     quiet_logs.install()
-    quiet_logs.install()  # idempotent
-    yield swarm_logger
-    swarm_logger.filters[:] = before
-
-
-def test_a_cancelled_upgrade_is_one_line_without_a_traceback(installed, caplog):
-    assert sum(isinstance(f, quiet_logs.CancelledUpgradeFilter) for f in installed.filters) == 1
-    with caplog.at_level(logging.WARNING, logger=quiet_logs.SWARM_LOGGER):
-        log_as_the_swarm_does(a_real_cancellation())
-    (record,) = caplog.records
-    text = record.getMessage()
-    assert "Traceback" not in text and "\n" not in text
-    assert text.startswith("[ADDCONN_FAIL]") and "12D3KooWPeer" in text and "Cancelled" in text
+    quiet_logs.install()
+    yield loggers
+    for name, logger in loggers.items():
+        logger.filters[:] = before[name]
 
 
 def test_any_other_failure_keeps_its_traceback(installed, caplog):
@@ -88,27 +80,23 @@ def a_write_on_a_closed_connection() -> BaseException:
         return exc
 
 
-@pytest.fixture
-def identify_installed():
-    identify_logger = logging.getLogger(quiet_logs.IDENTIFY_LOGGER)
-    before = list(identify_logger.filters)
-    quiet_logs.install()
-    quiet_logs.install()  # idempotent
-    yield identify_logger
-    identify_logger.filters[:] = before
-
-
-def test_an_identify_answer_on_a_closed_connection_is_one_line(identify_installed, caplog):
-    assert sum(isinstance(f, quiet_logs.ClosedIdentifyReplyFilter) for f in identify_installed.filters) == 1
-    with caplog.at_level(logging.WARNING, logger=quiet_logs.IDENTIFY_LOGGER):
-        log_as_identify_does(a_write_on_a_closed_connection())
+@pytest.mark.parametrize("logger_name, kind, log, cause, expected", [
+    (quiet_logs.SWARM_LOGGER, quiet_logs.CancelledUpgradeFilter, log_as_the_swarm_does,
+     a_real_cancellation, ("[ADDCONN_FAIL]", "12D3KooWPeer", "Cancelled")),
+    (quiet_logs.IDENTIFY_LOGGER, quiet_logs.ClosedIdentifyReplyFilter, log_as_identify_does,
+     a_write_on_a_closed_connection, ("Error sending identify response", "12D3KooWPeer", "closed under it", "Broken pipe")),
+], ids=["cancelled upgrade", "identify answer on a closed connection"])
+def test_an_expected_event_is_one_line_without_a_traceback(installed, caplog, logger_name, kind, log, cause, expected):
+    assert sum(isinstance(f, kind) for f in installed[logger_name].filters) == 1
+    with caplog.at_level(logging.WARNING, logger=logger_name):
+        log(cause())
     (record,) = caplog.records
     text = record.getMessage()
     assert "Traceback" not in text and "\n" not in text
-    assert "12D3KooWPeer" in text and "closed under it" in text and "Broken pipe" in text
+    assert text.startswith(expected[0]) and all(part in text for part in expected[1:])
 
 
-def test_an_identify_answer_that_failed_otherwise_keeps_its_traceback(identify_installed, caplog):
+def test_an_identify_answer_that_failed_otherwise_keeps_its_traceback(installed, caplog):
     with caplog.at_level(logging.WARNING, logger=quiet_logs.IDENTIFY_LOGGER):
         log_as_identify_does(ValueError("a bad protobuf"))
     (record,) = caplog.records
