@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from itertools import islice
+
 
 class NetError(Exception):
     """Base of every error raised by :mod:`knexa_node.net`."""
@@ -26,24 +29,32 @@ def describe_failure(exc: BaseException, limit: int = 600) -> str:
     in a chain of ``__cause__`` and ``MultiError.errors``; an operator (and a
     failed test) needs the innermost reasons.
     """
-    parts: list[str] = []
+    leaves = (err for err in causes(exc) if not _inner_errors(err))  # a MultiError's own text only repeats its errors
+    parts = [f"{type(err).__name__}: {err}".replace("\n", " ") for err in islice(leaves, 8)]
+    return " <- ".join(parts)[:limit]
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then every error beneath it (a MultiError's or ExceptionGroup's members, the
+    ``__cause__`` / unsuppressed ``__context__`` chain), each once, depth first."""
     seen: set[int] = set()
 
-    def walk(err: BaseException) -> None:
-        if id(err) in seen or len(parts) >= 8:
+    def walk(err: BaseException) -> Iterator[BaseException]:
+        if id(err) in seen:
             return
         seen.add(id(err))
-        inner = [sub for sub in _sub_errors(err) if isinstance(sub, BaseException)]
-        if not inner:  # a MultiError's own text only repeats its errors
-            parts.append(f"{type(err).__name__}: {err}".replace("\n", " "))
-        for sub in inner:
-            walk(sub)
+        yield err
+        for sub in _inner_errors(err):
+            yield from walk(sub)
         cause = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
         if cause is not None:
-            walk(cause)
+            yield from walk(cause)
 
-    walk(exc)
-    return " <- ".join(parts)[:limit]
+    return walk(exc)
+
+
+def _inner_errors(err: BaseException) -> list[BaseException]:
+    return [sub for sub in _sub_errors(err) if isinstance(sub, BaseException)]
 
 
 def _sub_errors(err: BaseException) -> list[object]:

@@ -25,6 +25,8 @@ import logging
 import trio
 from libp2p.io.exceptions import ConnectionClosedError
 
+from knexa_node.net.errors import causes
+
 SWARM_LOGGER = "libp2p.network.swarm"
 ADD_CONN_FAILED = "[ADDCONN_FAIL]"
 IDENTIFY_LOGGER = "libp2p.identity.identify.identify"
@@ -45,14 +47,7 @@ class CancelledUpgradeFilter(logging.Filter):
 
 def _closed_under_it(exc: BaseException) -> bool:
     """Whether ``exc`` or one of its causes is py-libp2p's "connection closed" error."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, ConnectionClosedError):
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
+    return any(isinstance(err, ConnectionClosedError) for err in causes(exc))
 
 
 class ClosedIdentifyReplyFilter(logging.Filter):
