@@ -24,11 +24,12 @@ class GossipParams:
     # protobuf, trio scheduling), and every mesh link beyond what delivery needs is one
     # duplicate per message per node. With flood publishing (below) the first hop reaches
     # every connected peer anyway. Measured at 20 processes, 2 msg/s, once the mesh held
-    # still (docs/netlab.md, "A mesh that holds still"; with a Yamux change since reverted,
-    # the same for both), two runs each: D=3/2/4 3.5-3.6 copies per receiver, 7.2-7.3 ms
+    # still (docs/netlab.md, "A mesh that holds still"; with the batched Yamux credit, as
+    # now), two runs each: D=3/2/4 3.5-3.6 copies per receiver, 7.2-7.3 ms
     # CPU per message per node, p99 47-48 ms; D=4/3/5 4.1-4.4 copies, 8.4-9.0 ms, p99
     # 52-53 ms. Three mesh paths per node are still left around a lost link, besides the
-    # flood-published first hop and IHAVE to lazy_degree others.
+    # flood-published first hop and IHAVE to lazy_degree others. D=2/1/3 (session 11, one
+    # run): 5.5 ms against 6.3-6.6, but some nodes got a message by the first hop alone.
     degree: int = 3
     degree_low: int = 2
     degree_high: int = 4
